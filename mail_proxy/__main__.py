@@ -1,0 +1,3 @@
+from mail_proxy.cli import main
+
+main()

@@ -1,0 +1,82 @@
+"""POST /commands/* (api.md §4)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from mail_proxy.api.request import api_state, json_object, principal, scalar, tenant_scope
+from mail_proxy.manager import enqueue
+from mail_proxy.manager import messages as manager
+
+
+async def add_messages(request: Request) -> Response:
+    state = api_state(request)
+    who = await principal(request)
+    body = await json_object(request)
+    return JSONResponse(await enqueue.add_messages(state.core, body, who))
+
+
+async def delete_messages(request: Request) -> Response:
+    state = api_state(request)
+    who = await principal(request)
+    body = await json_object(request)
+    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"))
+    assert tenant_id is not None
+    return JSONResponse(await manager.delete_messages(state.core, tenant_id, body.get("ids")))
+
+
+async def retry_messages(request: Request) -> Response:
+    state = api_state(request)
+    who = await principal(request)
+    body = await json_object(request)
+    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"))
+    assert tenant_id is not None
+    return JSONResponse(await manager.retry_messages(state.core, tenant_id, body.get("ids")))
+
+
+async def cleanup_messages(request: Request) -> Response:
+    state = api_state(request)
+    who = await principal(request)
+    body = await json_object(request)
+    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"), required=False)
+    age = scalar(request, body, "older_than_seconds")
+    if isinstance(age, str):
+        age = int(age) if age.strip().isdigit() else -1
+    return JSONResponse(await manager.cleanup_messages(state.core, tenant_id, age))
+
+
+async def run_now(request: Request) -> Response:
+    state = api_state(request)
+    who = await principal(request)
+    body = await json_object(request)
+    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"), required=False)
+    state.core.wake(tenant_id)
+    if state.wake_reporter is not None:
+        state.wake_reporter(tenant_id, tenant_id is not None)
+    return JSONResponse({"ok": True})
+
+
+async def suspend(request: Request) -> Response:
+    from mail_proxy.manager import tenants
+
+    state = api_state(request)
+    who = await principal(request)
+    body = await json_object(request)
+    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"))
+    assert tenant_id is not None
+    answer = await tenants.suspend(state.core, tenant_id, scalar(request, body, "batch_code"))
+    return JSONResponse({"ok": True, **answer} if "ok" not in answer else answer)
+
+
+async def activate(request: Request) -> Response:
+    from mail_proxy.manager import tenants
+
+    state = api_state(request)
+    who = await principal(request)
+    body = await json_object(request)
+    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"))
+    assert tenant_id is not None
+    answer = await tenants.activate(state.core, tenant_id, scalar(request, body, "batch_code"))
+    state.core.wake(tenant_id)
+    return JSONResponse({"ok": True, **answer} if "ok" not in answer else answer)

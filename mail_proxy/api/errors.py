@@ -1,0 +1,63 @@
+"""Exceptions to JSON error answers (api.md §1.3). No error is ever plain text."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from mail_proxy.errors import MailProxyError
+
+log = logging.getLogger("mail_proxy.api")
+
+
+class ApiError(MailProxyError):
+    """An HTTP error raised by the API layer itself (parsing, auth, limits)."""
+
+    def __init__(self, status: int, code: str, message: str, *, detail: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, code=code, detail=detail)
+        self.status = status
+        self.headers = headers or {}
+
+
+def error_response(status: int, code: str, message: str, detail: Any = None,
+                   headers: dict[str, str] | None = None,
+                   extra: dict[str, Any] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"ok": False, "error": message, "code": code}
+    if detail is not None:
+        body["detail"] = detail
+    if extra:
+        body.update(extra)
+    headers = dict(headers or {})
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    if status in (429, 503):
+        headers.setdefault("Retry-After", "1")
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def from_exception(exc: Exception, request: Request | None = None) -> Response:
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.detail, exc.headers)
+    if isinstance(exc, MailProxyError):
+        status = exc.status if 400 <= exc.status < 600 else 500
+        extra = None
+        rejected = getattr(exc, "rejected", None)
+        if rejected is not None:
+            extra = {"queued": 0, "rejected": rejected}
+        if status >= 500 and exc.code != "storage_unavailable":
+            log.error("internal error: %s", exc)
+        return error_response(status, exc.code, exc.message, exc.detail, extra=extra)
+    if isinstance(exc, HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        text = {404: "no such route", 405: "method not allowed on this route"}.get(
+            exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, code, text, headers=exc.headers)
+    request_id = request.scope.get("request_id") if request is not None else None
+    log.exception("internal error (request %s)", request_id)
+    return error_response(500, "internal_error", "internal error; see the worker log",
+                          detail={"request_id": request_id} if request_id else None)

@@ -1,0 +1,82 @@
+"""Cross-cutting request handling as plain ASGI: request ids, body limit, drain, metrics."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mail_proxy.api.errors import ApiError, error_response
+
+_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+# Routes that keep answering while the worker drains (api.md §3).
+DRAIN_EXEMPT = frozenset({"/health", "/status", "/metrics"})
+
+
+class ApiMiddleware:
+    def __init__(self, app: ASGIApp, api: Any) -> None:
+        self.app = app
+        self.api = api  # ApiState
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope.get("headers") or [])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else secrets.token_hex(8)
+        scope["request_id"] = request_id
+        status_holder = {"status": 500}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"],
+                                      (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        try:
+            if self.api.stopping and scope["path"] not in DRAIN_EXEMPT:
+                response = error_response(503, "shutting_down", "the service is shutting down")
+                await response(scope, receive, send_with_id)
+                return
+            limit = self.api.core.settings.max_request_bytes
+            declared = headers.get(b"content-length")
+            if declared is not None:
+                try:
+                    too_big = int(declared) > limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    response = error_response(413, "body_too_large",
+                                              f"the body is larger than {limit} bytes")
+                    await response(scope, receive, send_with_id)
+                    return
+            await self.app(scope, _limited(receive, limit), send_with_id)
+        finally:
+            metrics = self.api.metrics
+            if metrics is not None:
+                route = scope.get("mp_route", "unmatched")
+                metrics.http_requests_total.labels(route, str(status_holder["status"])).inc()
+                if route == "/commands/add-messages":
+                    metrics.enqueue_seconds.observe(time.perf_counter() - started)
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def wrapped() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+        return message
+
+    return wrapped

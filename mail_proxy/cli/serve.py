@@ -1,0 +1,50 @@
+"""``mail-proxy serve``: the worker in the foreground, for systemd, containers and supervisors."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from mail_proxy.cli.application import abort
+
+SUPERVISOR_PID_ENV = "MAIL_PROXY_SUPERVISOR_PID"
+
+
+def _own_supervisor(record: dict | None) -> bool:
+    """True when we are the worker that the recorded (live) supervisor spawned."""
+    raw = os.environ.get(SUPERVISOR_PID_ENV, "")
+    return (bool(record) and raw.isdigit() and int(raw) == (record or {}).get("supervisor_pid")
+            and os.getppid() == int(raw))
+
+
+def serve(name: Annotated[str | None, typer.Argument(
+              help="Instance name (default: GMP_INSTANCE, else mail-proxy).",
+              show_default=False)] = None,
+          host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+          port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port.")] = None,
+          ) -> int:
+    """Run the worker in the foreground without a supervisor."""
+    from mail_proxy.instance.config import resolve_process_config
+    from mail_proxy.instance.keyring import check_key_ring
+    from mail_proxy.instance.states import read_record, supervisor_alive
+
+    config = resolve_process_config(name, host=host, port=port)
+    if config.folder is not None:
+        record = read_record(config.folder)
+        if supervisor_alive(record) and not _own_supervisor(record):
+            abort(f"instance '{config.name}' is running under its supervisor",
+                  hint=f"stop it first: mail-proxy stop {config.name}")
+    check_key_ring(config.folder)
+    try:
+        from mail_proxy.server import serve as run_worker
+    except ImportError as exc:
+        if exc.name != "mail_proxy.server":
+            raise
+        abort("the worker (mail_proxy.server) is not available in this build")
+    return run_worker(config)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

@@ -1,0 +1,1 @@
+"""Delivery: the dispatcher claims messages and sends them over pooled SMTP connections."""

@@ -1,0 +1,98 @@
+"""Account and tenant configuration as the dispatcher sees it, cached for a few seconds.
+
+delivery.md §3 step 2 allows configuration up to 5 s old, which keeps per-message database
+reads off the hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mail_proxy.delivery.ratelimit import Limits
+from mail_proxy.delivery.smtp import SmtpTarget
+
+CONFIG_TTL = 5.0
+
+
+@dataclass
+class AccountConfig:
+    tenant_id: str
+    account_id: str
+    tenant_active: bool
+    suspended_batches: frozenset[str]
+    reportable: bool                 # the tenant has a client_base_url
+    throttle_level: int
+    throttle_until: int | None
+    target: SmtpTarget | None        # None when a secret cannot be decrypted
+    secret_error: str | None
+    limits: Limits
+    batch_size: int
+    is_pec: bool
+    loaded_at: float
+
+    def suspended(self, batch_code: str | None) -> bool:
+        return "*" in self.suspended_batches or (
+            batch_code is not None and batch_code in self.suspended_batches)
+
+    def throttled(self, now: int) -> bool:
+        return self.throttle_until is not None and self.throttle_until > now
+
+
+class AccountConfigs:
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self._cache: dict[tuple[str, str], AccountConfig | None] = {}
+        self._stamps: dict[tuple[str, str], float] = {}
+
+    async def get(self, tenant_id: str, account_id: str) -> AccountConfig | None:
+        key = (tenant_id, account_id)
+        stamp = self._stamps.get(key)
+        if stamp is not None and time.monotonic() - stamp < CONFIG_TTL:
+            return self._cache[key]
+        row = await self.core.store.fetch_one("dispatch_account_config", tenant_id=tenant_id,
+                                              account_id=account_id)
+        config = None if row is None else self._build(row)
+        self._cache[key] = config
+        self._stamps[key] = time.monotonic()
+        return config
+
+    def forget(self, tenant_id: str | None = None, account_id: str | None = None) -> None:
+        for key in list(self._stamps):
+            if tenant_id is None or (key[0] == tenant_id and account_id in (None, key[1])):
+                self._stamps.pop(key, None)
+
+    def set_throttle(self, tenant_id: str, account_id: str, level: int, until: int | None) -> None:
+        config = self._cache.get((tenant_id, account_id))
+        if config is not None:
+            config.throttle_level = level
+            config.throttle_until = until
+
+    def _build(self, row: dict[str, Any]) -> AccountConfig:
+        settings = self.core.settings
+        password, secret_error = row["password"], None
+        if password:
+            try:
+                password = self.core.keyring.decrypt(password)
+            except Exception as exc:  # a kid missing from the ring: sends fail transiently
+                password, secret_error = None, str(exc)
+        target = None if secret_error else SmtpTarget(
+            tenant_id=row["tenant_id"], account_id=row["id"], host=row["host"],
+            port=int(row["port"]), user=row["username"], password=password,
+            tls_mode=row["tls_mode"], tls_verify=bool(row["tls_verify"]),
+            tls_ca_file=row["tls_ca_file"],
+            max_connections=int(row["max_connections"] or settings.smtp_max_connections),
+            max_lifetime=int(row["ttl"] or settings.smtp_max_lifetime))
+        tenant_limits = json.loads(row["tenant_rate_limits"]) if row["tenant_rate_limits"] else None
+        return AccountConfig(
+            tenant_id=row["tenant_id"], account_id=row["id"],
+            tenant_active=bool(row["tenant_active"]),
+            suspended_batches=frozenset(json.loads(row["suspended_batches"] or "[]")),
+            reportable=bool(row["client_base_url"]),
+            throttle_level=int(row["throttle_level"] or 0), throttle_until=row["throttle_until"],
+            target=target, secret_error=secret_error,
+            limits=Limits.from_config(row, tenant_limits),
+            batch_size=int(row["batch_size"] or settings.batch_size_per_account),
+            is_pec=bool(row["is_pec"]), loaded_at=time.monotonic())

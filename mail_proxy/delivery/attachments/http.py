@@ -1,0 +1,172 @@
+"""http_url and endpoint downloads (delivery.md §9.4-9.5) over one shared httpx client."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import httpx
+
+from mail_proxy.delivery.attachments import guard
+from mail_proxy.delivery.attachments.limits import ItemMeter, permanent, transient
+
+MAX_REDIRECTS = 5
+_REDIRECTS = {301, 302, 303, 307, 308}
+_TRANSIENT_STATUS = {408, 429}
+
+
+def auth_headers(auth: dict[str, Any] | None) -> dict[str, str]:
+    """Authorization header for `{"method": "bearer"|"basic"|"none", ...}`."""
+    if not auth:
+        return {}
+    if auth.get("method") == "bearer":
+        return {"Authorization": f"Bearer {auth['token']}"}
+    if auth.get("method") == "basic":
+        raw = f"{auth['user']}:{auth['password']}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+    return {}
+
+
+def new_client(timeout: float) -> httpx.AsyncClient:
+    # No keep-alive: connections are opened to a checked IP with a per-request SNI name,
+    # and a pooled connection keyed by IP could otherwise serve another host name that was
+    # never verified against that connection's certificate.
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout),
+        limits=httpx.Limits(max_keepalive_connections=0),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+class Downloader:
+    """One request with manual redirects, the destination check and streamed size caps."""
+
+    def __init__(self, client: httpx.AsyncClient, user_agent: str, timeout: float) -> None:
+        self.client = client
+        self.user_agent = user_agent
+        self.timeout = timeout  # per network phase; the caller bounds the whole fetch
+
+    async def download(self, url: str, *, name: str, meter: ItemMeter, allow_private: bool,
+                       auth: dict[str, Any] | None, post_path: str | None = None,
+                       exempt_origin: str | None = None) -> bytes:
+        """GET `url`, or POST `{"storage_path": post_path}` when `post_path` is given.
+
+        `exempt_origin` names an origin (the tenant's own URL) that skips the destination
+        check; redirects elsewhere are checked like any other URL.
+        """
+        target = self._parse(url, name)
+        method = "GET" if post_path is None else "POST"
+        body = None if post_path is None else json.dumps({"storage_path": post_path}).encode()
+        origin = _origin(target)
+        for _ in range(MAX_REDIRECTS + 1):
+            extra = auth_headers(auth) if _origin(target) == origin else {}
+            check = _origin(target) != exempt_origin
+            response = await self._send(target, method, body, extra, name=name, check=check,
+                                        allow_private=allow_private)
+            try:
+                location = response.headers.get("location")
+                if response.status_code in _REDIRECTS and location:
+                    target = self._parse(str(target.join(location)), name)
+                    if response.status_code == 303 or (
+                            response.status_code in (301, 302) and method == "POST"):
+                        method, body = "GET", None
+                    continue
+                self._raise_for_status(response, target, name)
+                return await _read(response, meter, name)
+            finally:
+                await response.aclose()
+        raise permanent(name, "attachment_error", f"more than {MAX_REDIRECTS} redirects from "
+                                                  f"{_host(self._parse(url, name))}")
+
+    async def _send(self, target: httpx.URL, method: str, body: bytes | None,
+                    extra: dict[str, str], *, name: str, check: bool,
+                    allow_private: bool) -> httpx.Response:
+        headers = {"User-Agent": self.user_agent, **extra}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        request_url, extensions = target, {}
+        if check:
+            port = target.port or (443 if target.scheme == "https" else 80)
+            try:
+                address = await guard.checked_address(target.host, port,
+                                                       allow_private=allow_private)
+            except guard.DestinationRefused as exc:
+                raise permanent(name, "url_not_allowed", str(exc)) from None
+            except guard.ResolutionFailed as exc:
+                raise transient(name, str(exc)) from None
+            # Connect to the checked address; the name still goes in Host and SNI, so
+            # virtual hosting and certificate checks see what the client asked for.
+            request_url = target.copy_with(host=str(address))
+            headers["Host"] = target.netloc.decode("ascii")
+            if target.scheme == "https":
+                extensions["sni_hostname"] = target.host
+        request = self.client.build_request(method, request_url, headers=headers, content=body,
+                                            extensions=extensions, timeout=self.timeout)
+        try:
+            return await self.client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise transient(name, f"timed out talking to {_host(target)}") from None
+        except httpx.TransportError as exc:
+            raise transient(name, f"cannot reach {_host(target)}: {_describe(exc)}") from None
+
+    @staticmethod
+    def _parse(url: str, name: str) -> httpx.URL:
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            raise permanent(name, "attachment_error", f"invalid URL: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise permanent(name, "attachment_error",
+                            f"'{parsed.scheme}' URLs are not fetched; only http and https")
+        return parsed
+
+    @staticmethod
+    def _raise_for_status(response: httpx.Response, target: httpx.URL, name: str) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        text = f"HTTP {status} from {_host(target)}"
+        if status in _TRANSIENT_STATUS or status >= 500:
+            raise transient(name, text)
+        raise permanent(name, "attachment_error", text)
+
+
+async def _read(response: httpx.Response, meter: ItemMeter, name: str) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit():
+        meter.declare(int(declared))
+    # BytesIO hands its buffer over on getvalue(), so the body is held once, not twice.
+    buffer = io.BytesIO()
+    try:
+        async for chunk in response.aiter_bytes():
+            meter.add(len(chunk))
+            buffer.write(chunk)
+    except httpx.TimeoutException:
+        raise transient(name, "timed out while downloading") from None
+    except httpx.TransportError as exc:
+        raise transient(name, f"download interrupted: {_describe(exc)}") from None
+    return buffer.getvalue()
+
+
+def origin_of(url: str) -> str | None:
+    """`scheme://host:port` of `url`, or None when it does not parse."""
+    try:
+        return _origin(httpx.URL(url))
+    except httpx.InvalidURL:
+        return None
+
+
+def _origin(url: httpx.URL) -> str:
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return f"{url.scheme}://{url.host}:{port}"
+
+
+def _host(url: httpx.URL) -> str:
+    return url.host
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__

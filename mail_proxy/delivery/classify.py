@@ -1,0 +1,150 @@
+"""Turn SMTP replies and network errors into classified delivery failures (delivery.md §4).
+
+Every failure the SMTP pool raises is built here, so the codes and the text forms of
+messages.md §7 ("550 5.1.1 User unknown", "connection refused by host:port") live in one
+place. The pool only says *at which stage* something went wrong.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+from typing import Any
+
+import aiosmtplib
+
+from mail_proxy.errors import (
+    DeliveryFailure,
+    PermanentFailure,
+    ThrottleFailure,
+    TransientFailure,
+)
+
+# Stages of one SMTP session, used to pick the row of the classification table.
+GREETING = "greeting"
+EHLO = "ehlo"
+STARTTLS = "starttls"
+AUTH = "auth"
+MAIL = "mail"
+RCPT = "rcpt"
+DATA = "data"
+NOOP = "noop"
+
+THROTTLE_TEXT = re.compile(r"rate.?limit|throttl|too many (messages|connections)|slow down",
+                           re.IGNORECASE)
+_AUTH_REFUSED = frozenset({530, 534, 535, 538})
+_ENHANCED = re.compile(r"^\d\.\d{1,3}\.\d{1,3}\b")
+
+
+def reply_text(code: int, message: str) -> str:
+    """``<code> <enhanced code> <server text>`` on one line, whatever the server sent."""
+    flat = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    return f"{code} {flat}".strip()
+
+
+def is_throttle(code: int, message: str) -> bool:
+    """A failing reply that means "slow down" rather than "this message is wrong"."""
+    if code in (421, 451):
+        return True
+    return 400 <= code < 500 and bool(THROTTLE_TEXT.search(message))
+
+
+def reply_failure(stage: str, code: int, message: str, *, user: str | None = None,
+                  refused: list[dict[str, Any]] | None = None) -> DeliveryFailure:
+    """Classify one failing reply received at ``stage``."""
+    text = reply_text(code, message)
+    if is_throttle(code, message):
+        return ThrottleFailure(text, code="throttled", smtp_code=code, refused=refused)
+    if stage == AUTH:
+        if code == 454 or 400 <= code < 500:
+            return TransientFailure(text, code="auth_temporary", smtp_code=code)
+        enhanced = _ENHANCED.match(message.strip())
+        prefix = f"{code} {enhanced.group(0)}" if enhanced else str(code)
+        reason = f"{prefix} authentication failed for user '{user}'"
+        if code not in _AUTH_REFUSED:
+            reason = f"{reason} ({text})"
+        return PermanentFailure(reason, code="auth_failed", smtp_code=code)
+    if 400 <= code < 500:
+        return TransientFailure(text, code="smtp_transient", smtp_code=code, refused=refused)
+    return PermanentFailure(text, code="smtp_permanent", smtp_code=code, refused=refused)
+
+
+def refused_entry(address: str, code: int, message: str) -> dict[str, Any]:
+    """One item of ``refused_recipients`` (messages.md §7.1)."""
+    flat = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    return {"address": address, "smtp_code": code, "message": flat}
+
+
+def all_refused_failure(refused: list[dict[str, Any]]) -> DeliveryFailure:
+    """Every RCPT was refused: permanent only when every refusal was a 5xx."""
+    temporary = [r for r in refused if 400 <= int(r["smtp_code"]) < 500]
+    if not temporary:
+        first = refused[0]
+        return PermanentFailure(reply_text(first["smtp_code"], first["message"]),
+                                code="all_recipients_refused",
+                                smtp_code=first["smtp_code"], refused=refused)
+    throttling = [r for r in temporary if is_throttle(r["smtp_code"], r["message"])]
+    pick = (throttling or temporary)[0]
+    return reply_failure(RCPT, pick["smtp_code"], pick["message"], refused=refused)
+
+
+def _tls_error(exc: BaseException) -> ssl.SSLError | None:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, ssl.SSLError):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    cur: BaseException | None = exc
+    for _ in range(5):
+        if cur is None:
+            return None
+        if isinstance(cur, OSError) and not isinstance(cur, aiosmtplib.SMTPException):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def tls_failure(exc: BaseException, host: str, port: int) -> DeliveryFailure | None:
+    """A certificate problem is the operator's to fix; so is any other handshake failure."""
+    err = _tls_error(exc)
+    if err is None:
+        return None
+    if isinstance(err, ssl.SSLCertVerificationError):
+        reason = err.verify_message or err.reason or str(err)
+        return PermanentFailure(f"TLS certificate verification failed for {host}: {reason}",
+                                code="tls_certificate_error")
+    reason = err.reason or str(err)
+    return PermanentFailure(f"TLS handshake with {host}:{port} failed: {reason}",
+                            code="tls_error")
+
+
+def timeout_failure(host: str, port: int, stage: str, seconds: float) -> DeliveryFailure:
+    what = "connecting to" if stage in (GREETING, EHLO, STARTTLS, AUTH) else "sending to"
+    return TransientFailure(f"timeout after {seconds:g} s {what} {host}:{port} ({stage})",
+                            code="timeout")
+
+
+def connection_failure(exc: BaseException, host: str, port: int, stage: str) -> DeliveryFailure:
+    """Refused, reset, closed, unreachable or unresolvable: all worth another try."""
+    tls = tls_failure(exc, host, port)
+    if tls is not None:
+        return tls
+    os_err = _os_error(exc)
+    if isinstance(os_err, ConnectionRefusedError):
+        text = f"connection refused by {host}:{port}"
+    elif isinstance(os_err, socket.gaierror):
+        text = f"cannot resolve {host}: {os_err.strerror or os_err}"
+    elif isinstance(exc, aiosmtplib.SMTPServerDisconnected) or stage not in (GREETING,):
+        text = f"connection to {host}:{port} lost during {stage}"
+    elif os_err is not None:
+        text = f"cannot connect to {host}:{port}: {os_err.strerror or os_err}"
+    else:
+        text = f"cannot connect to {host}:{port}: {exc}"
+    return TransientFailure(text, code="connection_failed")

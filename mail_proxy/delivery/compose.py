@@ -1,0 +1,154 @@
+"""Build the outgoing email (messages.md §4.1-4.2) with the standard ``email`` package.
+
+The body is 7-bit clean on the wire (quoted-printable or base64 where needed), so it can
+be relayed by servers without 8BITMIME; lines end in CRLF and never exceed 998 octets.
+Building a large message is CPU work: the dispatcher should call :func:`build_message`
+through ``asyncio.to_thread`` (delivery.md §1).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy as email_policy
+from email.generator import BytesGenerator
+from email.headerregistry import Address
+from email.message import EmailMessage, MIMEPart
+from email.utils import format_datetime
+from io import BytesIO
+from typing import Any
+
+from mail_proxy.delivery.envelope import ascii_domain, split_address
+from mail_proxy.delivery.envelope import envelope as envelope  # re-exported for callers
+
+# cte_type="7bit": never emit raw 8-bit bodies; RFC 2047 / 2231 for non-ASCII headers.
+POLICY = email_policy.SMTP.clone(cte_type="7bit", max_line_length=78)
+_LINE_BREAKS = re.compile(r"[\r\n]+\s*")
+_HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # printable ASCII without space and ':'
+_OPAQUE_TYPES = ("multipart", "message")
+
+
+@dataclass(frozen=True)
+class AttachmentPart:
+    """Content of one attachment, already fetched and checked."""
+
+    filename: str
+    content: bytes
+    mime_type: str
+    content_id: str | None = None
+
+
+def one_line(value: str) -> str:
+    """Fold any CR/LF into a space: a header value can never start a new header."""
+    return _LINE_BREAKS.sub(" ", value).strip()
+
+
+def _address(value: str) -> Address:
+    # Headers must be ASCII without SMTPUTF8, and RFC 2047 may not encode a domain:
+    # international domains are written in their IDNA form, as on the envelope.
+    name, spec = split_address(one_line(value))
+    local, at, domain = spec.rpartition("@")
+    if at:
+        spec = f"{local}@{ascii_domain(domain)}"
+    return Address(display_name=name, addr_spec=spec)
+
+
+def _addresses(value: Any) -> list[Address]:
+    if not value:
+        return []
+    items = [value] if isinstance(value, str) else list(value)
+    return [_address(v) for v in items if isinstance(v, str) and v.strip()]
+
+
+def _text(text: str, subtype: str) -> MIMEPart:
+    part = MIMEPart(policy=POLICY)
+    part.set_content(text, subtype=subtype, charset="utf-8")
+    return part
+
+
+def _container(subtype: str, parts: Sequence[MIMEPart]) -> MIMEPart:
+    box = MIMEPart(policy=POLICY)
+    box["Content-Type"] = f"multipart/{subtype}"
+    for part in parts:
+        box.attach(part)
+    return box
+
+
+def _file(att: AttachmentPart, *, inline: bool) -> MIMEPart:
+    maintype, _, subtype = att.mime_type.partition("/")
+    if maintype.lower() in _OPAQUE_TYPES or not subtype:
+        # These types may not be base64-encoded (RFC 2046); ship them as opaque bytes.
+        maintype, subtype = "application", "octet-stream"
+    part = MIMEPart(policy=POLICY)
+    part.set_content(att.content, maintype=maintype, subtype=subtype, cte="base64",
+                     disposition="inline" if inline else "attachment",
+                     filename=one_line(att.filename))
+    if inline and att.content_id:
+        part["Content-ID"] = f"<{one_line(att.content_id).strip('<>')}>"
+    return part
+
+
+def _body_tree(payload: dict[str, Any], attachments: Sequence[AttachmentPart]) -> MIMEPart:
+    body = payload.get("body") or ""
+    html = payload.get("html") or None
+    if payload.get("content_type") in ("html", "text/html") and html is None:
+        html, body = body, ""
+    inline = [a for a in attachments if a.content_id] if html else []
+    others = [a for a in attachments if a not in inline]
+
+    html_part: MIMEPart | None = None
+    if html is not None:
+        html_part = _text(html, "html")
+        if inline:
+            html_part = _container("related",
+                                   [html_part, *(_file(a, inline=True) for a in inline)])
+    if html_part is not None and body:
+        tree = _container("alternative", [_text(body, "plain"), html_part])
+    elif html_part is not None:
+        tree = html_part
+    else:
+        tree = _text(body, "plain")
+    if others:
+        tree = _container("mixed", [tree, *(_file(a, inline=False) for a in others)])
+    return tree
+
+
+def build_message(payload: dict[str, Any], *, client_id: str, smtp_message_id: str,
+                  date_ts: int, attachments: Sequence[AttachmentPart] = ()) -> bytes:
+    """Wire bytes of the email: headers in the order of messages.md §4.2, then the body.
+
+    ``date_ts`` is ``max(created_at, deferred_ts)`` so every attempt carries the same Date;
+    ``smtp_message_id`` is the stored Message-ID (identical across retries). Bcc is never
+    written; ``return_path`` only goes into the envelope.
+    """
+    msg = EmailMessage(policy=POLICY)
+    msg["Date"] = format_datetime(datetime.fromtimestamp(date_ts, UTC))
+    msg["From"] = _address(payload["from"])
+    msg["To"] = _addresses(payload.get("to"))
+    if cc := _addresses(payload.get("cc")):
+        msg["Cc"] = cc
+    if reply_to := _addresses(payload.get("reply_to")):
+        msg["Reply-To"] = reply_to
+    msg["Subject"] = one_line(str(payload.get("subject") or ""))
+    msg["Message-ID"] = one_line(smtp_message_id)
+    msg["MIME-Version"] = "1.0"
+    msg["X-Mail-Proxy-ID"] = one_line(client_id)
+    for name, value in (payload.get("headers") or {}).items():
+        if value is None:
+            continue
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"invalid header name {name!r}")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"invalid value for header {name!r}")
+        msg[name] = one_line(str(value))
+
+    tree = _body_tree(payload, attachments)
+    for name, value in tree.items():
+        msg[name] = value
+    msg.set_payload(tree.get_payload())
+
+    out = BytesIO()
+    BytesGenerator(out, policy=POLICY, mangle_from_=False).flatten(msg)
+    return out.getvalue()

@@ -1,0 +1,247 @@
+"""The dispatcher: promote due messages, recover lost leases, claim fairly, send.
+
+It waits on three things (a wake event, the poll timer, the stop event) and shuts down in
+logged steps: stop claiming, give back what has not started, finish in-flight sends up to a
+timeout, then cancel (delivery.md §2, §10). ``run_once`` runs a single cycle for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mail_proxy.delivery import leases, ratelimit
+from mail_proxy.delivery.accounts import AccountConfigs
+from mail_proxy.delivery.outcomes import Claimed, Recorder
+from mail_proxy.delivery.sender import Sender
+from mail_proxy.manager.core import now
+
+log = logging.getLogger("mail_proxy.delivery")
+RECOVERY_INTERVAL = 5.0
+
+
+@dataclass
+class Lane:
+    """Claimed messages of one account, and the send tasks working through them."""
+
+    key: tuple[str, str]
+    heap: list[tuple[tuple[int, int, int], Claimed]] = field(default_factory=list)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    in_flight: int = 0
+
+    @property
+    def held(self) -> int:
+        return len(self.heap) + self.in_flight
+
+
+class Dispatcher:
+    def __init__(self, core: Any, *, owner: str, smtp: Any, fetcher: Any | None = None,
+                 metrics: Any | None = None,
+                 on_event: Callable[[str], None] | None = None) -> None:
+        self.core = core
+        self.owner = owner
+        self.smtp = smtp
+        self.metrics = metrics
+        self.configs = AccountConfigs(core)
+        self.recorder = Recorder(core.store, owner)
+        self.sender = Sender(core, configs=self.configs, recorder=self.recorder, smtp=smtp,
+                             fetcher=fetcher, metrics=metrics,
+                             on_event=on_event or (lambda _t: None))
+        self.lanes: dict[tuple[str, str], Lane] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._slots = asyncio.Semaphore(core.settings.max_concurrent_sends)
+        self._slot_size = core.settings.max_concurrent_sends
+        self._rotation = 0
+        self._last_recovery = 0.0
+        self._next_due: int | None = None
+        self._rate_blocked: dict[tuple[str, str], int] = {}
+        self._renewer: asyncio.Task[None] | None = None
+
+    # wake-ups ----------------------------------------------------------------------------
+    def wake(self, _tenant_id: str | None = None) -> None:
+        self._next_due = None  # a new deferred message may be due earlier than we thought
+        self._wake.set()
+
+    @property
+    def held(self) -> int:
+        return sum(lane.held for lane in self.lanes.values())
+
+    # main loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._renewer = asyncio.create_task(self._renew_loop())
+        backoff = 1.0
+        try:
+            while not self._stopping:
+                try:
+                    claimed = await self.run_once()
+                    backoff = 1.0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # database down: keep running, retry with backoff
+                    log.error("dispatcher cycle failed (%s); retrying in %.0f s", exc, backoff)
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                if claimed == 0:
+                    await self._sleep(self.core.settings.send_loop_interval)
+        finally:
+            self._renewer.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    async def run_once(self) -> int:
+        """One cycle: promotion, recovery when due, immediate pass, fair pass."""
+        settings = self.core.settings
+        if not settings.dispatch_enabled or self._stopping:
+            return 0
+        self._resize_slots(settings.max_concurrent_sends)
+        t = now()
+        await self._promote(t)
+        if time.monotonic() - self._last_recovery >= RECOVERY_INTERVAL:
+            self._last_recovery = time.monotonic()
+            reportable = {c.tenant_id for c in self.configs._cache.values()
+                          if c is not None and c.reportable}
+            await leases.recover_expired(self.core.store, max_retries=settings.max_retries,
+                                         reportable_tenants=reportable)
+        claimed = await self._claim(t)
+        for msg in claimed:
+            self._enqueue(msg)
+        return len(claimed)
+
+    async def _promote(self, t: int) -> None:
+        if self._next_due is None:
+            due = await self.core.store.fetch_value("next_due_at")
+            self._next_due = int(due) if due is not None else t + 60
+        if self._next_due <= t:
+            async with self.core.store.transaction() as tx:
+                await tx.execute("promote_due", now=t)
+            self._next_due = None
+
+    async def _claim(self, t: int) -> list[Claimed]:
+        settings = self.core.settings
+        store = self.core.store
+        accounts = await store.fetch("dispatch_accounts", now=t)
+        plan: list[tuple[str, str, int, list[str]]] = []
+        if accounts:
+            start = self._rotation % len(accounts)
+            self._rotation += 1
+            accounts = accounts[start:] + accounts[:start]
+        for row in accounts:
+            key = (row["tenant_id"], row["account_id"])
+            if self._rate_blocked.get(key, 0) > t:
+                continue
+            config = await self.configs.get(*key)
+            if config is None:
+                continue
+            lane = self.lanes.get(key)
+            capacity = config.batch_size - (lane.held if lane else 0)
+            if capacity <= 0:
+                continue
+            if config.limits.any and config.limits.behavior == "defer":
+                left, free_at = await ratelimit.remaining(store, key[0], key[1], config.limits, t)
+                if left is not None:
+                    if left <= 0:
+                        self._rate_blocked[key] = free_at or t + 1
+                        continue
+                    capacity = min(capacity, left)
+            suspended = json.loads(row["suspended_batches"] or "[]")
+            plan.append((key[0], key[1], capacity, suspended))
+        claimed: list[Claimed] = []
+        async with store.transaction() as tx:
+            rows = await tx.fetch("claim_immediate", me=self.owner, now=t,
+                                  lease=settings.lease_seconds, n=settings.immediate_batch_size)
+            for tenant_id, account_id, n, suspended in plan:
+                rows += await tx.fetch("claim_account", me=self.owner, now=t,
+                                       lease=settings.lease_seconds, tenant_id=tenant_id,
+                                       account_id=account_id, n=n, suspended=suspended)
+        claimed = [Claimed.from_row(r) for r in rows]
+        return claimed
+
+    def _resize_slots(self, size: int) -> None:
+        if size != self._slot_size:
+            # New sends use the new bound; sends holding old slots finish on the old one.
+            self._slots = asyncio.Semaphore(size)
+            self._slot_size = size
+
+    # lanes -------------------------------------------------------------------------------
+    def _enqueue(self, msg: Claimed) -> None:
+        key = (msg.tenant_id, msg.account_id)
+        lane = self.lanes.setdefault(key, Lane(key))
+        heapq.heappush(lane.heap, (msg.order, msg))
+        self._spawn(lane)
+
+    def _spawn(self, lane: Lane) -> None:
+        config = self.configs._cache.get(lane.key)
+        limit = 3
+        if config is not None and config.target is not None:
+            limit = 1 if config.throttle_level > 0 else config.target.max_connections
+        # Send tasks never outnumber the account's connections (delivery.md §3).
+        for _ in range(min(limit - len(lane.tasks), len(lane.heap))):
+            task = asyncio.create_task(self._work(lane))
+            lane.tasks.add(task)
+            task.add_done_callback(lane.tasks.discard)
+
+    async def _work(self, lane: Lane) -> None:
+        while lane.heap and not self._stopping:
+            _, msg = heapq.heappop(lane.heap)
+            lane.in_flight += 1
+            try:
+                async with self._slots:
+                    if self._stopping:
+                        await self.recorder.released(msg)
+                        continue
+                    await self.sender.send(msg)
+            finally:
+                lane.in_flight -= 1
+                self._wake.set()  # capacity freed: claim more
+        if not lane.heap and not lane.tasks - {asyncio.current_task()}:
+            self.lanes.pop(lane.key, None)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            lease = self.core.settings.lease_seconds
+            await asyncio.sleep(lease / 4)
+            if self.held:
+                try:
+                    await leases.renew(self.core.store, self.owner, lease)
+                except Exception as exc:  # the next renewal retries; leases outlast 3 misses
+                    log.error("lease renewal failed: %s", exc)
+
+    # shutdown ----------------------------------------------------------------------------
+    async def drain(self, timeout: float) -> None:
+        """Stop claiming, give back unstarted messages, wait for in-flight sends."""
+        self._stopping = True
+        self._wake.set()
+        waiting = [msg for lane in self.lanes.values() for _, msg in lane.heap]
+        for lane in self.lanes.values():
+            lane.heap.clear()
+        if waiting:
+            log.info("drain: giving back %d messages not yet started", len(waiting))
+            async with self.core.store.transaction() as tx:
+                await tx.execute("release_all_mine", me=self.owner, now=now(),
+                                 pks=[m.pk for m in waiting])
+        tasks = [t for lane in self.lanes.values() for t in lane.tasks]
+        if tasks:
+            log.info("drain: waiting up to %.0f s for %d sends in progress", timeout, len(tasks))
+            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("drain: %d sends cut off; their leases will expire and they will "
+                            "be retried", len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._renewer is not None:
+            self._renewer.cancel()
+        log.info("drain: dispatcher stopped")

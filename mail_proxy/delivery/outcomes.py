@@ -1,0 +1,124 @@
+"""Recording what happened to a claimed message (messages.md §6, T7-T13).
+
+Every write is conditional on our lease and goes through ``store.grouped`` so that many
+send tasks finishing together share one commit. A write that matches no row means the lease
+was lost (another worker recovered the message): it is logged as ``lease_lost`` and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from mail_proxy.manager.core import now
+
+log = logging.getLogger("mail_proxy.delivery")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A message this worker holds a lease on."""
+
+    pk: int
+    id: str
+    tenant_id: str
+    account_id: str
+    priority: int
+    batch_code: str | None
+    created_at: int
+    deferred_ts: int | None
+    attempts: int
+    smtp_message_id: str
+    is_pec: bool
+    has_secrets: bool
+    payload: str
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Claimed:
+        return cls(pk=row["pk"], id=row["id"], tenant_id=row["tenant_id"],
+                   account_id=row["account_id"], priority=row["priority"],
+                   batch_code=row["batch_code"], created_at=row["created_at"],
+                   deferred_ts=row["deferred_ts"], attempts=row["attempts"],
+                   smtp_message_id=row["smtp_message_id"], is_pec=bool(row["is_pec"]),
+                   has_secrets=bool(row["has_secrets"]), payload=row["payload"])
+
+    @property
+    def order(self) -> tuple[int, int, int]:
+        return (self.priority, self.created_at, self.pk)
+
+    @property
+    def not_before(self) -> int:
+        return max(self.created_at, self.deferred_ts or 0)
+
+
+class Recorder:
+    def __init__(self, store: Any, owner: str) -> None:
+        self.store = store
+        self.owner = owner
+
+    async def _write(self, msg: Claimed, query: str, params: dict[str, Any],
+                     event: tuple[str, str | None, dict[str, Any]] | None,
+                     reportable: bool) -> bool:
+        async def work(tx: Any) -> bool:
+            t = params.setdefault("now", now())
+            if not await tx.execute(query, pk=msg.pk, me=self.owner, **params):
+                return False
+            if event is not None:
+                kind, description, metadata = event
+                await tx.execute("event_insert", message_pk=msg.pk, tenant_id=msg.tenant_id,
+                                 event_type=kind, now=t, description=description,
+                                 metadata=json.dumps(metadata), reportable=reportable)
+            return True
+
+        done = await self.store.grouped(work)
+        if not done:
+            log.warning("lease_lost: message %s/%s was recovered by another worker",
+                        msg.tenant_id, msg.id)
+        return bool(done)
+
+    async def sent(self, msg: Claimed, *, smtp_code: int, accepted: int,
+                   refused: list[dict[str, Any]], reportable: bool,
+                   pec_deadline_at: int | None = None) -> bool:
+        t = now()
+        meta: dict[str, Any] = {"attempt": msg.attempts + 1, "smtp_code": smtp_code,
+                                "accepted": accepted}
+        if refused:
+            meta["refused_recipients"] = refused
+        return await self._write(msg, "mark_sent", {
+            "now": t, "smtp_code": smtp_code, "settled_at": None if reportable else t,
+            "pec_deadline_at": pec_deadline_at}, ("sent", None, meta), reportable)
+
+    async def error(self, msg: Claimed, *, code: str, text: str, attempted: bool,
+                    smtp_code: int | None, reportable: bool,
+                    extra: dict[str, Any] | None = None) -> bool:
+        t = now()
+        meta: dict[str, Any] = {"code": code}
+        if attempted:
+            meta["attempt"] = msg.attempts + 1
+        if smtp_code is not None:
+            meta["smtp_code"] = smtp_code
+        meta.update(extra or {})
+        return await self._write(msg, "mark_error", {
+            "now": t, "attempted": 1 if attempted else 0, "error": text, "code": code,
+            "smtp_code": smtp_code, "settled_at": None if reportable else t},
+            ("error", text, meta), reportable)
+
+    async def deferred(self, msg: Claimed, *, next_attempt_at: int, code: str,
+                       text: str | None, attempted: bool, smtp_code: int | None,
+                       reportable: bool) -> bool:
+        meta: dict[str, Any] = {"code": code, "next_attempt_at": next_attempt_at}
+        if attempted:
+            meta["attempt"] = msg.attempts + 1
+        if smtp_code is not None:
+            meta["smtp_code"] = smtp_code
+        description = text if text is not None else code
+        return await self._write(msg, "mark_deferred", {
+            "attempted": 1 if attempted else 0, "next_attempt_at": next_attempt_at,
+            "error": text, "code": code if attempted or code != "rate_limit" else None,
+            "smtp_code": smtp_code}, ("deferred", description, meta), reportable)
+
+    async def released(self, msg: Claimed) -> bool:
+        """T7: given back unattempted (drain, throttle pause, suspension)."""
+        return await self._write(msg, "mark_released", {}, None, False)

@@ -1,0 +1,240 @@
+"""Sending one claimed message, in the order of delivery.md §3 (steps 2-9)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mail_proxy.delivery import ratelimit
+from mail_proxy.delivery.accounts import AccountConfig, AccountConfigs
+from mail_proxy.delivery.compose import AttachmentPart, build_message, envelope
+from mail_proxy.delivery.outcomes import Claimed, Recorder
+from mail_proxy.delivery.retry import RetryPolicy, throttle_delay
+from mail_proxy.errors import DeliveryFailure, PermanentFailure, TransientFailure
+from mail_proxy.manager.core import now
+
+log = logging.getLogger("mail_proxy.delivery")
+# Messages whose attachments add up to more than this are composed in a thread so that a
+# large MIME encoding never stalls the event loop.
+INLINE_COMPOSE_BYTES = 256 * 1024
+
+
+class Sender:
+    def __init__(self, core: Any, *, configs: AccountConfigs, recorder: Recorder, smtp: Any,
+                 fetcher: Any | None, metrics: Any | None,
+                 on_event: Callable[[str], None]) -> None:
+        self.core = core
+        self.configs = configs
+        self.recorder = recorder
+        self.smtp = smtp
+        self.fetcher = fetcher
+        self.metrics = metrics
+        self.on_event = on_event
+        self._successes: dict[tuple[str, str], int] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def send(self, msg: Claimed) -> None:
+        """Deliver ``msg`` and record the outcome; never raises (a bug ends as a retry)."""
+        try:
+            await self._send(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: logged with traceback, retried as transient
+            log.exception("internal error while sending %s/%s", msg.tenant_id, msg.id)
+            config = await self.configs.get(msg.tenant_id, msg.account_id)
+            await self._failed(msg, config, TransientFailure(
+                f"internal error: {type(exc).__name__}", code="internal_error"), attempted=True)
+
+    async def _send(self, msg: Claimed) -> None:
+        config = await self.configs.get(msg.tenant_id, msg.account_id)
+        t = now()
+        if config is None:
+            await self.recorder.error(
+                msg, code="account_not_found", attempted=False, smtp_code=None,
+                text=f"account '{msg.account_id}' does not exist for tenant '{msg.tenant_id}'",
+                reportable=False)
+            self._count("errors_total", msg)
+            return
+        if not config.tenant_active or config.suspended(msg.batch_code) or config.throttled(t):
+            await self.recorder.released(msg)
+            return
+        if config.target is None:
+            await self._failed(msg, config, TransientFailure(
+                f"a stored secret of account '{msg.account_id}' cannot be decrypted: "
+                f"{config.secret_error}", code="secret_unavailable"), attempted=True)
+            return
+        reservation = await ratelimit.reserve(self.core.store, msg.tenant_id, msg.account_id,
+                                              msg.pk, config.limits, t)
+        if not reservation.granted:
+            await self._rate_limited(msg, config, reservation)
+            return
+        sent = False
+        try:
+            payload = json.loads(msg.payload)
+            data = await self._compose(msg, config, payload)
+            mail_from, rcpts = envelope(payload, bounce_return_path=None)
+            started = time.perf_counter()
+            result = await self.smtp.send(config.target, mail_from, rcpts, data)
+            if self.metrics is not None:
+                self.metrics.send_seconds.labels(msg.tenant_id, msg.account_id).observe(
+                    time.perf_counter() - started)
+            sent = True
+        except DeliveryFailure as failure:
+            await self._failed(msg, config, failure, attempted=True)
+            return
+        finally:
+            await ratelimit.settle(self.core.store, reservation, sent)
+        await self.recorder.sent(msg, smtp_code=result.smtp_code, accepted=len(result.accepted),
+                                 refused=result.refused, reportable=config.reportable)
+        self._count("sent_total", msg)
+        if self.metrics is not None:
+            self.metrics.queue_wait_seconds.labels(str(msg.priority)).observe(
+                max(now() - msg.not_before, 0))
+        self._recovered(config)
+        self._notify(config, msg)
+
+    async def _compose(self, msg: Claimed, config: AccountConfig,
+                       payload: dict[str, Any]) -> bytes:
+        parts: list[AttachmentPart] = []
+        raw_attachments = payload.get("attachments") or []
+        if raw_attachments:
+            if self.fetcher is None:
+                raise PermanentFailure("attachments are not supported by this worker",
+                                       code="attachment_error")
+            attachments = [self._decrypt_auth(a) for a in raw_attachments]
+            fetched = await self.fetcher.fetch_all(await self._fetch_context(msg), attachments)
+            parts = [AttachmentPart(filename=f.filename, content=f.content, mime_type=f.mime_type,
+                                    content_id=f.content_id) for f in fetched]
+        kwargs = {"client_id": msg.id, "smtp_message_id": msg.smtp_message_id,
+                  "date_ts": msg.not_before, "attachments": parts}
+        if sum(len(p.content) for p in parts) > INLINE_COMPOSE_BYTES:
+            return await asyncio.to_thread(build_message, payload, **kwargs)
+        return build_message(payload, **kwargs)
+
+    def _decrypt_auth(self, attachment: dict[str, Any]) -> dict[str, Any]:
+        auth = attachment.get("auth")
+        if isinstance(auth, str):
+            try:
+                return {**attachment, "auth": self.core.keyring.decrypt_json(auth)}
+            except Exception as exc:
+                raise TransientFailure(f"attachment '{attachment.get('filename')}': its "
+                                       f"credentials cannot be decrypted ({exc})",
+                                       code="secret_unavailable") from exc
+        return attachment
+
+    async def _fetch_context(self, msg: Claimed) -> Any:
+        from mail_proxy.delivery.attachments.fetcher import TenantFetchContext
+
+        row = await self.core.store.fetch_one("tenant_fetch_context", tenant_id=msg.tenant_id)
+        auth = None
+        if row and row["client_auth"]:
+            auth = self.core.keyring.decrypt_json(row["client_auth"])
+        return TenantFetchContext(tenant_id=msg.tenant_id,
+                                  base_url=row["client_base_url"] if row else None,
+                                  attachment_path=(row["client_attachment_path"] if row else None)
+                                  or "/mail-proxy/attachments", client_auth=auth)
+
+    async def _rate_limited(self, msg: Claimed, config: AccountConfig,
+                            reservation: ratelimit.Reservation) -> None:
+        self._count("rate_limited_total", msg)
+        if reservation.reject:
+            await self.recorder.error(msg, code="rate_limit_exceeded", attempted=False,
+                                      smtp_code=None, reportable=config.reportable,
+                                      text="rate limit exceeded for account "
+                                           f"'{msg.account_id}'")
+            self._count("errors_total", msg)
+        else:
+            await self.recorder.deferred(msg, next_attempt_at=reservation.free_at or now() + 1,
+                                         code="rate_limit", text=None, attempted=False,
+                                         smtp_code=None, reportable=config.reportable)
+            self._count("deferred_total", msg)
+        self._notify(config, msg)
+
+    async def _failed(self, msg: Claimed, config: AccountConfig | None,
+                      failure: DeliveryFailure, *, attempted: bool) -> None:
+        reportable = config.reportable if config else False
+        self._successes.pop((msg.tenant_id, msg.account_id), None)
+        settings = self.core.settings
+        t = now()
+        if failure.throttle and config is not None:
+            await self._throttled(msg, config, failure, t)
+            return
+        policy = RetryPolicy.from_settings(settings)
+        decision = policy.decide(attempts=msg.attempts + 1, created_at=msg.created_at,
+                                 deferred_ts=msg.deferred_ts, now=t, failure=failure)
+        if decision.retry and decision.next_attempt_at is not None:
+            await self.recorder.deferred(msg, next_attempt_at=decision.next_attempt_at,
+                                         code=decision.code, text=decision.text,
+                                         attempted=attempted, smtp_code=failure.smtp_code,
+                                         reportable=reportable)
+            self._count("deferred_total", msg)
+        else:
+            extra: dict[str, Any] = {}
+            if decision.retries_exhausted:
+                extra["retries_exhausted"] = True
+            if failure.refused:
+                extra["refused_recipients"] = failure.refused
+            await self.recorder.error(msg, code=decision.code, text=decision.text,
+                                      attempted=attempted, smtp_code=failure.smtp_code,
+                                      reportable=reportable, extra=extra)
+            self._count("errors_total", msg)
+        if config is not None:
+            self._notify(config, msg)
+
+    async def _throttled(self, msg: Claimed, config: AccountConfig, failure: DeliveryFailure,
+                         t: int) -> None:
+        settings = self.core.settings
+        async with self.core.store.transaction() as tx:
+            row = await tx.fetch_one("account_throttle", tenant_id=msg.tenant_id,
+                                     account_id=msg.account_id, now=t,
+                                     base=settings.throttle_base_delay,
+                                     max_delay=settings.throttle_max_delay)
+        level = int(row["throttle_level"]) if row else 1
+        until = int(row["throttle_until"]) if row else t + throttle_delay(
+            1, settings.throttle_base_delay, settings.throttle_max_delay)
+        self.configs.set_throttle(msg.tenant_id, msg.account_id, level, until)
+        if self.metrics is not None:
+            self.metrics.throttled_total.labels(msg.tenant_id, msg.account_id).inc()
+        age_limit = settings.max_message_age
+        if age_limit and until > msg.not_before + age_limit:
+            await self.recorder.error(msg, code="expired", attempted=False,
+                                      smtp_code=failure.smtp_code, reportable=config.reportable,
+                                      text=f"message expired while throttled: {failure.message}")
+            self._count("errors_total", msg)
+        else:
+            await self.recorder.deferred(msg, next_attempt_at=until, code="throttled",
+                                         text=failure.message, attempted=False,
+                                         smtp_code=failure.smtp_code,
+                                         reportable=config.reportable)
+            self._count("deferred_total", msg)
+        self._notify(config, msg)
+
+    def _recovered(self, config: AccountConfig) -> None:
+        """Lower the throttle level after enough consecutive successes (delivery.md §7)."""
+        if config.throttle_level <= 0:
+            return
+        key = (config.tenant_id, config.account_id)
+        self._successes[key] = self._successes.get(key, 0) + 1
+        if self._successes[key] >= self.core.settings.throttle_recovery_successes:
+            self._successes[key] = 0
+            config.throttle_level -= 1
+            task = asyncio.get_running_loop().create_task(self._step_down(config))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _step_down(self, config: AccountConfig) -> None:
+        async with self.core.store.transaction() as tx:
+            await tx.execute("account_unthrottle_step", tenant_id=config.tenant_id,
+                             account_id=config.account_id, now=now())
+
+    def _count(self, name: str, msg: Claimed) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, name).labels(msg.tenant_id, msg.account_id).inc()
+
+    def _notify(self, config: AccountConfig, msg: Claimed) -> None:
+        if config.reportable:
+            self.on_event(msg.tenant_id)

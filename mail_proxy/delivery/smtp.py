@@ -1,0 +1,465 @@
+"""Pooled SMTP delivery (delivery.md §8): one pool per account configuration, per worker.
+
+Concurrency model: everything runs on one event loop, and every change to a pool's state
+(idle list, busy count, waiter queue) happens between two ``await`` points, so it is atomic
+without an explicit lock and nothing is ever "held" across network I/O. Connections are
+opened, checked and closed outside those sections; a slot is reserved *before* the await
+that opens it so ``max_connections`` holds under any interleaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosmtplib
+
+from mail_proxy.delivery import classify as c
+from mail_proxy.delivery.tls import context_for, warn_insecure
+from mail_proxy.errors import DeliveryFailure, PermanentFailure, TransientFailure
+
+log = logging.getLogger("mail_proxy.delivery.smtp")
+
+_AUTH_PREFERENCE = ("cram-md5", "plain", "login")
+_HEALTH_TIMEOUT = 5.0
+_RSET_TIMEOUT = 5.0
+_QUIT_TIMEOUT = 2.0
+# Failures after which the session state is unknown: never reuse the connection.
+_BROKEN_CODES = frozenset({"timeout", "connection_failed", "throttled"})
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    """Where and how to deliver for one account; also the pool key (delivery.md §8.1)."""
+
+    tenant_id: str
+    account_id: str
+    host: str
+    port: int
+    user: str | None = None
+    password: str | None = None
+    tls_mode: str = "starttls"  # "tls" | "starttls" | "none"
+    tls_verify: bool = True
+    tls_ca_file: str | None = None
+    max_connections: int = 3
+    max_lifetime: int = 300
+
+    def __repr__(self) -> str:
+        secret = "None" if self.password is None else "'***'"
+        return (f"SmtpTarget(tenant_id={self.tenant_id!r}, account_id={self.account_id!r}, "
+                f"host={self.host!r}, port={self.port}, user={self.user!r}, "
+                f"password={secret}, tls_mode={self.tls_mode!r}, "
+                f"tls_verify={self.tls_verify}, tls_ca_file={self.tls_ca_file!r})")
+
+    __str__ = __repr__
+
+    @property
+    def pool_key(self) -> tuple[Any, ...]:
+        # Sizing is not part of the key: throttling may shrink max_connections to 1 and
+        # that must not open a second pool next to the first.
+        digest = (None if self.password is None
+                  else hashlib.sha256(self.password.encode("utf-8")).hexdigest())
+        return (self.tenant_id, self.account_id, self.host, self.port, self.user, digest,
+                self.tls_mode, self.tls_verify, self.tls_ca_file)
+
+
+@dataclass
+class SendResult:
+    accepted: list[str]
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    smtp_code: int = 250
+
+
+class _Conn:
+    __slots__ = ("client", "created", "last_used")
+
+    def __init__(self, client: aiosmtplib.SMTP, now: float) -> None:
+        self.client = client
+        self.created = now
+        self.last_used = now
+
+
+class _Pool:
+    def __init__(self, target: SmtpTarget) -> None:
+        self.key = target.pool_key
+        self.account = (target.tenant_id, target.account_id)
+        self.target = target
+        self.idle: list[_Conn] = []  # most recently used last (LIFO)
+        self.busy = 0  # handed out, or reserved while being opened
+        self.waiters: deque[asyncio.Future[_Conn | None]] = deque()
+        self.retired = False
+        self.warned_plain_auth = False
+        self._ctx: ssl.SSLContext | None = None
+        self._ctx_lock = asyncio.Lock()
+        if target.tls_mode != "none" and not target.tls_verify:
+            warn_insecure(target.tenant_id, target.account_id)
+
+    @property
+    def open(self) -> int:
+        return len(self.idle) + self.busy
+
+    async def tls_context(self) -> ssl.SSLContext:
+        # The lock only serialises a one-off file read in a thread, not network I/O.
+        async with self._ctx_lock:
+            if self._ctx is None:
+                try:
+                    self._ctx = await context_for(verify=self.target.tls_verify,
+                                                  ca_file=self.target.tls_ca_file)
+                except (OSError, ssl.SSLError) as exc:
+                    raise PermanentFailure(
+                        f"cannot load TLS CA file {self.target.tls_ca_file!r}: {exc}",
+                        code="tls_error") from exc
+            return self._ctx
+
+
+class SmtpPools:
+    """All SMTP connection pools of one worker."""
+
+    def __init__(self, *, ehlo_name: str, connect_timeout: float = 15,
+                 send_timeout: float = 30, idle_timeout: float = 60,
+                 health_check_after: float = 30,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._ehlo_name = ehlo_name
+        self._connect_timeout = connect_timeout
+        self._send_timeout = send_timeout
+        self._idle_timeout = idle_timeout
+        self._health_after = health_check_after
+        self._clock = clock
+        self._pools: dict[tuple[Any, ...], _Pool] = {}
+        self._retired: set[_Pool] = set()  # replaced pools that still have busy connections
+        self._background: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- public API ---------------------------------------------------------------------
+
+    async def send(self, target: SmtpTarget, mail_from: str, rcpts: list[str],
+                   data: bytes) -> SendResult:
+        """One transaction on a pooled connection; raises a classified DeliveryFailure."""
+        if self._closed:
+            raise TransientFailure("SMTP pools are shut down", code="connection_failed")
+        pool = self._pool_for(target)
+        conn = await self._acquire(pool, target)
+        reusable = False
+        try:
+            result = await self._transaction(conn, target, mail_from, rcpts, data)
+            reusable = True
+            return result
+        except DeliveryFailure as failure:
+            if failure.code not in _BROKEN_CODES and conn.client.is_connected:
+                reusable = await self._rset(conn)
+            raise
+        finally:
+            self._release(pool, conn, reusable=reusable)
+
+    def stats(self) -> dict[tuple[str, str], dict[str, int]]:
+        out: dict[tuple[str, str], dict[str, int]] = {}
+        for pool in [*self._pools.values(), *self._retired]:
+            entry = out.setdefault(pool.account, {"idle": 0, "busy": 0})
+            entry["idle"] += len(pool.idle)
+            entry["busy"] += pool.busy
+        return out
+
+    async def reap_idle(self) -> None:
+        """Close idle connections unused for ``idle_timeout`` or older than their lifetime."""
+        now = self._clock()
+        stale: list[_Conn] = []
+        for pool in list(self._pools.values()):
+            keep = []
+            for conn in pool.idle:
+                if (now - conn.last_used > self._idle_timeout
+                        or now - conn.created >= pool.target.max_lifetime):
+                    stale.append(conn)
+                else:
+                    keep.append(conn)
+            pool.idle = keep
+            self._fill_waiters(pool)
+        await asyncio.gather(*(self._quit(conn) for conn in stale))
+
+    async def run_reaper(self, interval: float = 15.0) -> None:
+        """Reap forever (delivery.md §8.2: every 15 s); cancel the task to stop it."""
+        while not self._closed:
+            await asyncio.sleep(interval)
+            await self.reap_idle()
+
+    async def discard(self, tenant_id: str, account_id: str) -> None:
+        """The account changed or was deleted: idle connections now, busy ones on release."""
+        doomed = [p for p in self._pools.values() if p.account == (tenant_id, account_id)]
+        idle: list[_Conn] = []
+        for pool in doomed:
+            idle.extend(self._retire(pool))
+        await asyncio.gather(*(self._quit(conn) for conn in idle))
+
+    async def close(self) -> None:
+        """Shutdown: QUIT idle connections (2 s each, concurrently); busy ones on release."""
+        self._closed = True
+        idle: list[_Conn] = []
+        for pool in list(self._pools.values()):
+            idle.extend(self._retire(pool))
+        for pool in list(self._retired):
+            self._fail_waiters(pool)
+        await asyncio.gather(*(self._quit(conn) for conn in idle))
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    # -- pool bookkeeping (synchronous: atomic on the event loop) -----------------------
+
+    def _pool_for(self, target: SmtpTarget) -> _Pool:
+        key = target.pool_key
+        pool = self._pools.get(key)
+        if pool is None:
+            for other in [p for p in self._pools.values()
+                          if p.account == (target.tenant_id, target.account_id)]:
+                for conn in self._retire(other):
+                    self._spawn_quit(conn)
+            pool = self._pools[key] = _Pool(target)
+        else:
+            pool.target = target  # sizing and lifetime follow the latest configuration
+            self._fill_waiters(pool)
+        return pool
+
+    def _retire(self, pool: _Pool) -> list[_Conn]:
+        """Take the pool out of service; returns its idle connections for closing."""
+        self._pools.pop(pool.key, None)
+        pool.retired = True
+        idle, pool.idle = pool.idle, []
+        if pool.busy or pool.waiters:
+            self._retired.add(pool)
+        return idle
+
+    def _fill_waiters(self, pool: _Pool) -> None:
+        """Hand free slots to waiters, oldest first; each opens its own connection."""
+        if self._closed:
+            self._fail_waiters(pool)
+            return
+        while pool.waiters and pool.open < pool.target.max_connections:
+            fut = pool.waiters.popleft()
+            if not fut.done():
+                pool.busy += 1
+                fut.set_result(None)
+
+    def _fail_waiters(self, pool: _Pool) -> None:
+        while pool.waiters:
+            fut = pool.waiters.popleft()
+            if not fut.done():
+                fut.set_exception(TransientFailure("SMTP pools are shut down",
+                                                   code="connection_failed"))
+
+    def _take_idle(self, pool: _Pool) -> _Conn | None:
+        now = self._clock()
+        while pool.idle:
+            conn = pool.idle.pop()
+            if now - conn.created >= pool.target.max_lifetime or not conn.client.is_connected:
+                self._spawn_quit(conn)
+                continue
+            pool.busy += 1
+            return conn
+        return None
+
+    def _release(self, pool: _Pool, conn: _Conn, *, reusable: bool) -> None:
+        now = self._clock()
+        keep = (reusable and not pool.retired and not self._closed
+                and conn.client.is_connected
+                and now - conn.created < pool.target.max_lifetime
+                and pool.open <= pool.target.max_connections)
+        if keep:
+            conn.last_used = now
+            while pool.waiters:
+                fut = pool.waiters.popleft()
+                if not fut.done():
+                    fut.set_result(conn)  # direct hand-over keeps waiters FIFO
+                    return
+            pool.busy -= 1
+            pool.idle.append(conn)
+            return
+        pool.busy -= 1
+        if reusable:
+            self._spawn_quit(conn)
+        else:
+            # Session state unknown (failure or cancellation, maybe mid-DATA): a QUIT could
+            # be read as message text, so just drop the connection.
+            conn.client.close()
+        self._fill_waiters(pool)
+        if pool.retired and not pool.busy and not pool.waiters:
+            self._retired.discard(pool)
+
+    # -- acquiring ----------------------------------------------------------------------
+
+    async def _acquire(self, pool: _Pool, target: SmtpTarget) -> _Conn:
+        while True:
+            conn = self._take_idle(pool)
+            if conn is not None:
+                if self._clock() - conn.last_used > self._health_after and \
+                        not await self._healthy(conn):
+                    pool.busy -= 1
+                    self._spawn_quit(conn)
+                    self._fill_waiters(pool)
+                    continue
+                return conn
+            if not pool.waiters and pool.open < pool.target.max_connections:
+                pool.busy += 1
+                return await self._open_reserved(pool, target)
+            fut: asyncio.Future[_Conn | None] = asyncio.get_running_loop().create_future()
+            pool.waiters.append(fut)
+            try:
+                got = await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    handed = fut.result()
+                    if handed is None:
+                        pool.busy -= 1
+                        self._fill_waiters(pool)
+                    else:
+                        self._release(pool, handed, reusable=True)
+                else:
+                    with contextlib.suppress(ValueError):
+                        pool.waiters.remove(fut)
+                raise
+            if got is None:
+                return await self._open_reserved(pool, target)
+            return got
+
+    async def _open_reserved(self, pool: _Pool, target: SmtpTarget) -> _Conn:
+        try:
+            client = await self._connect(pool, target)
+        except BaseException:
+            pool.busy -= 1
+            self._fill_waiters(pool)
+            raise
+        return _Conn(client, self._clock())
+
+    async def _healthy(self, conn: _Conn) -> bool:
+        try:
+            async with asyncio.timeout(_HEALTH_TIMEOUT):
+                await conn.client.noop(timeout=_HEALTH_TIMEOUT)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            return False
+        return True
+
+    # -- the SMTP session ---------------------------------------------------------------
+
+    async def _connect(self, pool: _Pool, target: SmtpTarget) -> aiosmtplib.SMTP:
+        """Connect, EHLO, STARTTLS, EHLO, AUTH, all within ``connect_timeout``."""
+        host, port = target.host, target.port
+        ctx = await pool.tls_context() if target.tls_mode in ("tls", "starttls") else None
+        client = aiosmtplib.SMTP(hostname=host, port=port, local_hostname=self._ehlo_name,
+                                 timeout=self._connect_timeout,
+                                 use_tls=target.tls_mode == "tls", start_tls=False,
+                                 tls_context=ctx if target.tls_mode == "tls" else None)
+        stage = c.GREETING
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await client.connect()
+                stage = c.EHLO
+                await client.ehlo()
+                if target.tls_mode == "starttls":
+                    stage = c.STARTTLS
+                    if not client.supports_extension("starttls"):
+                        raise PermanentFailure(f"STARTTLS not offered by {host}:{port}",
+                                               code="starttls_unavailable")
+                    await client.starttls(tls_context=ctx)
+                    stage = c.EHLO
+                    await client.ehlo()
+                if target.user and target.password:
+                    stage = c.AUTH
+                    await self._login(pool, client, target)
+        except BaseException as exc:
+            client.close()
+            if isinstance(exc, DeliveryFailure | asyncio.CancelledError):
+                raise
+            raise self._classify(exc, target, stage, self._connect_timeout) from exc
+        return client
+
+    async def _login(self, pool: _Pool, client: aiosmtplib.SMTP, target: SmtpTarget) -> None:
+        offered = [m for m in _AUTH_PREFERENCE if m in client.server_auth_methods]
+        if not client.supports_extension("auth") or not offered:
+            raise PermanentFailure(
+                f"{target.host}:{target.port} offers no usable AUTH mechanism "
+                f"(CRAM-MD5, PLAIN, LOGIN) but credentials are configured",
+                code="auth_unsupported")
+        if target.tls_mode == "none" and not pool.warned_plain_auth:
+            pool.warned_plain_auth = True
+            log.warning("account %s/%s authenticates over an unencrypted connection",
+                        target.tenant_id, target.account_id)
+        method = getattr(client, "auth_" + offered[0].replace("-", ""))
+        assert target.user is not None and target.password is not None
+        await method(target.user, target.password)
+
+    async def _transaction(self, conn: _Conn, target: SmtpTarget, mail_from: str,
+                           rcpts: list[str], data: bytes) -> SendResult:
+        client = conn.client
+        accepted: list[str] = []
+        refused: list[dict[str, Any]] = []
+        stage = c.MAIL
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await client.mail(mail_from)
+                stage = c.RCPT
+                for rcpt in rcpts:
+                    try:
+                        await client.rcpt(rcpt)
+                    except aiosmtplib.SMTPRecipientRefused as exc:
+                        if exc.code == 421 or not client.is_connected:
+                            # The server is closing the session: the whole attempt fails.
+                            raise c.reply_failure(c.RCPT, exc.code, exc.message,
+                                                  refused=refused) from exc
+                        refused.append(c.refused_entry(rcpt, exc.code, exc.message))
+                    else:
+                        accepted.append(rcpt)
+                if not accepted:
+                    raise c.all_refused_failure(refused)
+                stage = c.DATA
+                reply = await client.data(data)
+        except DeliveryFailure:
+            raise
+        except aiosmtplib.SMTPResponseException as exc:
+            if not isinstance(exc, aiosmtplib.SMTPSenderRefused | aiosmtplib.SMTPDataError):
+                raise self._classify(exc, target, stage, self._send_timeout) from exc
+            raise c.reply_failure(stage, exc.code, exc.message, refused=refused) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise self._classify(exc, target, stage, self._send_timeout) from exc
+        return SendResult(accepted=accepted, refused=refused, smtp_code=reply.code)
+
+    def _classify(self, exc: BaseException, target: SmtpTarget, stage: str,
+                  timeout: float) -> DeliveryFailure:
+        if isinstance(exc, TimeoutError):
+            return c.timeout_failure(target.host, target.port, stage, timeout)
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code >= 400:
+            return c.reply_failure(stage, exc.code, exc.message, user=target.user)
+        tls = c.tls_failure(exc, target.host, target.port)
+        if tls is not None:
+            return tls
+        if isinstance(exc, OSError | aiosmtplib.SMTPException):
+            return c.connection_failure(exc, target.host, target.port, stage)
+        raise exc
+
+    # -- closing ------------------------------------------------------------------------
+
+    async def _rset(self, conn: _Conn) -> bool:
+        try:
+            await conn.client.rset(timeout=_RSET_TIMEOUT)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            return False
+        return True
+
+    def _spawn_quit(self, conn: _Conn) -> None:
+        task = asyncio.get_running_loop().create_task(self._quit(conn))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _quit(self, conn: _Conn) -> None:
+        try:
+            if conn.client.is_connected:
+                async with asyncio.timeout(_QUIT_TIMEOUT):
+                    await conn.client.quit(timeout=_QUIT_TIMEOUT)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            pass  # the peer is going away anyway
+        finally:
+            conn.client.close()

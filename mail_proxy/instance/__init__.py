@@ -1,0 +1,1 @@
+"""Named instances: their folders, process configuration, state file and supervisor."""

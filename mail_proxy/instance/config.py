@@ -1,0 +1,306 @@
+"""Process settings of one worker: flags > GMP_* environment > config.toml > defaults.
+
+Secrets (admin token, database password, key ring) never live in ``config.toml``; they have
+their own 0600 files in the instance folder (cli.md §2, settings.md §3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from mail_proxy.errors import ConfigurationError, InstanceError
+from mail_proxy.instance import paths
+from mail_proxy.instance.keyring import create_key_file
+
+DEFAULT_NAME = "mail-proxy"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+CONFIG_KEYS = ("name", "host", "port", "db_url", "log_level", "log_format", "shutdown_timeout",
+               "db_pool_size")
+
+
+@dataclass
+class ProcessConfig:
+    name: str
+    folder: Path | None
+    host: str
+    port: int
+    db_url: str
+    log_level: str
+    log_format: str
+    shutdown_timeout: float
+    db_pool_size: int
+    api_token: str = field(repr=False)
+    cache_dir: Path | None
+    db_password: str | None = field(default=None, repr=False)
+    # where each process setting came from: "flag", "env", "config.toml" or "default"
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{url_host(self.host)}:{self.port}"
+
+
+def url_host(host: str) -> str:
+    """The host to put in a URL a client can use (wildcard binds are reached on loopback)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def probe_host(host: str) -> str:
+    """Where to connect to reach a server bound to ``host`` (wildcards via loopback)."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def read_toml(folder: Path) -> dict[str, Any]:
+    path = folder / "config.toml"
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise InstanceError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def write_toml(folder: Path, values: dict[str, Any]) -> None:
+    name = values.get("name", folder.name)
+    lines = [f'# mail-proxy instance "{name}"; secrets live in api_token, encryption.key, '
+             "db_password"]
+    keys = [k for k in CONFIG_KEYS if k in values] + [k for k in values if k not in CONFIG_KEYS]
+    lines += [f"{key} = {_toml_value(values[key])}" for key in keys if values[key] is not None]
+    paths.write_private(folder / "config.toml", "\n".join(lines) + "\n")
+
+
+def update_config(folder: Path, **changes: Any) -> None:
+    values = read_toml(folder)
+    values.update({k: v for k, v in changes.items() if v is not None})
+    write_toml(folder, values)
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """(url without its password, password or None)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, None
+    netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = f"[{netloc}]"
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    return urlunsplit(parts._replace(netloc=netloc)), parts.password
+
+
+def redact_url(url: str) -> str:
+    try:
+        stripped, _password = split_password(url)
+    except ValueError:
+        return "(unparseable URL)"
+    return stripped
+
+
+def check_db_url(url: str) -> str:
+    if url.startswith("sqlite://"):
+        if not url.startswith("sqlite:///"):
+            raise ConfigurationError(f"invalid SQLite URL '{url}': use sqlite:/// followed by "
+                                     "an absolute path")
+        return url
+    if url.startswith(("postgresql://", "postgres://")):
+        return url
+    raise ConfigurationError(f"unsupported database URL '{redact_url(url)}': use sqlite:///PATH "
+                             "or postgresql://user@host:5432/dbname")
+
+
+def _env_port(raw: str, source: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ConfigurationError(f"invalid port '{raw}' in {source}: use 1-65535")
+    return port
+
+
+def _pick(sources: dict[str, str], key: str, flag: Any, env_name: str | None,
+          toml: dict[str, Any], default: Any) -> Any:
+    env = os.environ.get(env_name) if env_name else None
+    if flag is not None:
+        sources[key] = "flag"
+        return flag
+    if env not in (None, ""):
+        sources[key] = "env"
+        return env
+    if key in toml:
+        sources[key] = "config.toml"
+        return toml[key]
+    sources[key] = "default"
+    return default
+
+
+def _db_url(sources: dict[str, str], toml: dict[str, Any], folder: Path | None) -> str:
+    env_url, env_path = os.environ.get("GMP_DB_URL"), os.environ.get("GMP_DB_PATH")
+    if env_url and env_path:
+        raise ConfigurationError("GMP_DB_URL and GMP_DB_PATH are both set: keep only one")
+    if env_url:
+        sources["db_url"] = "env"
+        return check_db_url(env_url)
+    if env_path:
+        if not os.path.isabs(env_path):
+            raise ConfigurationError(f"GMP_DB_PATH must be an absolute path, not '{env_path}'")
+        sources["db_url"] = "env"
+        return "sqlite://" + env_path
+    if "db_url" in toml:
+        sources["db_url"] = "config.toml"
+        return check_db_url(str(toml["db_url"]))
+    if folder is None:
+        raise ConfigurationError("no database: set GMP_DB_URL or GMP_DB_PATH")
+    sources["db_url"] = "default"
+    return "sqlite://" + str(folder / "mail_service.db")
+
+
+def _read_secret(path: Path) -> str | None:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return value or None
+
+
+def resolve_process_config(name: str | None, *, host: str | None = None,
+                           port: int | None = None, need_token: bool = True) -> ProcessConfig:
+    """The configuration a worker for ``name`` would run with (settings.md §3)."""
+    env_db = bool(os.environ.get("GMP_DB_URL") or os.environ.get("GMP_DB_PATH"))
+    name = name or os.environ.get("GMP_INSTANCE") or DEFAULT_NAME
+    folder: Path | None = None
+    if paths.name_problem(name) is None and (paths.instance_dir(name) / "config.toml").is_file():
+        folder = paths.existing_instance(name)
+    elif not env_db:
+        raise InstanceError(f"instance '{name}' not found",
+                            hint="create it with `mail-proxy start NAME`, or set GMP_DB_URL")
+    toml = read_toml(folder) if folder else {}
+    src: dict[str, str] = {}
+    chosen_host = str(_pick(src, "host", host, "GMP_HOST", toml, DEFAULT_HOST))
+    raw_port = _pick(src, "port", port, "GMP_PORT", toml, DEFAULT_PORT)
+    chosen_port = _env_port(str(raw_port), src["port"] if src["port"] != "env" else "GMP_PORT")
+    log_level = str(_pick(src, "log_level", None, "GMP_LOG_LEVEL", toml, "info")).lower()
+    if log_level not in LOG_LEVELS:
+        raise ConfigurationError(f"invalid log_level '{log_level}': use one of "
+                                 + ", ".join(LOG_LEVELS))
+    log_format = str(_pick(src, "log_format", None, None, toml, "text"))
+    if log_format not in LOG_FORMATS:
+        raise ConfigurationError(f"invalid log_format '{log_format}': use text or json")
+    try:
+        shutdown = float(_pick(src, "shutdown_timeout", None, None, toml, 30))
+        pool = int(_pick(src, "db_pool_size", None, None, toml, 10))
+    except (TypeError, ValueError):
+        raise ConfigurationError("shutdown_timeout and db_pool_size must be numbers") from None
+    db_url = _db_url(src, toml, folder)
+    token = os.environ.get("GMP_API_TOKEN") or (
+        _read_secret(folder / "api_token") if folder else None)
+    if not token and need_token:
+        raise ConfigurationError("no admin token: set GMP_API_TOKEN")
+    password = (_read_secret(folder / "db_password") if folder else None) or \
+        os.environ.get("PGPASSWORD") or None
+    cache_env = os.environ.get("GMP_CACHE_DIR")
+    cache_dir = Path(cache_env) if cache_env else (folder / "cache" if folder else None)
+    return ProcessConfig(name=str(toml.get("name", name)) if folder else name, folder=folder,
+                         host=chosen_host, port=chosen_port, db_url=db_url, log_level=log_level,
+                         log_format=log_format, shutdown_timeout=shutdown, db_pool_size=pool,
+                         api_token=token or "", cache_dir=cache_dir, db_password=password,
+                         sources=src)
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when a server could bind ``host:port`` now (same options uvicorn uses)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError:
+            return False
+    return True
+
+
+def configured_ports(exclude: str | None = None) -> set[int]:
+    ports: set[int] = set()
+    for other in paths.instance_names():
+        if other == exclude:
+            continue
+        try:
+            value = read_toml(paths.instance_dir(other)).get("port")
+        except (ConfigurationError, InstanceError):
+            continue
+        if isinstance(value, int):
+            ports.add(value)
+    return ports
+
+
+def choose_port(host: str, exclude: str | None = None, start: int = DEFAULT_PORT) -> int:
+    taken = configured_ports(exclude)
+    for port in range(start, 65536):
+        if port not in taken and port_free(host, port):
+            return port
+    raise ConfigurationError(f"no free port from {start} upward on {host}")
+
+
+def create_instance(name: str, host: str, port: int | None,
+                    db_url: str | None) -> ProcessConfig:
+    """Create the folder and files of a new instance; return its configuration."""
+    paths.validate_name(name)
+    paths.ensure_home()
+    folder = paths.instance_dir(name)
+    if (folder / "config.toml").exists():
+        raise ConfigurationError(f"instance '{name}' already exists")
+    paths.make_private_dir(folder)
+    paths.check_private(folder)
+    password = None
+    if db_url:
+        db_url, password = split_password(check_db_url(db_url))
+    else:
+        db_url = "sqlite://" + str(folder / "mail_service.db")
+    if port is None:
+        port = choose_port(host, exclude=name)
+    for sub in ("logs", "cache"):
+        paths.make_private_dir(folder / sub)
+    create_key_file(folder)
+    paths.write_private(folder / "api_token", new_admin_token() + "\n")
+    if password:
+        paths.write_private(folder / "db_password", password + "\n")
+    # config.toml last: its presence is what makes the folder an instance
+    write_toml(folder, {"name": name, "host": host, "port": port, "db_url": db_url,
+                        "log_level": "info", "log_format": "text", "shutdown_timeout": 30,
+                        "db_pool_size": 10})
+    return resolve_process_config(name, host=host, port=port)
+
+
+def new_admin_token() -> str:
+    return secrets.token_urlsafe(32)  # 32 random bytes, URL-safe base64 without padding

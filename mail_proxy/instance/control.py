@@ -1,0 +1,279 @@
+"""Start, stop, restart and delete instances from the CLI side (cli.md §4, §9).
+
+Functions report through two callables, ``out`` (stdout lines) and ``err`` (stderr lines), and
+raise :mod:`mail_proxy.errors` exceptions; the CLI edge turns those into exit codes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mail_proxy
+from mail_proxy.errors import ConfigurationError, InstanceError, MailProxyError
+from mail_proxy.instance import paths
+from mail_proxy.instance.config import (
+    DEFAULT_HOST,
+    ProcessConfig,
+    create_instance,
+    port_free,
+    probe_host,
+    redact_url,
+    resolve_process_config,
+    update_config,
+)
+from mail_proxy.instance.logs import log_path, tail
+from mail_proxy.instance.states import (
+    ACTIVE_STATES,
+    State,
+    is_alive,
+    read_record,
+    supervisor_alive,
+    worker_alive,
+    write_record,
+)
+
+Say = Callable[[str], None]
+POLL = 0.1
+
+
+class OperationFailed(MailProxyError):
+    """The command could not do what was asked (CLI exit 1)."""
+
+    code = "operation_failed"
+
+
+def health_ok(host: str, port: int, timeout: float = 1.0) -> bool:
+    conn = http.client.HTTPConnection(probe_host(host), port, timeout=timeout)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def running_line(name: str, config: ProcessConfig, record: dict | None) -> str:
+    pid = (record or {}).get("worker_pid") or (record or {}).get("supervisor_pid")
+    return f"mail-proxy '{name}' is running at {config.url} (pid {pid})"
+
+
+def _child_env() -> dict[str, str]:
+    """Our environment, plus the path that imports this very mail_proxy package."""
+    env = dict(os.environ)
+    root = str(Path(mail_proxy.__file__).resolve().parent.parent)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in parts:
+        env["PYTHONPATH"] = os.pathsep.join([root, *parts])
+    return env
+
+
+def launch_supervisor(name: str, folder: Path) -> subprocess.Popen[bytes]:
+    """Start the supervisor detached: new session, no stdin, output to supervisor.log."""
+    logs = folder / "logs"
+    paths.make_private_dir(logs)
+    fd = os.open(logs / "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mail_proxy.instance.supervisor", name],
+            stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT, cwd=folder,
+            env=_child_env(), start_new_session=True, umask=0o077, close_fds=True)
+    finally:
+        os.close(fd)
+
+
+def start(name: str, *, host: str | None = None, port: int | None = None,
+          db: str | None = None, wait: float = 15.0, foreground: bool = False,
+          out: Say, err: Say) -> int:
+    folder = paths.instance_dir(name)
+    if (folder / "config.toml").is_file():
+        paths.existing_instance(name)
+        if db:
+            raise ConfigurationError(
+                f"--db cannot change the database of existing instance '{name}'",
+                hint=f"edit {folder / 'config.toml'} deliberately to move it")
+        record = read_record(folder)
+        if supervisor_alive(record):
+            out(running_line(name, resolve_process_config(name, need_token=False), record))
+            return 0
+        if host is not None or port is not None:
+            update_config(folder, host=host, port=port)
+        config = resolve_process_config(name)
+    else:
+        paths.validate_name(name)
+        config = create_instance(name, host or DEFAULT_HOST, port, db)
+        out(f"Created instance '{name}' in {config.folder}")
+        out(f"Admin token (stored in {folder / 'api_token'}): {config.api_token}")
+    if not port_free(config.host, config.port):
+        raise OperationFailed(f"port {config.port} on {config.host} is in use")
+    if foreground:
+        from mail_proxy.instance.supervisor import run_supervisor
+
+        return run_supervisor(name, foreground=True)
+    proc = launch_supervisor(name, folder)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if health_ok(config.host, config.port, timeout=min(1.0, wait)):
+            out(running_line(name, config, read_record(folder)))
+            return 0
+        if proc.poll() is not None:  # FATAL, or a second supervisor refused by the lock
+            break
+        time.sleep(0.2)
+    for line in tail(log_path(folder, supervisor=True), 20):
+        err(line)
+    if proc.poll() is None:
+        raise OperationFailed(f"mail-proxy '{name}' did not answer /health within {wait:g}s "
+                              "(the supervisor keeps trying)",
+                              hint=f"mail-proxy logs {name} --supervisor")
+    raise OperationFailed(f"mail-proxy '{name}' could not start",
+                          hint=f"mail-proxy logs {name} --supervisor")
+
+
+def _wait_gone(record: dict, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while supervisor_alive(record):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL)
+    return True
+
+
+def _kill(pid: object, create_time: object) -> None:
+    if is_alive(pid, create_time):
+        try:
+            os.kill(int(pid), signal.SIGKILL)  # type: ignore[call-overload]
+        except ProcessLookupError:
+            pass
+
+
+def stop(name: str, *, timeout: float | None = None, force: bool = False,
+         out: Say, err: Say) -> int:
+    folder = paths.existing_instance(name)
+    record = read_record(folder)
+    if not supervisor_alive(record):
+        if record and record.get("state") in ACTIVE_STATES:
+            record.update(state=State.STOPPED.value, worker_pid=None, worker_create_time=None)
+            write_record(folder, record)  # forget a stale record left by a killed supervisor
+        out(f"mail-proxy '{name}' is not running")
+        return 0
+    assert record is not None
+    if timeout is None:
+        timeout = resolve_process_config(name, need_token=False).shutdown_timeout + 15
+    try:
+        os.kill(record["supervisor_pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if _wait_gone(record, timeout):
+        out("stopped")
+        return 0
+    if not force:
+        raise OperationFailed(f"instance '{name}' is still draining; use --force to kill it")
+    _kill(record.get("worker_pid"), record.get("worker_create_time"))
+    _kill(record.get("supervisor_pid"), record.get("supervisor_create_time"))
+    _wait_gone(record, 5)
+    fresh = read_record(folder) or record
+    fresh.update(state=State.STOPPED.value, worker_pid=None, worker_create_time=None)
+    write_record(folder, fresh)
+    err("warning: killed; interrupted sends will be recovered when their leases expire")
+    out("stopped")
+    return 0
+
+
+def running_instances() -> list[str]:
+    return [n for n in paths.instance_names()
+            if supervisor_alive(read_record(paths.instance_dir(n)))]
+
+
+def stop_all(*, timeout: float | None, force: bool, out: Say, err: Say) -> int:
+    names = running_instances()
+    if not names:
+        out("no instance is running")
+        return 0
+
+    def one(name: str) -> tuple[str, str | None]:
+        lines: list[str] = []
+        try:
+            stop(name, timeout=timeout, force=force, out=lines.append, err=lines.append)
+        except MailProxyError as exc:
+            return name, exc.message
+        return name, None
+
+    failed = False
+    with ThreadPoolExecutor(max_workers=min(16, len(names))) as pool:
+        for name, problem in pool.map(one, names):
+            if problem:
+                failed = True
+                err(f"error: {problem}")
+            else:
+                out(f"{name}: stopped")
+    return 1 if failed else 0
+
+
+def restart(name: str, *, timeout: float | None = None, force: bool = False,
+            wait: float = 15.0, out: Say, err: Say) -> int:
+    stop(name, timeout=timeout, force=force, out=lambda _line: None, err=err)
+    return start(name, wait=wait, out=out, err=err)
+
+
+def delete(name: str, *, force: bool, confirm: Callable[[str], bool] | None,
+           out: Say, err: Say) -> int:
+    folder = paths.instance_dir(name)
+    if paths.name_problem(name) or not (folder / "config.toml").is_file():
+        raise InstanceError(f"instance '{name}' not found")
+    record = read_record(folder)
+    if supervisor_alive(record) and not force:
+        raise OperationFailed(f"instance '{name}' is running",
+                              hint=f"stop it first, or use mail-proxy delete {name} --force")
+    if not force:
+        if confirm is None:
+            raise ConfigurationError("deleting an instance needs confirmation "
+                                     "(no terminal to ask; pass --force)")
+        if not confirm(name):
+            raise OperationFailed("deletion cancelled: the name did not match")
+    if supervisor_alive(record):
+        stop(name, force=True, out=lambda _line: None, err=err)
+    db_url = ""
+    try:
+        db_url = resolve_process_config(name, need_token=False).db_url
+    except MailProxyError:
+        pass
+    shutil.rmtree(folder)
+    current, _tenant = paths.read_current()
+    if current == name:
+        paths.write_current(None, None)
+    out(f"deleted instance '{name}'")
+    if db_url.startswith(("postgresql://", "postgres://")):
+        err(f"note: the PostgreSQL database {redact_url(db_url)} was not dropped")
+    return 0
+
+
+def read_token(name: str) -> str:
+    if os.environ.get("GMP_API_TOKEN"):
+        return os.environ["GMP_API_TOKEN"]
+    return resolve_process_config(name).api_token
+
+
+def regenerate_token(name: str, *, out: Say, err: Say) -> str:
+    from mail_proxy.instance.config import new_admin_token
+
+    if os.environ.get("GMP_API_TOKEN"):
+        raise ConfigurationError("GMP_API_TOKEN is set: the environment wins over api_token",
+                                 hint="change GMP_API_TOKEN where it is defined")
+    folder = paths.existing_instance(name)
+    token = new_admin_token()
+    paths.write_private(folder / "api_token", token + "\n")
+    record = read_record(folder)
+    if supervisor_alive(record) and worker_alive(record):
+        assert record is not None
+        os.kill(record["supervisor_pid"], signal.SIGHUP)
+        err("the running worker was told to reload the token")
+    return token

@@ -1,0 +1,138 @@
+"""Where instances live on disk, and the file-mode rules that keep their secrets private.
+
+Everything under ``$MAIL_PROXY_HOME`` is created owner-only: folders 0700, files 0600. Secret
+files get their mode at ``open`` time (never ``chmod`` after writing) so there is no window in
+which another user could read them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+from mail_proxy.errors import ConfigurationError, InstanceError
+
+GLOBAL_WORDS = ("list", "start", "stop", "restart", "status", "delete", "logs", "serve", "use",
+                "current", "completion")
+INSTANCE_WORDS = ("info", "stats", "token", "run-now", "config", "command-log", "rotate-key",
+                  "tenants")
+TENANT_WORDS = ("info", "run-now", "suspend", "activate", "send", "accounts", "messages",
+                "suppressions")
+TENANT_ONLY_WORDS = ("suspend", "activate", "send", "accounts", "messages", "suppressions")
+RESERVED_WORDS = frozenset(GLOBAL_WORDS + INSTANCE_WORDS + TENANT_WORDS)
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+CURRENT_FILE = ".current"
+
+
+def home() -> Path:
+    """The root of instance folders (not created here)."""
+    raw = os.environ.get("MAIL_PROXY_HOME")
+    return Path(raw).expanduser() if raw else Path.home() / ".mail-proxy"
+
+
+def ensure_home() -> Path:
+    root = home()
+    make_private_dir(root)
+    return root
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be an instance name, or None when it can."""
+    if not _NAME_RE.match(name):
+        return (f"invalid instance name '{name}': use 1-63 characters a-z, 0-9, '_' or '-', "
+                "starting with a letter or digit")
+    if name in RESERVED_WORDS:
+        return f"invalid instance name '{name}': it is a mail-proxy command word"
+    return None
+
+
+def validate_name(name: str) -> str:
+    problem = name_problem(name)
+    if problem:
+        raise ConfigurationError(problem)
+    return name
+
+
+def instance_dir(name: str) -> Path:
+    return home() / name
+
+
+def instance_names() -> list[str]:
+    """Existing instances: sub-folders with a valid name and a config.toml."""
+    root = home()
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    return sorted(e.name for e in entries
+                  if e.is_dir() and name_problem(e.name) is None
+                  and os.path.exists(os.path.join(e.path, "config.toml")))
+
+
+def existing_instance(name: str) -> Path:
+    """The folder of an existing instance, checked for privacy; InstanceError when missing."""
+    folder = instance_dir(name)
+    if name_problem(name) is not None or not (folder / "config.toml").is_file():
+        raise InstanceError(f"instance '{name}' not found")
+    check_private(folder)
+    return folder
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` owner-only; an existing folder is left alone (check_private judges it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+
+
+def check_private(folder: Path) -> None:
+    """Refuse a folder that group or others can read: it holds the admin token and keys."""
+    mode = stat.S_IMODE(folder.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigurationError(
+            f"{folder} is accessible by other users (mode {mode:04o})",
+            hint=f"chmod 700 {folder}")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Create or replace ``path`` with mode 0600 set before any byte is written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask may have removed bits, never added: stay exact
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fd = -1
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_current() -> tuple[str | None, str | None]:
+    """The (instance, tenant) stored by ``use``; missing parts are None."""
+    try:
+        text = (home() / CURRENT_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None, None
+    if not text:
+        return None, None
+    inst, _, tenant = text.partition("/")
+    return inst or None, tenant or None
+
+
+def write_current(instance: str | None, tenant: str | None) -> None:
+    root = ensure_home()
+    path = root / CURRENT_FILE
+    if not instance and not tenant:
+        path.unlink(missing_ok=True)
+        return
+    text = (instance or "") + (f"/{tenant}" if tenant else "")
+    write_private(path, text + "\n")

@@ -1,0 +1,107 @@
+"""Supervisor states, the ``supervisor.json`` record, and liveness by pid plus create time.
+
+A pid alone is never trusted (cli.md §9.4): pids are reused, so a record is alive only when a
+process with that pid exists *and* started at the recorded time.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "supervisor.json"
+CREATE_TIME_TOLERANCE = 0.01
+
+
+class State(enum.StrEnum):
+    STOPPED = "STOPPED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    BACKOFF = "BACKOFF"
+    STOPPING = "STOPPING"
+    FATAL = "FATAL"
+
+
+# States in which a supervisor process should exist; the others are terminal records.
+ACTIVE_STATES = frozenset({State.STARTING, State.RUNNING, State.BACKOFF, State.STOPPING})
+
+
+def new_record(version: str) -> dict[str, Any]:
+    now = int(time.time())
+    return {"state": State.STOPPED.value, "version": version,
+            "supervisor_pid": None, "supervisor_create_time": None,
+            "worker_pid": None, "worker_create_time": None,
+            "host": None, "port": None, "started_at": None, "updated_at": now,
+            "restarts": 0, "recent_crashes": [], "last_exit_code": None}
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The recorded state, or None when there is none or it cannot be parsed."""
+    try:
+        data = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_record(folder: Path, record: dict[str, Any]) -> None:
+    """Replace the state file atomically so readers never see half a document."""
+    record["updated_at"] = int(time.time())
+    path = folder / STATE_FILE
+    tmp = folder / f".{STATE_FILE}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(record, fh)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def process_create_time(pid: int) -> float | None:
+    import psutil  # imported here: `mail-proxy --help` must not pay for it
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, ValueError):
+        return None
+
+
+def is_alive(pid: Any, create_time: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0 or not isinstance(create_time, int | float):
+        return False
+    actual = process_create_time(pid)
+    if actual is None:
+        return False
+    if abs(actual - float(create_time)) > CREATE_TIME_TOLERANCE:
+        return False
+    import psutil
+
+    try:  # a zombie has exited already; only its parent has not collected it yet
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def supervisor_alive(record: dict[str, Any] | None) -> bool:
+    return bool(record) and is_alive(record.get("supervisor_pid"),
+                                     record.get("supervisor_create_time"))
+
+
+def worker_alive(record: dict[str, Any] | None) -> bool:
+    return bool(record) and is_alive(record.get("worker_pid"), record.get("worker_create_time"))
+
+
+def effective_state(record: dict[str, Any] | None) -> tuple[State, bool]:
+    """(state to show, stale): an active record whose supervisor is gone shows as STOPPED."""
+    if not record:
+        return State.STOPPED, False
+    try:
+        state = State(record.get("state"))
+    except ValueError:
+        return State.STOPPED, True
+    if state in ACTIVE_STATES and not supervisor_alive(record):
+        return State.STOPPED, True
+    return state, False

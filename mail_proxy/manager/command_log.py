@@ -1,0 +1,175 @@
+"""The audit trail of state-changing requests and CLI commands (api.md §8, data.md §2.6).
+
+What is written is cleaned first: secret values become ``"***"``, big base64 attachment
+content becomes ``"base64:<elided N bytes>"``, and a payload or response body still larger
+than 64 KiB is cut to a marked prefix, so one 25 MiB batch cannot bloat the log.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Any
+
+from mail_proxy.errors import BadRequest
+from mail_proxy.manager.core import Core, now
+
+MASK = "***"
+CAP_BYTES = 64 * 1024
+EXPORT_MAX = 100_000
+MAX_PAGE = 1000
+# Keys whose values are secrets wherever they appear in a body or an answer.
+SECRET_KEYS = frozenset({
+    "password", "token", "signing_secret", "imap_password", "bounce_imap_password",
+    "api_key", "storage_options", "secret", "api_token", "admin_token",
+})
+
+
+def clean(value: Any) -> Any:
+    """A copy of ``value`` with secrets masked and big base64 content elided."""
+    if isinstance(value, dict):
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if isinstance(key, str) and key.lower() in SECRET_KEYS and item is not None:
+                out[key] = MASK  # null stays null: it records that a secret was cleared
+            elif isinstance(item, str) and len(item) > CAP_BYTES and (
+                    key == "storage_path" or item.startswith("base64:")):
+                out[key] = f"base64:<elided {len(item)} bytes>"
+            else:
+                out[key] = clean(item)
+        return out
+    if isinstance(value, list):
+        return [clean(item) for item in value]
+    return value
+
+
+def _capped_json(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = json.dumps(clean(value), ensure_ascii=False, default=str)
+    size = len(text.encode("utf-8"))
+    if size <= CAP_BYTES:
+        return text
+    head = text.encode("utf-8")[: CAP_BYTES - 256].decode("utf-8", errors="ignore")
+    return json.dumps({"truncated": True, "size_bytes": size, "text": head})
+
+
+async def record(core: Core, *, actor: str, endpoint: str, tenant_id: str | None,
+                 payload: object, response_status: int | None, response_body: object) -> None:
+    """Append one row; a no-op while ``command_log_enabled`` is false."""
+    if not core.settings.command_log_enabled:
+        return
+    async with core.store.transaction() as tx:
+        await tx.execute("command_log_insert", command_ts=now(), actor=actor,
+                         endpoint=endpoint, tenant_id=tenant_id,
+                         payload=_capped_json(payload), response_status=response_status,
+                         response_body=_capped_json(response_body))
+
+
+# --- reading -------------------------------------------------------------------------------
+
+def _bad(name: str, message: str) -> BadRequest:
+    return BadRequest(f"parameter '{name}' {message}", code="invalid_parameter",
+                      detail={"parameter": name})
+
+
+def _epoch(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _bad(name, "must be a number of seconds since the epoch") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value):
+        raise _bad(name, "must be a number of seconds since the epoch")
+    return math.floor(value)
+
+
+def _limit(value: object) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PAGE:
+        raise _bad("limit", f"must be an integer between 1 and {MAX_PAGE}")
+    return value
+
+
+def encode_cursor(last_id: int) -> str:
+    raw = json.dumps({"id": last_id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: object) -> int:
+    if cursor is None or cursor == "":
+        return 0
+    try:
+        assert isinstance(cursor, str)
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        last = json.loads(raw)["id"]
+        if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+            raise ValueError(last)
+        return last
+    except (AssertionError, binascii.Error, ValueError, KeyError, TypeError,
+            UnicodeDecodeError):
+        raise _bad("cursor", "cannot be decoded") from None
+
+
+def _like(text: object) -> str | None:
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str):
+        raise _bad("endpoint", "must be a string")
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _filters(tenant_id: object, since: object, until: object) -> dict[str, Any]:
+    if tenant_id is not None and not isinstance(tenant_id, str):
+        raise _bad("tenant_id", "must be a string")
+    return {"tenant_id": tenant_id or None, "since": _epoch("since", since),
+            "until": _epoch("until", until)}
+
+
+async def list_commands(core: Core, *, tenant_id: object = None, since: object = None,
+                        until: object = None, endpoint: object = None, limit: object = 100,
+                        cursor: object = None) -> dict[str, Any]:
+    """GET /command-log: oldest first, ``next_cursor`` null on the last page."""
+    size = _limit(limit)
+    rows = await core.store.fetch("command_log_page", after_id=decode_cursor(cursor),
+                                  endpoint=_like(endpoint), limit=size + 1,
+                                  **_filters(tenant_id, since, until))
+    more = len(rows) > size
+    rows = rows[:size]
+    commands = [{"id": r["id"], "command_ts": r["command_ts"], "actor": r["actor"],
+                 "endpoint": r["endpoint"], "tenant_id": r["tenant_id"],
+                 "payload": _loads(r["payload"]), "response_status": r["response_status"],
+                 "response_body": _loads(r["response_body"])} for r in rows]
+    return {"commands": commands,
+            "next_cursor": encode_cursor(rows[-1]["id"]) if more else None}
+
+
+async def export_commands(core: Core, *, tenant_id: object = None, since: object = None,
+                          until: object = None) -> dict[str, Any]:
+    """GET /command-log/export: at most 100 000 rows, oldest first."""
+    rows = await core.store.fetch("command_log_page", after_id=0, endpoint=None,
+                                  limit=EXPORT_MAX + 1, **_filters(tenant_id, since, until))
+    return {"truncated": len(rows) > EXPORT_MAX,
+            "commands": [{"endpoint": r["endpoint"], "tenant_id": r["tenant_id"],
+                          "payload": _loads(r["payload"]), "command_ts": r["command_ts"]}
+                         for r in rows[:EXPORT_MAX]]}
+
+
+async def purge_commands(core: Core, before: int) -> int:
+    """Delete rows older than ``before`` (epoch seconds); returns how many went."""
+    cutoff = _epoch("before", before)
+    if cutoff is None:
+        raise BadRequest("parameter 'before' is required", code="missing_parameter",
+                         detail={"parameter": "before"})
+    async with core.store.transaction() as tx:
+        return await tx.execute("command_log_purge", before=cutoff)

@@ -1,0 +1,85 @@
+"""The per-process context every manager function receives."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mail_proxy.settings import RuntimeSettings
+from mail_proxy.store import Store, open_store
+
+if TYPE_CHECKING:
+    from mail_proxy.security.crypto import KeyRing
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is acting: the admin token, a tenant API key, or a CLI user."""
+
+    kind: str  # "admin" | "tenant" | "cli"
+    tenant_id: str | None = None
+    name: str = "admin"
+
+    @property
+    def is_tenant(self) -> bool:
+        return self.kind == "tenant"
+
+    @property
+    def actor(self) -> str:
+        return self.name if self.kind == "cli" else self.kind
+
+
+ADMIN = Principal("admin")
+
+
+def now() -> int:
+    return int(time.time())
+
+
+@dataclass
+class Core:
+    store: Store
+    keyring: KeyRing
+    instance_name: str = "mail-proxy"
+    settings: RuntimeSettings = field(default_factory=RuntimeSettings)
+    settings_version: int = -1
+    # Set by the worker so that domain operations can wake its loops; None in the CLI.
+    wake_dispatcher: Callable[[str | None], None] | None = None
+    wake_reporter: Callable[[str | None], None] | None = None
+    metrics: Any = None  # mail_proxy.metrics.Metrics in the worker; None in the CLI
+
+    @classmethod
+    async def open(cls, db_url: str, keyring: KeyRing, *, name: str = "mail-proxy",
+                   pool_size: int = 10, password: str | None = None) -> Core:
+        store = open_store(db_url, pool_size=pool_size, password=password)
+        await store.open()
+        core = cls(store=store, keyring=keyring, instance_name=name)
+        try:
+            await core.reload_settings()
+        except BaseException:
+            await store.close()
+            raise
+        return core
+
+    async def reload_settings(self) -> bool:
+        """Re-read the runtime settings when their version changed; True if it did."""
+        row = await self.store.fetch_one("instance_get")
+        if row is None:
+            return False
+        version = int(row["settings_version"])
+        if version == self.settings_version:
+            return False
+        stored: dict[str, Any] = json.loads(row["settings"] or "{}")
+        self.settings = RuntimeSettings.from_stored(stored)
+        self.settings_version = version
+        return True
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    def wake(self, tenant_id: str | None = None) -> None:
+        if self.wake_dispatcher is not None:
+            self.wake_dispatcher(tenant_id)

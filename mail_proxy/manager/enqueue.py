@@ -1,0 +1,225 @@
+"""POST /commands/add-messages and the CLI's `send`: validate, then store in one transaction.
+
+The write goes through ``store.grouped`` so that concurrent requests share one commit
+(group commit); each request still answers only after the commit that holds its messages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from mail_proxy.errors import BadRequest, FieldError, Forbidden, MailProxyError, ValidationFailed
+from mail_proxy.manager.core import Core, Principal, now
+from mail_proxy.manager.validation import (
+    TenantInfo,
+    ValidationContext,
+    ValidMessage,
+    message_id_domain,
+    parse_priority,
+    validate_batch,
+)
+
+TOP_LEVEL = frozenset({"messages", "default_priority", "tenant_id"})
+# A tenant's configuration is re-read at most this often on the enqueue hot path; a
+# deactivated tenant or a deleted account is therefore noticed within this many seconds.
+TENANT_CACHE_SECONDS = 1.0
+
+
+class QueueFull(MailProxyError):
+    code = "queue_full"
+    status = 429
+
+
+class _TenantCache:
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, TenantInfo | None, dict[str, bool]]] = {}
+
+    async def load(self, core: Core, ids: set[str]) -> tuple[dict[str, TenantInfo],
+                                                             dict[tuple[str, str], bool]]:
+        stamp = time.monotonic()
+        missing = {i for i in ids
+                   if i not in self._entries or stamp - self._entries[i][0] > TENANT_CACHE_SECONDS}
+        if missing:
+            rows = await core.store.fetch("enqueue_tenants", ids=sorted(missing))
+            accounts = await core.store.fetch("enqueue_accounts", ids=sorted(missing))
+            by_tenant: dict[str, dict[str, bool]] = {i: {} for i in missing}
+            for acc in accounts:
+                by_tenant[acc["tenant_id"]][acc["id"]] = bool(acc["is_pec"])
+            found = {r["id"]: r for r in rows}
+            for tenant_id in missing:
+                row = found.get(tenant_id)
+                info = None if row is None else TenantInfo(
+                    id=tenant_id, active=bool(row["active"]),
+                    default_account_id=row["default_account_id"],
+                    account_ids=frozenset(by_tenant[tenant_id]),
+                    client_base_url=row["client_base_url"])
+                self._entries[tenant_id] = (stamp, info, by_tenant[tenant_id])
+        tenants: dict[str, TenantInfo] = {}
+        pec: dict[tuple[str, str], bool] = {}
+        for tenant_id in ids:
+            _, info, accs = self._entries[tenant_id]
+            if info is not None:
+                tenants[tenant_id] = info
+                for acc_id, is_pec in accs.items():
+                    pec[(tenant_id, acc_id)] = is_pec
+        return tenants, pec
+
+    def forget(self, tenant_id: str | None = None) -> None:
+        if tenant_id is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(tenant_id, None)
+
+
+tenant_cache = _TenantCache()
+
+
+def _parse_body(body: object, principal: Principal) -> tuple[list[Any], int | None, str | None]:
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object", code="invalid_body")
+    errors = [FieldError(k, "unknown_field", "is not a field of add-messages")
+              for k in body if k not in TOP_LEVEL]
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        errors.append(FieldError("messages", "required" if messages is None else "invalid_type",
+                                 "must be an array of message objects"))
+    default_priority = None
+    if body.get("default_priority") is not None:
+        try:
+            default_priority = parse_priority(body["default_priority"])
+        except ValueError:
+            errors.append(FieldError("default_priority", "invalid_value",
+                                     "must be 0-3 or immediate, high, medium, low"))
+    tenant_id = body.get("tenant_id")
+    if tenant_id is not None and not isinstance(tenant_id, str):
+        errors.append(FieldError("tenant_id", "invalid_type", "must be a string"))
+    if errors:
+        raise ValidationFailed(errors)
+    if principal.is_tenant and tenant_id is not None and tenant_id != principal.tenant_id:
+        raise Forbidden(f"this key belongs to tenant '{principal.tenant_id}', not '{tenant_id}'",
+                        code="tenant_mismatch")
+    return messages, default_priority, tenant_id  # type: ignore[return-value]
+
+
+async def add_messages(core: Core, body: object, principal: Principal) -> dict[str, Any]:
+    """Validate and store a batch; returns the answer of api.md §4.1.
+
+    Raises BadRequest (all rejected, too many), Forbidden, ValidationFailed, QueueFull.
+    """
+    entries, default_priority, request_tenant = _parse_body(body, principal)
+    settings = core.settings
+    if len(entries) > settings.max_batch_messages:
+        raise BadRequest(f"{len(entries)} messages is more than the limit of "
+                         f"{settings.max_batch_messages} per request", code="too_many_messages")
+    if not entries:
+        return {"ok": True, "queued": 0, "rejected": []}
+    key_tenant = principal.tenant_id if principal.is_tenant else None
+    named: set[str] = set()
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("tenant_id"), str):
+            if key_tenant is not None and entry["tenant_id"] != key_tenant:
+                raise Forbidden(f"this key belongs to tenant '{key_tenant}', not "
+                                f"'{entry['tenant_id']}'", code="tenant_mismatch")
+            named.add(entry["tenant_id"])
+    for implied in (request_tenant, key_tenant):
+        if implied:
+            named.add(implied)
+    tenants, pec_accounts = await tenant_cache.load(core, named)
+    ctx = ValidationContext(tenants=tenants, settings=settings, request_tenant_id=request_tenant,
+                            key_tenant_id=key_tenant, batch_default_priority=default_priority,
+                            now=now())
+    accepted, rejected = validate_batch(entries, ctx, message_id_domain=message_id_domain(settings))
+    if accepted and settings.max_queued_messages:
+        waiting = int(await core.store.fetch_value("count_waiting") or 0)
+        if waiting + len(accepted) > settings.max_queued_messages:
+            raise QueueFull(f"the queue holds {waiting} messages and the limit is "
+                            f"{settings.max_queued_messages}")
+    stored = 0
+    if accepted:
+        stored, late = await core.store.grouped(
+            lambda tx: _store(tx, core, accepted, pec_accounts))
+        rejected.extend(late)
+        rejected.sort(key=lambda r: r["index"])
+    if stored:
+        for tenant_id in {m.tenant_id for _, m in accepted}:
+            core.wake(tenant_id)
+        await core.store.notify(",".join(sorted({m.tenant_id for _, m in accepted})))
+    if core.metrics is not None:
+        _count(core, accepted, rejected, stored)
+    answer: dict[str, Any] = {"ok": True, "queued": stored, "rejected": rejected}
+    if stored == 0:
+        raise AllRejected(answer["rejected"])
+    return answer
+
+
+def _count(core: Core, accepted: list[tuple[int, ValidMessage]], rejected: list[dict[str, Any]],
+           stored: int) -> None:
+    late = {r["index"] for r in rejected}
+    per_tenant: dict[str, int] = {}
+    for index, m in accepted:
+        if index not in late:
+            per_tenant[m.tenant_id] = per_tenant.get(m.tenant_id, 0) + 1
+    for tenant_id, n in per_tenant.items():
+        core.metrics.enqueued_total.labels(tenant_id).inc(n)
+    for r in rejected:
+        core.metrics.rejected_total.labels("", r["code"]).inc()
+
+
+class AllRejected(BadRequest):
+    code = "all_rejected"
+
+    def __init__(self, rejected: list[dict[str, Any]]) -> None:
+        super().__init__("no message was accepted", code="all_rejected")
+        self.rejected = rejected
+
+
+def _row(m: ValidMessage, t: int, is_pec: bool, keyring: Any) -> dict[str, Any]:
+    payload = m.payload
+    if m.has_secrets:
+        payload = dict(payload)
+        payload["attachments"] = [
+            {**a, "auth": keyring.encrypt_json(a["auth"])} if a.get("auth") else a
+            for a in payload["attachments"]]
+    deferred = m.deferred_ts is not None and m.deferred_ts > t
+    return {"tenant_id": m.tenant_id, "id": m.id, "account_id": m.account_id,
+            "status": "deferred" if deferred else "queued", "priority": m.priority,
+            "batch_code": m.batch_code, "deferred_ts": m.deferred_ts, "now": t,
+            "next_attempt_at": m.deferred_ts if deferred else t,
+            "smtp_message_id": m.smtp_message_id, "is_pec": is_pec,
+            "has_secrets": m.has_secrets,
+            "payload": json.dumps(payload, separators=(",", ":"), ensure_ascii=False)}
+
+
+async def _store(tx: Any, core: Core, accepted: list[tuple[int, ValidMessage]],
+                 pec_accounts: dict[tuple[str, str], bool]) -> tuple[int, list[dict[str, Any]]]:
+    """Insert new messages, replace resubmitted ones (T3), refuse processed ones."""
+    t = now()
+    by_tenant: dict[str, list[tuple[int, ValidMessage]]] = {}
+    for index, m in accepted:
+        by_tenant.setdefault(m.tenant_id, []).append((index, m))
+    inserts: list[dict[str, Any]] = []
+    late: list[dict[str, Any]] = []
+    stored = 0
+    for tenant_id, items in by_tenant.items():
+        existing = {r["id"]: r for r in await tx.fetch(
+            "message_statuses", tenant_id=tenant_id, ids=[m.id for _, m in items])}
+        for index, m in items:
+            row = _row(m, t, pec_accounts.get((m.tenant_id, m.account_id), False), core.keyring)
+            old = existing.get(m.id)
+            if old is None:
+                inserts.append(row)
+                stored += 1
+            elif old["status"] in ("queued", "deferred", "cancelled"):
+                await tx.execute("message_replace", pk=old["pk"], **row)
+                await tx.execute("event_insert", message_pk=old["pk"], tenant_id=tenant_id,
+                                 event_type="queued", now=t, description=None,
+                                 metadata=json.dumps({"cause": "resubmitted"}), reportable=False)
+                stored += 1
+            else:
+                late.append({"index": index, "id": m.id, "code": "already_processed",
+                             "reason": f"message '{m.id}' was already processed "
+                                       f"(status {old['status']})"})
+    await tx.executemany("message_insert", inserts)
+    return stored, late

@@ -1,0 +1,449 @@
+"""Validation and normalisation of add-messages entries (messages.md §1-2).
+
+Every entry is checked on its own, in the order of messages.md §2 (checks 1-19); the first
+failure rejects that entry only. The resubmission rule (check 20) needs the database and is
+applied by the caller inside its write transaction.
+
+Whatever JSON comes in, the only exception that leaves :func:`validate_message` is
+:class:`RejectedMessage`: a bad message must never turn a batch into a 500.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any, NoReturn
+
+from mail_proxy.errors import RejectedMessage
+from mail_proxy.manager.addresses import (
+    Address,
+    address_field,
+    address_list_field,
+    idna_domain,
+    json_type,
+    quote,
+)
+from mail_proxy.manager.priority import parse_priority, resolve_priority
+
+try:  # the attachment module is written separately; keep a thin check until it lands
+    from mail_proxy.delivery.attachments.validate import normalise_attachments
+except ImportError:  # pragma: no cover - depends on the state of the tree
+    normalise_attachments = None
+
+__all__ = ["TenantInfo", "ValidMessage", "ValidationContext", "message_id_domain",
+           "parse_priority", "validate_batch", "validate_message"]
+
+_FIELDS = frozenset({
+    "id", "tenant_id", "account_id", "from", "from_addr", "to", "cc", "bcc", "reply_to",
+    "return_path", "subject", "body", "html", "content_type", "message_id", "headers",
+    "priority", "deferred_ts", "batch_code", "attachments"})
+_RESERVED = frozenset(name.lower() for name in (
+    "From", "To", "Cc", "Bcc", "Subject", "Reply-To", "Date", "Message-ID", "MIME-Version",
+    "Content-Type", "Content-Transfer-Encoding", "Return-Path", "X-Mail-Proxy-ID"))
+_CONTENT_TYPES = {"plain": "plain", "text/plain": "plain", "html": "html", "text/html": "html"}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed in a value
+# Printable ASCII without "<", ">" and "@": exactly one "@" separates the two sides.
+_MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f\x41-\x7e]+@[\x21-\x3b\x3d\x3f\x41-\x7e]+>")
+_MAX_DEFER_SECONDS = 366 * 86400
+_MAX_HEADERS = 100
+_MAX_ATTACHMENTS = 100
+_FALLBACK_DOMAIN = "mail-proxy.localdomain"
+
+
+@dataclass(frozen=True)
+class TenantInfo:
+    id: str
+    active: bool
+    default_account_id: str | None
+    account_ids: frozenset[str]
+    client_base_url: str | None
+    suppressed: frozenset[str] = frozenset()  # lower-cased addr-specs on its suppression list
+
+
+@dataclass(frozen=True)
+class ValidationContext:
+    tenants: Mapping[str, TenantInfo]  # every tenant the batch may name
+    settings: Any                      # RuntimeSettings (settings.md §2)
+    request_tenant_id: str | None      # body-level tenant_id
+    key_tenant_id: str | None          # tenant of the API key, None for the admin
+    batch_default_priority: int | None  # already-parsed request default_priority
+    now: int
+
+
+@dataclass(frozen=True)
+class ValidMessage:
+    id: str
+    tenant_id: str
+    account_id: str
+    priority: int
+    batch_code: str | None
+    deferred_ts: int | None
+    smtp_message_id: str  # with angle brackets, given or generated
+    payload: dict[str, Any]  # messages.md §1.3
+    has_secrets: bool  # an attachment carries credentials: the caller encrypts them
+
+
+def _reject(code: str, field: str | None, problem: str) -> NoReturn:
+    reason = f"'{field}': {problem}" if field is not None else problem
+    raise RejectedMessage(code, reason, field)
+
+
+def _text(entry: dict[str, Any], name: str, *, max_len: int, required: bool) -> str | None:
+    """A short single-line text field (id, batch_code): no control characters."""
+    value = entry.get(name)
+    if value is None:
+        if required:
+            _reject("missing_field", name, "field is required")
+        return None
+    if not isinstance(value, str):
+        _reject("invalid_field", name, f"must be a string, not {json_type(value)}")
+    if not 1 <= len(value) <= max_len:
+        _reject("invalid_field", name, f"must be 1-{max_len} characters long")
+    if _CONTROL.search(value) is not None:
+        _reject("invalid_field", name, "must not contain control characters")
+    return value
+
+
+def _tenant(entry: dict[str, Any], ctx: ValidationContext) -> TenantInfo:
+    own = entry.get("tenant_id")
+    if own is not None and (not isinstance(own, str) or not own):
+        _reject("invalid_field", "tenant_id", "must be a non-empty string")
+    tenant_id = own or ctx.request_tenant_id or ctx.key_tenant_id
+    if tenant_id is None:
+        _reject("missing_field", "tenant_id", "field is required (no tenant in the request)")
+    if ctx.key_tenant_id is not None and tenant_id != ctx.key_tenant_id:
+        # The API refuses such a batch as a whole (api.md §4.1); this guards other callers.
+        _reject("tenant_mismatch", "tenant_id",
+                f"tenant {quote(tenant_id)} is not the tenant of the API key")
+    tenant = ctx.tenants.get(tenant_id)
+    if tenant is None:
+        _reject("tenant_not_found", "tenant_id", f"tenant {quote(tenant_id)} does not exist")
+    if not tenant.active:
+        _reject("tenant_inactive", "tenant_id", f"tenant {quote(tenant_id)} is not active")
+    return tenant
+
+
+def _account(entry: dict[str, Any], tenant: TenantInfo) -> str:
+    given = entry.get("account_id")
+    if given is not None:
+        if not isinstance(given, str):
+            _reject("invalid_field", "account_id", f"must be a string, not {json_type(given)}")
+        if given not in tenant.account_ids:
+            _reject("account_not_found", "account_id",
+                    f"account {quote(given)} does not exist for tenant {quote(tenant.id)}")
+        return given
+    default = tenant.default_account_id
+    if default is not None and default in tenant.account_ids:
+        return default
+    if len(tenant.account_ids) == 1:
+        return next(iter(tenant.account_ids))
+    if not tenant.account_ids:
+        _reject("account_required", "account_id", f"tenant {quote(tenant.id)} has no account")
+    _reject("account_required", "account_id",
+            f"tenant {quote(tenant.id)} has {len(tenant.account_ids)} accounts and no default "
+            "account; give 'account_id'")
+
+
+def _sender(entry: dict[str, Any]) -> Address:
+    main, alias = entry.get("from"), entry.get("from_addr")
+    if main is None and alias is None:
+        _reject("missing_field", "from", "field is required")
+    if main is not None and alias is not None and main != alias:
+        a = address_field(main, "from")
+        b = address_field(alias, "from_addr")
+        if a.normalised != b.normalised:
+            _reject("conflicting_fields", "from_addr", "differs from 'from'; give one of them")
+        return a
+    return address_field(main, "from") if main is not None else \
+        address_field(alias, "from_addr")
+
+
+def _subject(entry: dict[str, Any]) -> str:
+    value = entry.get("subject")
+    if value is None:
+        _reject("missing_field", "subject", "field is required")
+    if not isinstance(value, str):
+        _reject("invalid_field", "subject", f"must be a string, not {json_type(value)}")
+    if not value:
+        _reject("invalid_field", "subject", "must not be empty")
+    if "\r" in value or "\n" in value:
+        _reject("invalid_field", "subject", "must not contain CR or LF")
+    if len(value) > 998:
+        _reject("invalid_field", "subject", "must be at most 998 characters long")
+    return value
+
+
+def _content(entry: dict[str, Any]) -> tuple[str, str | None, str]:
+    body, html, kind = entry.get("body"), entry.get("html"), entry.get("content_type")
+    for name, value in (("body", body), ("html", html), ("content_type", kind)):
+        if value is not None and not isinstance(value, str):
+            _reject("invalid_field", name, f"must be a string, not {json_type(value)}")
+    content_type = "plain"
+    if kind is not None:
+        found = _CONTENT_TYPES.get(kind.strip().lower())
+        if found is None:
+            _reject("invalid_field", "content_type", f"{quote(kind)} is not 'plain' or 'html'")
+        content_type = found
+    html = html or None  # an empty alternative is no alternative
+    if content_type == "html" and html is not None:
+        _reject("conflicting_fields", "html",
+                "cannot be combined with content_type 'html'; put the HTML in 'body' or "
+                "use content_type 'plain'")
+    return body or "", html, content_type
+
+
+def _return_path(entry: dict[str, Any]) -> str | None:
+    value = entry.get("return_path")
+    if value is None:
+        return None
+    address = address_field(value, "return_path")
+    if address.display_name:
+        _reject("invalid_address", "return_path",
+                f"{quote(value)} must be a bare address without a display name")
+    return address.addr_spec
+
+
+def _message_id(entry: dict[str, Any], domain: str) -> str:
+    value = entry.get("message_id")
+    if value is None:
+        return f"<{secrets.token_hex(16)}@{domain}>"
+    if not isinstance(value, str):
+        _reject("invalid_field", "message_id", f"must be a string, not {json_type(value)}")
+    text = value.strip()
+    if not text.startswith("<") and not text.endswith(">"):
+        text = f"<{text}>"
+    if len(text) > 250 or _MESSAGE_ID.fullmatch(text) is None:
+        _reject("invalid_field", "message_id",
+                f"{quote(value)} is not a Message-ID of the form <left@right>")
+    return text
+
+
+def _header_value(value: object, field: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        _reject("invalid_header", field, f"value must be a string or a number, not "
+                f"{json_type(value)}")
+    if isinstance(value, int):
+        if abs(value) >= 10 ** 998:
+            _reject("invalid_header", field, "value must be at most 998 characters long")
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            _reject("invalid_header", field, "value must be a finite number")
+        text = repr(value)
+        # "written in decimal": 1e+20 would read as text in a header, so expand exponents.
+        return text if "e" not in text else format(Decimal(text), "f")
+    if len(value) > 998:
+        _reject("invalid_header", field, "value must be at most 998 characters long")
+    if _HEADER_VALUE_BAD.search(value) is not None:
+        _reject("invalid_header", field, "value must not contain CR, LF or control characters")
+    return value
+
+
+def _headers(entry: dict[str, Any]) -> dict[str, str]:
+    raw = entry.get("headers")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        _reject("invalid_header", "headers", f"must be an object, not {json_type(raw)}")
+    if len(raw) > _MAX_HEADERS:
+        _reject("invalid_header", "headers", f"at most {_MAX_HEADERS} headers are allowed")
+    out: dict[str, str] = {}
+    for name, value in raw.items():
+        field = f"headers.{name}"
+        if not isinstance(name, str) or _HEADER_NAME.fullmatch(name) is None:
+            _reject("invalid_header", field, f"{quote(name)} is not a valid header name")
+        if name.lower() in _RESERVED:
+            _reject("reserved_header", field, f"{name} is set by mail-proxy, not by headers")
+        if value is not None:
+            out[name] = _header_value(value, field)
+    return out
+
+
+def _deferred_ts(entry: dict[str, Any], now: int) -> int | None:
+    value = entry.get("deferred_ts")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _reject("invalid_field", "deferred_ts", f"must be a number, not {json_type(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        _reject("invalid_field", "deferred_ts", "must be a finite number")
+    ts = math.floor(value)
+    if not 0 <= ts <= now + _MAX_DEFER_SECONDS:
+        _reject("invalid_field", "deferred_ts",
+                "must lie between 0 and 366 days from now (epoch seconds)")
+    return ts
+
+
+def _batch_code(entry: dict[str, Any]) -> str | None:
+    code = _text(entry, "batch_code", max_len=64, required=False)
+    if code == "*":
+        _reject("invalid_field", "batch_code", "'*' is reserved for 'every batch'")
+    return code
+
+
+def _fallback_attachments(raw: object) -> list[dict[str, Any]]:
+    """Minimal schema check, used only while the attachment module is not installed."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > _MAX_ATTACHMENTS:
+        _reject("invalid_attachment", "attachments",
+                f"must be an array of at most {_MAX_ATTACHMENTS} objects")
+    out: list[dict[str, Any]] = []
+    for index, item in enumerate(raw):
+        field = f"attachments[{index}]"
+        if not isinstance(item, dict) or not all(
+                isinstance(item.get(k), str) and item[k] for k in ("filename", "storage_path")):
+            _reject("invalid_attachment", field,
+                    "must be an object with non-empty 'filename' and 'storage_path' strings")
+        path = item["storage_path"]
+        mode = item.get("fetch_mode") or (
+            "base64" if path.startswith("base64:") else
+            "http_url" if path.startswith(("http://", "https://")) else
+            "filesystem" if path.startswith("/") else "endpoint")
+        out.append({"filename": item["filename"], "storage_path": path, "fetch_mode": mode,
+                    **{k: item.get(k) for k in ("mime_type", "content_md5", "content_id",
+                                                "auth")}})
+    return out
+
+
+def _attachments(entry: dict[str, Any], ctx: ValidationContext,
+                 tenant: TenantInfo) -> list[dict[str, Any]]:
+    raw = entry.get("attachments")
+    if normalise_attachments is None:
+        return _fallback_attachments(raw)
+    return normalise_attachments(raw, settings=ctx.settings,
+                                 tenant_base_url=tenant.client_base_url, field="attachments")
+
+
+def _has_secrets(attachments: list[dict[str, Any]]) -> bool:
+    for item in attachments:
+        auth = item.get("auth")
+        if isinstance(auth, dict) and (auth.get("token") or auth.get("password")):
+            return True
+    return False
+
+
+def validate_message(entry: object, index: int, ctx: ValidationContext, *,
+                     message_id_domain: str) -> ValidMessage:
+    """Checks 1-18 of messages.md §2 for one entry; raises RejectedMessage."""
+    if not isinstance(entry, dict):
+        _reject("invalid_message", None,
+                f"message {index} must be a JSON object, not {json_type(entry)}")
+    for key in entry:
+        if key not in _FIELDS:
+            _reject("unknown_field", str(key), "unknown field")
+    message_id = _text(entry, "id", max_len=255, required=True)
+    assert message_id is not None  # required=True
+    tenant = _tenant(entry, ctx)
+    account_id = _account(entry, tenant)
+    sender = _sender(entry)
+    if entry.get("to") is None:
+        _reject("missing_field", "to", "field is required")
+    lists = {name: address_list_field(entry, name) for name in ("to", "cc", "bcc", "reply_to")}
+    if not lists["to"]:
+        _reject("missing_field", "to", "at least one recipient is required")
+    recipients = {a.addr_spec.lower(): a for name in ("to", "cc", "bcc") for a in lists[name]}
+    limit = ctx.settings.max_recipients
+    if len(recipients) > limit:
+        _reject("too_many_recipients", None,
+                f"the message has {len(recipients)} distinct recipients (to, cc and bcc); "
+                f"at most {limit} are allowed")
+    subject = _subject(entry)
+    body, html, content_type = _content(entry)
+    return_path = _return_path(entry)
+    smtp_message_id = _message_id(entry, message_id_domain)
+    headers = _headers(entry)
+    try:
+        priority = resolve_priority(entry.get("priority"), ctx.batch_default_priority,
+                                    ctx.settings.default_priority)
+    except ValueError:
+        _reject("invalid_priority", "priority",
+                f"{quote(entry.get('priority'))} is not a priority; use 0-3 or immediate, "
+                "high, medium, low")
+    deferred_ts = _deferred_ts(entry, ctx.now)
+    batch_code = _batch_code(entry)
+    attachments = _attachments(entry, ctx, tenant)
+    if ctx.settings.suppression_enabled and tenant.suppressed and all(
+            key in tenant.suppressed or f"{a.local}@{a.domain}".lower() in tenant.suppressed
+            for key, a in recipients.items()):
+        _reject("suppressed", None,
+                f"every recipient is on the suppression list of tenant {quote(tenant.id)}")
+    payload = {
+        "from": sender.normalised, **{n: [a.normalised for a in v] for n, v in lists.items()},
+        "return_path": return_path, "subject": subject, "body": body, "html": html,
+        "content_type": content_type, "headers": headers, "attachments": attachments}
+    return ValidMessage(
+        id=message_id, tenant_id=tenant.id, account_id=account_id, priority=priority,
+        batch_code=batch_code, deferred_ts=deferred_ts, smtp_message_id=smtp_message_id,
+        payload=payload, has_secrets=_has_secrets(attachments))
+
+
+def _usable_id(entry: object) -> str | None:
+    if not isinstance(entry, dict):
+        return None
+    value = entry.get("id")
+    if isinstance(value, str) and 1 <= len(value) <= 255 and _CONTROL.search(value) is None:
+        return value
+    return None
+
+
+def validate_batch(entries: list[object], ctx: ValidationContext, *, message_id_domain: str,
+                   ) -> tuple[list[tuple[int, ValidMessage]], list[dict[str, Any]]]:
+    """Validate every entry; returns accepted (index, message) pairs and rejection entries.
+
+    Check 19 (duplicate id) counts every earlier entry carrying the id, accepted or not, so
+    the outcome of an entry never depends on whether an earlier one happened to be valid.
+    """
+    accepted: list[tuple[int, ValidMessage]] = []
+    rejected: list[dict[str, Any]] = []
+    first_seen: dict[tuple[str | None, str], int] = {}
+    for index, entry in enumerate(entries):
+        usable = _usable_id(entry)
+        key = None
+        if usable is not None:
+            assert isinstance(entry, dict)
+            own = entry.get("tenant_id")
+            tenant = own if isinstance(own, str) and own else \
+                ctx.request_tenant_id or ctx.key_tenant_id
+            key = (tenant, usable)
+        try:
+            message = validate_message(entry, index, ctx, message_id_domain=message_id_domain)
+            if key is not None and key in first_seen:
+                _reject("duplicate_id", "id", f"{quote(usable)} is already used by message "
+                        f"{first_seen[key]} of this request")
+        except RejectedMessage as exc:
+            rejected.append(exc.rejection.entry(index, usable))
+        else:
+            accepted.append((index, message))
+        if key is not None:
+            first_seen.setdefault(key, index)
+    return accepted, rejected
+
+
+@lru_cache(maxsize=1)
+def _host_domain() -> str:
+    # getfqdn may wait on DNS; the cache makes that a one-time cost per process.
+    name = socket.getfqdn().strip().rstrip(".")
+    if not name or name.lower() == "localhost" or name.lower().startswith("localhost."):
+        return _FALLBACK_DOMAIN
+    return idna_domain(name) or _FALLBACK_DOMAIN
+
+
+def message_id_domain(settings: Any) -> str:
+    """Right side of generated Message-IDs: setting, else host FQDN, else a fixed name.
+
+    The first call without the setting may block on a DNS lookup; call it once at start-up
+    (e.g. through ``asyncio.to_thread``) so request handlers hit the cache.
+    """
+    configured = getattr(settings, "message_id_domain", None)
+    if isinstance(configured, str) and configured.strip():
+        return configured.strip()
+    return _host_domain()

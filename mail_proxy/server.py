@@ -1,0 +1,268 @@
+"""The worker: uvicorn serving the API, plus dispatcher, reporter and housekeeping, on one
+event loop (delivery.md §1). ``serve`` is what `mail-proxy serve` and the supervisor run.
+
+Shutdown order on SIGTERM/SIGINT (delivery.md §10): the API switches to 503, the dispatcher
+stops claiming and finishes in-flight sends within ``shutdown_timeout``, the reporter finishes
+its calls, SMTP connections are closed, then the HTTP server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import logging.handlers
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mail_proxy import __version__
+from mail_proxy.errors import MailProxyError
+
+log = logging.getLogger("mail_proxy.worker")
+SETTINGS_POLL = 5.0
+PARENT_POLL = 2.0
+
+
+def _setup_logging(config: Any) -> None:
+    level = getattr(logging, str(config.log_level).upper(), logging.INFO)
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if config.log_format == "json":
+        fmt = ('{"ts": "%(asctime)s", "level": "%(levelname)s", "logger": "%(name)s", '
+               '"message": %(message)r}')
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if config.folder is not None:
+        logs = Path(config.folder) / "logs"
+        logs.mkdir(mode=0o700, exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(
+            logs / "mail-proxy.log", maxBytes=10 * 1024 * 1024, backupCount=5,
+            encoding="utf-8"))
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(fmt))
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("aiosmtplib").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise MailProxyError(f"port {port} on {host} is in use" if exc.errno == 98
+                             else f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class Worker:
+    """Everything one worker process runs, with explicit start and stop."""
+
+    def __init__(self, config: Any, keyring: Any) -> None:
+        self.config = config
+        self.keyring = keyring
+        self.owner = owner_id()
+        self.stop_requested = asyncio.Event()
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        from mail_proxy.api.app import create_app
+        from mail_proxy.api.state import ApiState
+        from mail_proxy.delivery.attachments.fetcher import AttachmentFetcher
+        from mail_proxy.delivery.dispatcher import Dispatcher
+        from mail_proxy.delivery.smtp import SmtpPools
+        from mail_proxy.manager.core import Core
+        from mail_proxy.manager.validation import message_id_domain
+        from mail_proxy.metrics import Metrics
+
+        cfg = self.config
+        self.core = core = await Core.open(cfg.db_url, self.keyring, name=cfg.name,
+                                           pool_size=cfg.db_pool_size, password=cfg.db_password)
+        settings = core.settings
+        self.metrics = Metrics(version=__version__, database=core.store.backend)
+        core.metrics = self.metrics
+        accounts = await core.store.fetch("all_account_keys")
+        self.metrics.init_accounts((a["tenant_id"], a["id"]) for a in accounts)
+        self.smtp = SmtpPools(ehlo_name=message_id_domain(settings),
+                              connect_timeout=settings.smtp_connect_timeout,
+                              send_timeout=settings.smtp_send_timeout,
+                              idle_timeout=settings.smtp_idle_timeout,
+                              health_check_after=settings.smtp_health_check_after)
+        self.fetcher = AttachmentFetcher(
+            settings, cache_dir=cfg.cache_dir, version=__version__,
+            on_fetch=lambda mode, outcome: self.metrics.attachment_fetch_total.labels(
+                mode, outcome).inc())
+        self.reporter = self._make_reporter()
+        self.dispatcher = Dispatcher(core, owner=self.owner, smtp=self.smtp,
+                                     fetcher=self.fetcher, metrics=self.metrics,
+                                     on_event=self._event_written)
+        core.wake_dispatcher = self.dispatcher.wake
+        self.api = ApiState(core=core, admin_token=cfg.api_token, metrics=self.metrics,
+                            wake_reporter=self._wake_reporter)
+        import uvicorn
+
+        sock = _bind(cfg.host, cfg.port)
+        server_config = uvicorn.Config(create_app(self.api), log_config=None, access_log=False,
+                                       lifespan="off", timeout_graceful_shutdown=5,
+                                       server_header=False)
+        self.server = _QuietServer(server_config)
+        self.tasks = [asyncio.create_task(self.server.serve(sockets=[sock]), name="http"),
+                      asyncio.create_task(self.dispatcher.run(), name="dispatcher"),
+                      asyncio.create_task(self._settings_loop(), name="settings"),
+                      asyncio.create_task(self.smtp.run_reaper(), name="smtp-reaper")]
+        from mail_proxy import housekeeping
+
+        self.tasks.append(asyncio.create_task(
+            housekeeping.loop(core, self.owner, self.fetcher), name="housekeeping"))
+        if self.reporter is not None:
+            self.tasks.append(asyncio.create_task(self.reporter.run(), name="reporter"))
+        if os.environ.get("MAIL_PROXY_SUPERVISOR_PID"):
+            self.tasks.append(asyncio.create_task(self._watch_parent(), name="parent"))
+        log.info("mail-proxy %s worker %s listening on http://%s:%s (database %s)",
+                 __version__, self.owner, cfg.host, cfg.port, core.store.backend)
+
+    def _make_reporter(self) -> Any:
+        try:
+            from mail_proxy.reports.reporter import Reporter
+        except ImportError:
+            return None
+        return Reporter(self.core, owner=self.owner, metrics=self.metrics)
+
+    def _event_written(self, tenant_id: str) -> None:
+        if self.reporter is not None:
+            self.reporter.wake(tenant_id)
+
+    def _wake_reporter(self, tenant_id: str | None, forced: bool) -> None:
+        if self.reporter is not None:
+            self.reporter.wake(tenant_id, forced=forced)
+
+    async def _settings_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SETTINGS_POLL)
+            with contextlib.suppress(Exception):
+                await self.reload_settings()
+
+    async def reload_settings(self) -> None:
+        if await self.core.reload_settings():
+            self.fetcher.update_settings(self.core.settings)
+            log.info("runtime settings reloaded (version %d)", self.core.settings_version)
+
+    async def _watch_parent(self) -> None:
+        expected = int(os.environ["MAIL_PROXY_SUPERVISOR_PID"])
+        while True:
+            await asyncio.sleep(PARENT_POLL)
+            if os.getppid() != expected:
+                log.warning("supervisor %d is gone: draining and exiting", expected)
+                self.stop_requested.set()
+                return
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the admin token, the key ring and the settings."""
+        from mail_proxy.instance.config import resolve_process_config
+        from mail_proxy.security.crypto import KeyRing
+
+        try:
+            fresh = resolve_process_config(self.config.name if self.config.folder else None)
+            self.api.admin_token = fresh.api_token
+            self.keyring = KeyRing.load(self.config.folder)
+            self.core.keyring = self.keyring
+            self.dispatcher.configs.forget()
+            log.info("reloaded admin token and key ring")
+        except MailProxyError as exc:
+            log.error("reload failed, keeping the previous token and key ring: %s", exc)
+        task = asyncio.get_running_loop().create_task(self.reload_settings())
+        self.tasks.append(task)
+
+    async def stop(self) -> None:
+        timeout = float(self.config.shutdown_timeout)
+        log.info("stopping: draining (budget %.0f s)", timeout)
+        self.api.state = "stopping"
+        self.metrics.set_state("stopping")
+        await self.dispatcher.drain(timeout)
+        if self.reporter is not None:
+            await self.reporter.stop(timeout=min(timeout, 15.0))
+        await self.smtp.close()
+        await self.fetcher.close()
+        self.server.should_exit = True
+        http = self.tasks[0]
+        with contextlib.suppress(asyncio.TimeoutError, Exception):
+            await asyncio.wait_for(http, timeout=10)
+        for task in self.tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self.tasks[1:], return_exceptions=True)
+        await self.core.close()
+        log.info("stopped")
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """The worker owns the signals: uvicorn must not exit on SIGTERM before the drain."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return QuietServer
+
+
+class _QuietServer:
+    def __new__(cls, config: Any) -> Any:  # built lazily so uvicorn is imported only here
+        return _server_class()(config)
+
+
+async def run_worker(config: Any, keyring: Any) -> int:
+    worker = Worker(config, keyring)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop_requested.set)
+    await worker.start()
+    loop.add_signal_handler(signal.SIGHUP, worker.reload)
+    waiter = asyncio.create_task(worker.stop_requested.wait())
+    await asyncio.wait([waiter, worker.tasks[0]], return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    await worker.stop()
+    return 0
+
+
+def serve(config: Any) -> int:
+    """Run the worker in the foreground until SIGTERM/SIGINT; returns the exit code."""
+    from mail_proxy.security.crypto import KeyRing
+
+    _setup_logging(config)
+    try:
+        keyring = KeyRing.load(config.folder)
+    except MailProxyError as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        return int(runner(run_worker(config, keyring)))
+    except MailProxyError as exc:
+        log.error("worker failed to start: %s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,59 @@
+"""The small Store interface that the manager layer talks to.
+
+Queries are addressed by name; parameters are keyword arguments matching ``:name``
+placeholders. Python ``list`` and ``dict`` values are passed as JSON text on SQLite and as
+native arrays/JSON text on PostgreSQL, so that the same call works on both backends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, TypeVar
+
+Row = dict[str, Any]
+T = TypeVar("T")
+
+
+class Transaction(Protocol):
+    async def fetch(self, query: str, **params: Any) -> list[Row]: ...
+    async def fetch_one(self, query: str, **params: Any) -> Row | None: ...
+    async def fetch_value(self, query: str, **params: Any) -> Any: ...
+    async def execute(self, query: str, **params: Any) -> int:
+        """Run a statement and return the number of rows it changed."""
+        ...
+
+    async def executemany(self, query: str, rows: list[dict[str, Any]]) -> None: ...
+
+
+class Store(Protocol):
+    backend: str  # "sqlite" | "postgresql"
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations (serialised across processes)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def fetch(self, query: str, **params: Any) -> list[Row]: ...
+    async def fetch_one(self, query: str, **params: Any) -> Row | None: ...
+    async def fetch_value(self, query: str, **params: Any) -> Any: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE on the single writer)."""
+        ...
+
+    async def grouped(self, work: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Run ``work`` in a transaction shared with other concurrent callers.
+
+        Concurrent callers share one commit (and one fsync); each runs under its own
+        savepoint so that one failing caller does not undo the others. Returns only after
+        the shared commit succeeded.
+        """
+        ...
+
+    async def notify(self, payload: str) -> None:
+        """Wake dispatchers in other processes (PostgreSQL NOTIFY; no-op on SQLite)."""
+        ...
+
+    async def schema_version(self) -> int: ...

@@ -1,0 +1,268 @@
+"""SQLite backend: WAL, one writer connection inside BEGIN IMMEDIATE, one reader connection.
+
+aiosqlite runs each connection in its own thread, so no query blocks the event loop.
+Concurrent :meth:`SqliteStore.grouped` callers share one transaction and one fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from mail_proxy.errors import SchemaTooNew
+from mail_proxy.store import queries as named
+from mail_proxy.store.errors import StoreUnavailable, UniqueViolation
+
+T = TypeVar("T")
+PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL",
+           "PRAGMA foreign_keys = ON", "PRAGMA busy_timeout = 5000")
+
+
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(v) if isinstance(v, list | dict | tuple) else v
+            for k, v in params.items()}
+
+
+def _translate(exc: sqlite3.Error) -> Exception:
+    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
+        return UniqueViolation(str(exc))
+    if isinstance(exc, sqlite3.IntegrityError):
+        return exc
+    return StoreUnavailable(f"database error: {exc}")
+
+
+def split_statements(script: str) -> list[str]:
+    statements, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip()
+                               for ln in buf.splitlines()):
+        statements.append(buf.strip())
+    return statements
+
+
+class _Conn:
+    """Query-name resolution and error translation over one aiosqlite connection."""
+
+    def __init__(self, conn: aiosqlite.Connection, queries: dict[str, str]) -> None:
+        self._conn = conn
+        self._queries = queries
+
+    async def fetch(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        try:
+            rows = await self._conn.execute_fetchall(self._queries[query], _params(params))
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+        return [dict(r) for r in rows]
+
+    async def fetch_one(self, query: str, **params: Any) -> dict[str, Any] | None:
+        rows = await self.fetch(query, **params)
+        return rows[0] if rows else None
+
+    async def fetch_value(self, query: str, **params: Any) -> Any:
+        row = await self.fetch_one(query, **params)
+        return None if row is None else next(iter(row.values()))
+
+    async def execute(self, query: str, **params: Any) -> int:
+        try:
+            cursor = await self._conn.execute(self._queries[query], _params(params))
+            count = cursor.rowcount
+            await cursor.close()
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+        return count
+
+    async def executemany(self, query: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        try:
+            await self._conn.executemany(self._queries[query], [_params(r) for r in rows])
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+    async def raw(self, sql: str) -> None:
+        try:
+            await self._conn.execute(sql)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
+
+class SqliteStore:
+    backend = "sqlite"
+
+    def __init__(self, path: str, *, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._queries = named.load("sqlite")
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._read: _Conn | None = None
+        self._write_lock = asyncio.Lock()
+        self._group_queue: list[tuple[Callable[[Any], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._group_task: asyncio.Task[None] | None = None
+
+    async def _connect(self) -> aiosqlite.Connection:
+        if self.readonly:
+            uri = Path(self.path).resolve().as_uri() + "?mode=ro"
+            conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            await conn.execute("PRAGMA busy_timeout = 1000")
+        else:
+            conn = await aiosqlite.connect(self.path, isolation_level=None)
+            for pragma in PRAGMAS:
+                await conn.execute(pragma)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    async def open(self) -> None:
+        try:
+            if not self.readonly:
+                self._writer = await self._connect()
+                await self._migrate()
+            self._reader = await self._connect()
+        except sqlite3.Error as exc:
+            await self.close()
+            raise StoreUnavailable(f"cannot open SQLite database {self.path}: {exc}") from exc
+        except BaseException:
+            await self.close()
+            raise
+        self._read = _Conn(self._reader, self._queries)
+
+    async def close(self) -> None:
+        if self._group_task is not None:
+            await asyncio.gather(self._group_task, return_exceptions=True)
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                try:
+                    await conn.close()
+                except (sqlite3.Error, ValueError):
+                    pass
+        self._reader = self._writer = None
+
+    async def _migrate(self) -> None:
+        assert self._writer is not None
+        w = self._writer
+        await w.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY"
+                        " KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
+        known = named.migrations("sqlite")
+        latest = known[-1][0] if known else 0
+        await w.execute("BEGIN IMMEDIATE")  # serialises concurrent starts
+        try:
+            rows = await w.execute_fetchall("SELECT version FROM schema_migrations")
+            applied = {r[0] for r in rows}
+            if applied and max(applied) > latest:
+                raise SchemaTooNew(f"database schema {max(applied)} is newer than this "
+                                   f"mail-proxy ({latest})")
+            for version, name, sql in known:
+                if version in applied:
+                    continue
+                for statement in split_statements(sql):
+                    await w.execute(statement)
+                await w.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                                (version, name, int(time.time())))
+            await w.execute("COMMIT")
+        except BaseException:
+            await w.execute("ROLLBACK")
+            raise
+
+    # reads -----------------------------------------------------------------------------
+    async def fetch(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        assert self._read is not None, "store is not open"
+        return await self._read.fetch(query, **params)
+
+    async def fetch_one(self, query: str, **params: Any) -> dict[str, Any] | None:
+        assert self._read is not None, "store is not open"
+        return await self._read.fetch_one(query, **params)
+
+    async def fetch_value(self, query: str, **params: Any) -> Any:
+        assert self._read is not None, "store is not open"
+        return await self._read.fetch_value(query, **params)
+
+    async def schema_version(self) -> int:
+        assert self._reader is not None
+        rows = await self._reader.execute_fetchall("SELECT max(version) FROM schema_migrations")
+        return int(rows[0][0] or 0)
+
+    # writes ----------------------------------------------------------------------------
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Conn]:
+        if self._writer is None:
+            raise StoreUnavailable("the database is open read-only")
+        async with self._write_lock:
+            tx = _Conn(self._writer, self._queries)
+            await tx.raw("BEGIN IMMEDIATE")
+            try:
+                yield tx
+            except BaseException:
+                await asyncio.shield(self._rollback())
+                raise
+            try:
+                await tx.raw("COMMIT")
+            except BaseException:
+                await asyncio.shield(self._rollback())
+                raise
+
+    async def _rollback(self) -> None:
+        assert self._writer is not None
+        try:
+            await self._writer.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # no transaction left to roll back
+
+    async def grouped(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._group_queue.append((work, future))
+        if self._group_task is None or self._group_task.done():
+            self._group_task = asyncio.create_task(self._run_groups())
+        return await future
+
+    async def _run_groups(self) -> None:
+        while self._group_queue:
+            batch, self._group_queue = self._group_queue, []
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            try:
+                async with self.transaction() as tx:
+                    single = len(batch) == 1
+                    for work, future in batch:
+                        if not single:
+                            await tx.raw("SAVEPOINT grouped")
+                        try:
+                            result = await work(tx)
+                        except Exception as exc:
+                            if single:
+                                raise
+                            await tx.raw("ROLLBACK TO grouped")
+                            await tx.raw("RELEASE grouped")
+                            outcomes.append((future, None, exc))
+                        else:
+                            if not single:
+                                await tx.raw("RELEASE grouped")
+                            outcomes.append((future, result, None))
+            except Exception as exc:
+                failed = {id(f) for f, _, e in outcomes if e is not None}
+                for _, future in batch:
+                    if not future.done():
+                        own = next((e for f, _, e in outcomes if f is future and e), None)
+                        future.set_exception(own if id(future) in failed and own else exc)
+                continue
+            for future, result, error in outcomes:
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+
+    async def notify(self, payload: str) -> None:
+        return None

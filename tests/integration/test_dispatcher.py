@@ -1,0 +1,96 @@
+"""The dispatcher against a real in-process SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+
+from mail_proxy.delivery.dispatcher import Dispatcher
+from mail_proxy.delivery.smtp import SmtpPools
+from mail_proxy.manager.messages import counts, get_message
+from tests.support import factories as f
+
+
+async def drive(dispatcher: Dispatcher, until: int = 100, timeout: float = 10.0) -> None:
+    """Run cycles until nothing is held and no claim happens, or time runs out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        claimed = await dispatcher.run_once()
+        await asyncio.sleep(0.01)
+        if claimed == 0 and dispatcher.held == 0:
+            return
+    raise AssertionError("dispatcher did not settle")
+
+
+def make_dispatcher(core, owner: str = "test:1:abcd") -> Dispatcher:
+    return Dispatcher(core, owner=owner, smtp=SmtpPools(ehlo_name="test.local"))
+
+
+async def test_messages_are_delivered_once_and_marked_sent(core, smtp_server) -> None:
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    answer = await f.enqueue(core, *[f.message(i) for i in range(20)])
+    assert answer["queued"] == 20
+    dispatcher = make_dispatcher(core)
+    await drive(dispatcher)
+    assert (await counts(core, "acme"))["sent"] == 20
+    ids = sorted(email.message_from_bytes(m.data)["X-Mail-Proxy-ID"] for m in smtp_server.messages)
+    assert ids == sorted(f"m-{i}" for i in range(20))
+    msg = await get_message(core, "acme", "m-3")
+    assert msg["status"] == "sent" and msg["attempts"] == 1
+    assert [e["event_type"] for e in msg["events"]] == ["sent"]
+    await dispatcher.smtp.close()
+
+
+async def test_priority_zero_is_claimed_first(core, smtp_server) -> None:
+    await f.tenant(core)
+    await f.account(core, smtp_server.port, max_connections=1)
+    await f.enqueue(core, *[f.message(i, priority=3) for i in range(5)])
+    await f.enqueue(core, f.message("urgent", priority="immediate"))
+    dispatcher = make_dispatcher(core)
+    await drive(dispatcher)
+    first = email.message_from_bytes(smtp_server.messages[0].data)["X-Mail-Proxy-ID"]
+    assert first == "m-urgent"
+    await dispatcher.smtp.close()
+
+
+async def test_permanent_refusal_ends_in_error_with_reason(core, smtp_server) -> None:
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    smtp_server.script(rcpt={"rcpt1@example.com": "550 5.1.1 User unknown"})
+    await f.enqueue(core, f.message(1))
+    dispatcher = make_dispatcher(core)
+    await drive(dispatcher)
+    msg = await get_message(core, "acme", "m-1")
+    assert msg["status"] == "error"
+    assert msg["last_error_code"] == "all_recipients_refused"
+    assert "550 5.1.1 User unknown" in msg["last_error"]
+    await dispatcher.smtp.close()
+
+
+async def test_transient_failure_is_deferred_with_attempt_counted(core, smtp_server) -> None:
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    smtp_server.script(data="452 4.3.1 Insufficient system storage")
+    await f.enqueue(core, f.message(1))
+    dispatcher = make_dispatcher(core)
+    await drive(dispatcher)
+    msg = await get_message(core, "acme", "m-1")
+    assert msg["status"] == "deferred" and msg["attempts"] == 1
+    assert msg["last_error_code"] == "smtp_transient"
+    assert msg["next_attempt_at"] >= msg["updated_at"] + 50
+    await dispatcher.smtp.close()
+
+
+async def test_deferred_ts_in_the_future_waits(core, smtp_server) -> None:
+    import time
+
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    await f.enqueue(core, f.message(1, deferred_ts=time.time() + 3600))
+    dispatcher = make_dispatcher(core)
+    await drive(dispatcher)
+    assert smtp_server.messages == []
+    assert (await counts(core, "acme"))["deferred"] == 1
+    await dispatcher.smtp.close()

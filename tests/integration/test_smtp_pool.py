@@ -1,0 +1,242 @@
+"""Connection pool behaviour (delivery.md §8.1-8.2, 8.5) against a real aiosmtpd server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mail_proxy.delivery.smtp import SmtpPools, SmtpTarget
+from mail_proxy.errors import TransientFailure
+from tests.support.smtp_server import RecordingSmtpServer, SinkServer
+
+pytestmark = pytest.mark.timeout(10)
+
+DATA = b"Subject: pool\r\n\r\nhello\r\n"
+
+
+class Clock:
+    """Monotonic clock the test moves by hand, so lifetimes need no real waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def target(port: int, **kw: object) -> SmtpTarget:
+    args: dict[str, object] = {"tenant_id": "acme", "account_id": "main", "host": "127.0.0.1",
+                               "port": port, "user": None, "password": None, "tls_mode": "none"}
+    args.update(kw)
+    return SmtpTarget(**args)  # type: ignore[arg-type]
+
+
+async def settle(srv: RecordingSmtpServer, open_connections: int) -> None:
+    """Background QUITs finish asynchronously: wait (bounded) for the server to see them."""
+    for _ in range(100):
+        if srv.open_connections == open_connections:
+            return
+        await asyncio.sleep(0.01)
+    assert srv.open_connections == open_connections
+
+
+async def test_sequential_sends_reuse_one_connection() -> None:
+    pools = SmtpPools(ehlo_name="proxy.test")
+    async with RecordingSmtpServer() as srv:
+        for i in range(5):
+            await pools.send(target(srv.port), "s@acme.test", [f"r{i}@example.test"], DATA)
+        assert srv.connections == 1
+        assert len(srv.messages) == 5
+        assert pools.stats() == {("acme", "main"): {"idle": 1, "busy": 0}}
+        await pools.close()
+    assert srv.commands["EHLO"] == 1
+
+
+async def test_max_connections_respected_under_concurrency() -> None:
+    pools = SmtpPools(ehlo_name="proxy.test")
+    async with RecordingSmtpServer() as srv:
+        srv.script(data_delay=0.05)
+        t = target(srv.port, max_connections=2)
+        peak_busy = 0
+
+        async def one(i: int) -> None:
+            nonlocal peak_busy
+            await pools.send(t, "s@acme.test", [f"r{i}@example.test"], DATA)
+            peak_busy = max(peak_busy, pools.stats()[("acme", "main")]["busy"])
+
+        await asyncio.gather(*(one(i) for i in range(10)))
+        assert len(srv.messages) == 10
+        assert srv.connections == 2
+        assert srv.peak_connections == 2
+        assert peak_busy <= 2
+        await pools.close()
+
+
+async def test_most_recently_used_idle_connection_is_taken_first() -> None:
+    pools = SmtpPools(ehlo_name="proxy.test")
+    async with RecordingSmtpServer() as srv:
+        srv.script(data_delay=0.02)
+        t = target(srv.port, max_connections=2)
+        await asyncio.gather(*(pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+                               for _ in range(2)))
+        srv.script(data_delay=0.0)
+        for _ in range(4):
+            await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+        # LIFO: one connection stays warm, the other ages towards the idle timeout.
+        assert len({m.connection for m in srv.messages[2:]}) == 1
+        await pools.close()
+
+
+async def test_waiters_are_served_in_fifo_order() -> None:
+    pools = SmtpPools(ehlo_name="proxy.test")
+    async with RecordingSmtpServer() as srv:
+        srv.script(data_delay=0.02)
+        t = target(srv.port, max_connections=1)
+        tasks = []
+        for i in range(6):
+            tasks.append(asyncio.create_task(
+                pools.send(t, "s@acme.test", [f"r{i}@example.test"], DATA)))
+            await asyncio.sleep(0)  # fix the arrival order
+        await asyncio.gather(*tasks)
+        assert [m.rcpt_tos[0] for m in srv.messages] == [f"r{i}@example.test" for i in range(6)]
+        await pools.close()
+
+
+async def test_connection_past_lifetime_is_replaced() -> None:
+    clock = Clock()
+    pools = SmtpPools(ehlo_name="proxy.test", clock=clock, health_check_after=10_000)
+    async with RecordingSmtpServer() as srv:
+        t = target(srv.port, max_lifetime=300)
+        await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+        clock.now += 299
+        await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+        assert srv.connections == 1
+        clock.now += 2  # now 301 s old
+        await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+        assert srv.connections == 2
+        await settle(srv, 1)
+        assert srv.commands["QUIT"] == 1
+        await pools.close()
+
+
+async def test_health_check_only_after_idle_period() -> None:
+    clock = Clock()
+    pools = SmtpPools(ehlo_name="proxy.test", clock=clock, health_check_after=30)
+    async with RecordingSmtpServer() as srv:
+        t = target(srv.port)
+        await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+        clock.now += 10
+        await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+        assert srv.commands["NOOP"] == 0
+        clock.now += 31
+        await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+        assert srv.commands["NOOP"] == 1
+        assert srv.connections == 1
+
+        srv.script(noop="421 4.4.2 Idle too long")  # the check fails: open a new one
+        clock.now += 31
+        await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+        assert srv.connections == 2
+        assert len(srv.messages) == 4
+        await pools.close()
+
+
+async def test_reap_idle_closes_stale_connections() -> None:
+    clock = Clock()
+    pools = SmtpPools(ehlo_name="proxy.test", clock=clock, idle_timeout=60)
+    async with RecordingSmtpServer() as srv:
+        t = target(srv.port)
+        await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+        clock.now += 59
+        await pools.reap_idle()
+        assert pools.stats()[("acme", "main")]["idle"] == 1
+        clock.now += 2
+        await pools.reap_idle()
+        assert pools.stats()[("acme", "main")]["idle"] == 0
+        assert srv.commands["QUIT"] == 1
+        await settle(srv, 0)
+        await pools.close()
+
+
+async def test_close_quits_idle_connections_and_refuses_new_sends() -> None:
+    pools = SmtpPools(ehlo_name="proxy.test")
+    async with RecordingSmtpServer() as srv:
+        t = target(srv.port, max_connections=3)
+        await asyncio.gather(*(pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+                               for _ in range(3)))
+        assert srv.open_connections == 3
+        await pools.close()
+        assert srv.commands["QUIT"] == 3
+        await settle(srv, 0)
+        with pytest.raises(TransientFailure):
+            await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+
+
+async def test_changed_account_settings_start_a_new_pool() -> None:
+    pools = SmtpPools(ehlo_name="proxy.test")
+    async with RecordingSmtpServer(user="u", password="old") as srv:
+        await pools.send(target(srv.port, user="u", password="old"), "s@acme.test",
+                         ["a@example.test"], DATA)
+        srv.password = "new"
+        await pools.send(target(srv.port, user="u", password="new"), "s@acme.test",
+                         ["a@example.test"], DATA)
+        assert srv.connections == 2
+        await settle(srv, 1)  # the old pool's idle connection was closed at once
+        assert pools.stats() == {("acme", "main"): {"idle": 1, "busy": 0}}
+        await pools.discard("acme", "main")
+        await settle(srv, 0)
+        assert pools.stats() == {}
+        await pools.close()
+
+
+async def test_throttled_account_shrinks_to_one_connection() -> None:
+    pools = SmtpPools(ehlo_name="proxy.test")
+    async with RecordingSmtpServer() as srv:
+        srv.script(data_delay=0.02)
+        t3 = target(srv.port, max_connections=3)
+        await asyncio.gather(*(pools.send(t3, "s@acme.test", ["a@example.test"], DATA)
+                               for _ in range(3)))
+        assert pools.stats()[("acme", "main")]["idle"] == 3
+        t1 = target(srv.port, max_connections=1)  # same pool key, smaller size
+        await asyncio.gather(*(pools.send(t1, "s@acme.test", ["a@example.test"], DATA)
+                               for _ in range(3)))
+        assert pools.stats()[("acme", "main")]["idle"] <= 1
+        await pools.close()
+
+
+async def test_cancelled_send_frees_its_slot() -> None:
+    pools = SmtpPools(ehlo_name="proxy.test")
+    async with RecordingSmtpServer() as srv:
+        srv.script(hang="data")
+        t = target(srv.port, max_connections=1)
+        task = asyncio.create_task(pools.send(t, "s@acme.test", ["a@example.test"], DATA))
+        for _ in range(200):  # until the server sits in DATA
+            if srv.commands["DATA"]:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pools.stats()[("acme", "main")] == {"idle": 0, "busy": 0}
+        srv.reset_script()
+        await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+        await pools.close()
+
+
+async def test_password_is_masked_in_repr() -> None:
+    t = target(25, user="mailer", password="hunter2")
+    assert "hunter2" not in repr(t)
+    assert "hunter2" not in str(t)
+    assert "'***'" in repr(t)
+
+
+async def test_sink_server_counts_pipelined_sends() -> None:
+    pools = SmtpPools(ehlo_name="proxy.test")
+    async with SinkServer() as sink:
+        t = target(sink.port, max_connections=3)
+        await asyncio.gather(*(pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+                               for _ in range(60)))
+        assert sink.messages == 60
+        assert sink.connections == 3
+        await pools.close()

@@ -1,0 +1,68 @@
+"""A whole worker in-process: API in, SMTP out."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.support import factories as f
+from tests.support.worker import running_worker
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_api_accepts_and_worker_delivers(tmp_path, keyring, smtp_server) -> None:
+    async with running_worker(tmp_path, keyring) as (worker, client):
+        await f.tenant(worker.core)
+        await f.account(worker.core, smtp_server.port)
+        r = await client.post("/commands/add-messages",
+                              json={"tenant_id": "acme",
+                                    "messages": [f.message(i) for i in range(10)]})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"ok": True, "queued": 10, "rejected": []}
+
+        async def delivered() -> bool:
+            return len(smtp_server.messages) == 10
+
+        await wait_for(delivered)
+        r = await client.get("/messages", params={"tenant_id": "acme", "status": "sent"})
+        assert len(r.json()["messages"]) == 10
+        assert (await client.get("/health")).json() == {"ok": True, "status": "ok"}
+        status = (await client.get("/status")).json()
+        assert status["state"] == "running" and status["active"] is True
+
+
+async def test_requests_without_token_get_401_json(tmp_path, keyring) -> None:
+    async with running_worker(tmp_path, keyring) as (_worker, client):
+        r = await client.get("/messages", headers={"X-API-Token": ""})
+        assert r.status_code == 401
+        assert r.json()["code"] == "missing_token"
+        assert r.headers["www-authenticate"] == "Bearer"
+        r = await client.get("/messages", headers={"X-API-Token": "nope-" * 8})
+        assert r.status_code == 401 and r.json()["code"] == "invalid_token"
+        r = await client.get("/nowhere")
+        assert r.status_code == 404 and r.json()["ok"] is False
+        assert "x-request-id" in r.headers
+
+
+async def test_partial_rejection_and_all_rejected(tmp_path, keyring, smtp_server) -> None:
+    async with running_worker(tmp_path, keyring) as (worker, client):
+        await f.tenant(worker.core)
+        await f.account(worker.core, smtp_server.port)
+        bad = f.message(2, to=["ann@"])
+        r = await client.post("/commands/add-messages",
+                              json={"tenant_id": "acme", "messages": [f.message(1), bad]})
+        body = r.json()
+        assert r.status_code == 200 and body["queued"] == 1
+        assert body["rejected"][0]["index"] == 1
+        assert body["rejected"][0]["code"] == "invalid_address"
+        r = await client.post("/commands/add-messages",
+                              json={"tenant_id": "acme", "messages": [bad]})
+        assert r.status_code == 400
+        assert r.json()["code"] == "all_rejected" and r.json()["queued"] == 0

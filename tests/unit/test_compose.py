@@ -1,0 +1,160 @@
+"""MIME composition (messages.md §4) and the envelope (§4.3)."""
+
+from __future__ import annotations
+
+import email
+from email import policy
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from mail_proxy.delivery.compose import AttachmentPart, build_message, envelope
+
+MID = "<0123456789abcdef0123456789abcdef@mail-proxy.localdomain>"
+
+
+def payload(**kw: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "from": "Billing <billing@acme.test>", "to": ["ann@example.com"], "cc": [], "bcc": [],
+        "reply_to": [], "return_path": None, "subject": "Invoice 1001", "body": "Hello",
+        "html": None, "content_type": "plain", "headers": {}, "attachments": []}
+    base.update(kw)
+    return base
+
+
+def build(p: dict[str, Any], attachments: tuple[AttachmentPart, ...] = ()) -> bytes:
+    return build_message(p, client_id="inv-1001", smtp_message_id=MID, date_ts=1767225600,
+                         attachments=attachments)
+
+
+def parse(raw: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def header_names(raw: bytes) -> list[str]:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    return [line.split(":", 1)[0] for line in head.split("\r\n") if not line[:1].isspace()]
+
+
+def test_plain_text_and_header_order() -> None:
+    raw = build(payload(cc=["Carl <carl@example.com>"], reply_to=["help@acme.test"],
+                        headers={"X-Campaign": "q1", "X-Count": 3}))
+    assert header_names(raw) == [
+        "Date", "From", "To", "Cc", "Reply-To", "Subject", "Message-ID", "MIME-Version",
+        "X-Mail-Proxy-ID", "X-Campaign", "X-Count", "Content-Type",
+        "Content-Transfer-Encoding"]
+    msg = parse(raw)
+    assert msg["Date"] == "Thu, 01 Jan 2026 00:00:00 +0000"
+    assert msg["Message-ID"] == MID
+    assert msg["X-Mail-Proxy-ID"] == "inv-1001"
+    assert msg["X-Count"] == "3"
+    assert msg.get_content_type() == "text/plain"
+    assert msg.get_content().strip() == "Hello"
+
+
+def test_wire_format_is_crlf_7bit_and_short_lines() -> None:
+    raw = build(payload(body="é" * 3000 + "\n" + "x" * 2000, subject="ü" * 300,
+                        headers={"X-Long": "word " * 400}))
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    assert raw.isascii()
+    assert parse(raw).get_content().startswith("é" * 3000)
+
+
+def test_empty_lines_omit_optional_headers_and_bcc_never_written() -> None:
+    raw = build(payload(bcc=["hidden@example.com"], return_path="bounce@acme.test"))
+    names = header_names(raw)
+    assert "Cc" not in names and "Reply-To" not in names
+    assert b"hidden@example.com" not in raw
+    assert b"Bcc" not in raw
+    assert b"Return-Path" not in raw and b"bounce@acme.test" not in raw
+
+
+def test_html_only_variants() -> None:
+    assert parse(build(payload(body="<b>x</b>", content_type="html"))).get_content_type() \
+        == "text/html"
+    assert parse(build(payload(body="", html="<b>x</b>"))).get_content_type() == "text/html"
+
+
+def test_text_and_html_make_alternative() -> None:
+    msg = parse(build(payload(body="plain", html="<p>rich</p>")))
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+
+
+def test_inline_and_regular_attachments_structure() -> None:
+    logo = AttachmentPart("logo.png", b"\x89PNG....", "image/png", content_id="logo1")
+    pdf = AttachmentPart("inv.pdf", b"%PDF-1.7", "application/pdf")
+    csv = AttachmentPart("data.csv", b"a,b\n1,2\n", "text/csv")
+    msg = parse(build(payload(body="plain", html="<img src='cid:logo1'>"), (logo, pdf, csv)))
+    assert msg.get_content_type() == "multipart/mixed"
+    body, *files = list(msg.iter_parts())
+    assert body.get_content_type() == "multipart/alternative"
+    text, related = list(body.iter_parts())
+    assert text.get_content_type() == "text/plain"
+    assert related.get_content_type() == "multipart/related"
+    html, inline = list(related.iter_parts())
+    assert html.get_content_type() == "text/html"
+    assert inline["Content-ID"] == "<logo1>"
+    assert inline.get_content_disposition() == "inline"
+    assert inline.get_content() == b"\x89PNG...."
+    assert [f.get_filename() for f in files] == ["inv.pdf", "data.csv"]  # request order
+    assert all(f.get_content_disposition() == "attachment" for f in files)
+    assert all(f["Content-Transfer-Encoding"] == "base64" for f in files)
+    assert files[1].get_content() in (b"a,b\n1,2\n", "a,b\n1,2\n")
+
+
+def test_inline_without_html_is_an_ordinary_attachment() -> None:
+    logo = AttachmentPart("logo.png", b"\x89PNG", "image/png", content_id="logo1")
+    msg = parse(build(payload(body="plain"), (logo,)))
+    assert msg.get_content_type() == "multipart/mixed"
+    part = list(msg.iter_parts())[1]
+    assert part.get_content_disposition() == "attachment"
+
+
+def test_non_ascii_subject_names_and_filenames_are_encoded() -> None:
+    raw = build(payload(**{"from": '"Jörg, Müller" <j@acme.test>',
+                           "to": ["Zoë <zoe@bücher.example>"], "subject": "Fattura n° 1 – ok"}),
+                (AttachmentPart("rapporto é.pdf", b"x", "application/pdf"),))
+    assert raw.isascii()
+    assert b"=?utf-8?" in raw
+    assert b"filename*=utf-8''rapporto%20%C3%A9.pdf" in raw
+    msg = parse(raw)
+    assert msg["Subject"] == "Fattura n° 1 – ok"
+    assert msg["From"].addresses[0].display_name == "Jörg, Müller"
+    assert msg["To"].addresses[0].addr_spec == "zoe@xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize("field", ["subject", "header", "client_id"])
+def test_header_injection_is_impossible(field: str) -> None:
+    evil = "hi\r\nBcc: victim@example.com\r\n\r\nbody"
+    p = payload(subject=evil if field == "subject" else "s",
+                headers={"X-Tag": evil} if field == "header" else {})
+    raw = build_message(p, client_id=evil if field == "client_id" else "id",
+                        smtp_message_id=MID, date_ts=0)
+    msg = parse(raw)
+    assert msg["Bcc"] is None
+    assert "Bcc" not in header_names(raw)
+    assert msg.get_content().strip() == "Hello"
+
+
+def test_invalid_header_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="header name"):
+        build(payload(headers={"X-Bad\r\nBcc": "x"}))
+
+
+def test_envelope_order_dedupe_and_idna() -> None:
+    p = payload(to=["Ann <ann@example.com>", "bob@bücher.example"],
+                cc=["ANN@example.com", "carl@example.com"], bcc=["Bob@Bücher.example", "d@x.test"])
+    assert envelope(p) == ("billing@acme.test", [
+        "ann@example.com", "bob@xn--bcher-kva.example", "carl@example.com", "d@x.test"])
+
+
+def test_envelope_sender_precedence() -> None:
+    assert envelope(payload(return_path="rp@acme.test"), bounce_return_path="b@acme.test")[0] \
+        == "rp@acme.test"
+    assert envelope(payload(), bounce_return_path="b@acme.test")[0] == "b@acme.test"
+    assert envelope(payload())[0] == "billing@acme.test"
