@@ -29,6 +29,10 @@ SETTINGS_POLL = 5.0
 PARENT_POLL = 2.0
 
 
+class KeyRingRefused(MailProxyError):
+    code = "secret_unavailable"
+
+
 def _setup_logging(config: Any) -> None:
     level = getattr(logging, str(config.log_level).upper(), logging.INFO)
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -95,7 +99,15 @@ class Worker:
         cfg = self.config
         self.core = core = await Core.open(cfg.db_url, self.keyring, name=cfg.name,
                                            pool_size=cfg.db_pool_size, password=cfg.db_password)
+        from mail_proxy.store.keycheck import missing_kids, refusal_message
+
+        missing = await missing_kids(core.store, self.keyring)
+        if missing:
+            await core.close()
+            raise KeyRingRefused(refusal_message(missing, cfg.name))
         settings = core.settings
+        # getfqdn may block on DNS: resolve the EHLO / Message-ID domain once, off the loop
+        await asyncio.to_thread(message_id_domain, settings)
         self.metrics = Metrics(version=__version__, database=core.store.backend)
         core.metrics = self.metrics
         accounts = await core.store.fetch("all_account_keys")
@@ -114,6 +126,10 @@ class Worker:
                                      fetcher=self.fetcher, metrics=self.metrics,
                                      on_event=self._event_written)
         core.wake_dispatcher = self.dispatcher.wake
+        core.wake_reporter = self._event_written
+        listen = getattr(core.store, "listen", None)
+        if listen is not None:  # PostgreSQL: enqueues on other instances wake us at once
+            await listen(lambda _payload: self.dispatcher.wake())
         self.api = ApiState(core=core, admin_token=cfg.api_token, metrics=self.metrics,
                             wake_reporter=self._wake_reporter)
         import uvicorn
@@ -145,7 +161,7 @@ class Worker:
             return None
         return Reporter(self.core, owner=self.owner, metrics=self.metrics)
 
-    def _event_written(self, tenant_id: str) -> None:
+    def _event_written(self, tenant_id: str | None) -> None:
         if self.reporter is not None:
             self.reporter.wake(tenant_id)
 
@@ -262,6 +278,10 @@ def serve(config: Any) -> int:
         runner = asyncio.run
     try:
         return int(runner(run_worker(config, keyring)))
+    except KeyRingRefused as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except MailProxyError as exc:
         log.error("worker failed to start: %s", exc)
         print(f"error: {exc}", file=sys.stderr)

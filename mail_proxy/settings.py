@@ -224,7 +224,8 @@ def normalise_setting(name: str, value: Any) -> Any:
         _range(v, low, high)
         return v
     if kind == "float":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if (isinstance(value, bool) or not isinstance(value, int | float)
+                or not math.isfinite(value)):
             raise _Bad("invalid_type", "must be a number")
         _range(value, low, high)
         return float(value)

@@ -11,22 +11,48 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mail_proxy.api.errors import from_exception
+from mail_proxy.api import audit
+from mail_proxy.api.errors import ApiError, from_exception
 from mail_proxy.api.middleware import ApiMiddleware
+from mail_proxy.api.ratelimit import RateLimiter, retry_after
+from mail_proxy.api.request import bearer
 from mail_proxy.api.state import ApiState
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Public routes are not rate limited: a liveness probe must never be told to back off.
+UNLIMITED = frozenset({"/health", "/openapi.json", "/download/{token}"})
+
+
+def _rate_limit(request: Request, path: str) -> None:
+    if path in UNLIMITED:
+        return
+    per_minute = request.app.state.api.core.settings.api_requests_per_minute
+    if per_minute <= 0:
+        return
+    token = bearer(request)
+    if not token:
+        return  # nothing to count against; the route answers 401 anyway
+    limiter: RateLimiter = request.app.state.rate_limiter
+    wait = limiter.check(token, per_minute)
+    if wait is not None:
+        raise ApiError(429, "rate_limited",
+                       f"more than {per_minute} requests per minute with this token",
+                       headers={"Retry-After": retry_after(wait)})
 
 
 def endpoint(path: str, fn: Handler) -> Handler:
-    """Wrap a handler so every exception becomes a JSON answer, and tag the route."""
+    """Wrap a handler: rate limit, turn every exception into JSON, record the command log,
+    and tag the route for metrics."""
 
     async def wrapped(request: Request) -> Response:
         request.scope["mp_route"] = path
         try:
-            return await fn(request)
+            _rate_limit(request, path)
+            response = await fn(request)
         except Exception as exc:
-            return from_exception(exc, request)
+            response = from_exception(exc, request)
+        await audit.record(request, path, response)
+        return response
 
     wrapped.__name__ = fn.__name__
     wrapped.__doc__ = fn.__doc__
@@ -37,16 +63,38 @@ def route(path: str, fn: Handler, methods: list[str]) -> Route:
     return Route(path, endpoint(path, fn), methods=methods)
 
 
+def _by_method(path: str, handlers: dict[str, Handler]) -> Handler:
+    """One endpoint per path dispatching on the method, so a 405 lists every method."""
+    wrapped = {method: endpoint(path, fn) for method, fn in handlers.items()}
+    if "GET" in wrapped:
+        wrapped.setdefault("HEAD", wrapped["GET"])
+
+    async def dispatch(request: Request) -> Response:
+        return await wrapped[request.method](request)
+
+    return dispatch
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     return from_exception(exc, request)
+
+
+def build_routes(table: list[tuple[str, list[str], Handler]]) -> list[Route]:
+    grouped: dict[str, dict[str, Handler]] = {}
+    for path, methods, fn in table:
+        for method in methods:
+            grouped.setdefault(path, {})[method] = fn
+    return [Route(path, _by_method(path, handlers), methods=list(handlers))
+            for path, handlers in grouped.items()]
 
 
 def create_app(api: ApiState, *, lifespan: Any = None) -> Starlette:
     from mail_proxy.api.routes import ROUTES
 
-    app = Starlette(routes=[route(p, fn, m) for p, m, fn in ROUTES],
+    app = Starlette(routes=build_routes(ROUTES),
                     exception_handlers={HTTPException: _http_error, Exception: _http_error},
                     lifespan=lifespan)
     app.state.api = api
+    app.state.rate_limiter = RateLimiter()
     app.add_middleware(ApiMiddleware, api=api)
     return app

@@ -1,13 +1,36 @@
-"""The whole route table: (path, methods, handler). The OpenAPI document is built from it."""
+"""The whole route table: (path, methods, handler). The OpenAPI document is built from it
+(``api/openapi.py`` describes each entry; a test keeps both and api.md §2.4 in step)."""
 
 from __future__ import annotations
 
-from mail_proxy.api import commands, messages, service
+from starlette.requests import Request
+from starlette.responses import Response
+
+from mail_proxy.api import (
+    accounts,
+    command_log,
+    commands,
+    instance,
+    messages,
+    openapi,
+    service,
+    suppressions,
+    tenants,
+)
+from mail_proxy.api.errors import ApiError
+
+
+async def download(request: Request) -> Response:
+    """Large-file downloads (enterprise.md §5.3) are not served yet: every link is unknown."""
+    raise ApiError(404, "link_not_found", "this download link does not exist")
+
 
 ROUTES = [
     ("/health", ["GET"], service.health),
     ("/status", ["GET"], service.status),
     ("/metrics", ["GET"], service.metrics),
+    ("/openapi.json", ["GET"], openapi.openapi_json),
+    ("/download/{token}", ["GET"], download),
     ("/commands/add-messages", ["POST"], commands.add_messages),
     ("/commands/delete-messages", ["POST"], commands.delete_messages),
     ("/commands/retry-messages", ["POST"], commands.retry_messages),
@@ -17,4 +40,23 @@ ROUTES = [
     ("/commands/activate", ["POST"], commands.activate),
     ("/messages", ["GET"], messages.list_messages),
     ("/messages/{id:path}", ["GET"], messages.get_message),
+    ("/accounts", ["GET"], accounts.list_accounts),
+    ("/account", ["POST"], accounts.put_account),
+    ("/account/{id}", ["GET"], accounts.get_account),
+    ("/account/{id}", ["PATCH"], accounts.patch_account),
+    ("/account/{id}", ["DELETE"], accounts.delete_account),
+    ("/tenants", ["GET"], tenants.list_tenants),
+    ("/tenant", ["POST"], tenants.create_tenant),
+    ("/tenant/{id}", ["GET"], tenants.get_tenant),
+    ("/tenant/{id}", ["PATCH"], tenants.patch_tenant),
+    ("/tenant/{id}", ["DELETE"], tenants.delete_tenant),
+    ("/tenant/{id}/api-key", ["POST"], tenants.create_api_key),
+    ("/tenant/{id}/api-key", ["DELETE"], tenants.revoke_api_key),
+    ("/instance", ["GET"], instance.get_instance),
+    ("/instance", ["PATCH"], instance.patch_instance),
+    ("/command-log", ["GET"], command_log.list_commands),
+    ("/command-log/export", ["GET"], command_log.export_commands),
+    ("/suppressions", ["GET"], suppressions.list_suppressions),
+    ("/suppressions", ["POST"], suppressions.add_suppression),
+    ("/suppressions/{address}", ["DELETE"], suppressions.remove_suppression),
 ]

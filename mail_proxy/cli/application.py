@@ -174,7 +174,8 @@ def table(columns: list[str], rows: list[list[str]]) -> None:
         tab.add_column(column, overflow="fold")
     for row in rows:
         tab.add_row(*row)
-    Console().print(tab)
+    # a pipe or file gets whole lines: wrapping at 80 columns would break grep and awk
+    Console(width=None if sys.stdout.isatty() else 1000).print(tab)
 
 
 def print_json(document: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -37,12 +38,14 @@ def _start(name: NameArg,
            port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port.")] = None,
            db: Annotated[str | None, typer.Option("--db", help="Database URL (new only).")] = None,
            foreground: Annotated[bool, typer.Option(help="Run the supervisor here.")] = False,
-           wait: WaitOpt = 15.0) -> int:
+           wait: WaitOpt = 15.0,
+           key_file: Annotated[Path | None, typer.Option(
+               "--key-file", help="Key ring of a shared database (new only).")] = None) -> int:
     """Create (when new) and start an instance under its supervisor."""
     from mail_proxy.instance import control
 
     return control.start(name, host=host, port=port, db=db, wait=wait, foreground=foreground,
-                         out=out, err=err)
+                         key_file=key_file, out=out, err=err)
 
 
 def _stop(name: OptName = None,

@@ -47,10 +47,11 @@ class AccountConfigs:
         self._cache: dict[tuple[str, str], AccountConfig | None] = {}
         self._stamps: dict[tuple[str, str], float] = {}
 
-    async def get(self, tenant_id: str, account_id: str) -> AccountConfig | None:
+    async def get(self, tenant_id: str, account_id: str, *,
+                  fresh: bool = False) -> AccountConfig | None:
         key = (tenant_id, account_id)
         stamp = self._stamps.get(key)
-        if stamp is not None and time.monotonic() - stamp < CONFIG_TTL:
+        if not fresh and stamp is not None and time.monotonic() - stamp < CONFIG_TTL:
             return self._cache[key]
         row = await self.core.store.fetch_one("dispatch_account_config", tenant_id=tenant_id,
                                               account_id=account_id)

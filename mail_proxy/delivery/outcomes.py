@@ -7,14 +7,20 @@ was lost (another worker recovered the message): it is logged as ``lease_lost`` 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from mail_proxy.manager.core import now
+from mail_proxy.store.errors import StoreUnavailable
 
 log = logging.getLogger("mail_proxy.delivery")
+# A failed commit is retried with backoff (data.md §5): the outcome is known, and giving up
+# would turn a delivered message into a "failure" that is retried and delivered twice.
+WRITE_RETRY_FIRST = 1.0
+WRITE_RETRY_MAX = 30.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,16 @@ class Recorder:
                                  metadata=json.dumps(metadata), reportable=reportable)
             return True
 
-        done = await self.store.grouped(work)
+        delay = WRITE_RETRY_FIRST
+        while True:
+            try:
+                done = await self.store.grouped(work)
+                break
+            except StoreUnavailable as exc:
+                log.warning("cannot record %s of %s/%s (%s); retrying in %.0f s", query,
+                            msg.tenant_id, msg.id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WRITE_RETRY_MAX)
         if not done:
             log.warning("lease_lost: message %s/%s was recovered by another worker",
                         msg.tenant_id, msg.id)

@@ -60,8 +60,13 @@ class Sender:
             self._count("errors_total", msg)
             return
         if not config.tenant_active or config.suspended(msg.batch_code) or config.throttled(t):
-            await self.recorder.released(msg)
-            return
+            # The claim saw a fresher state than this cache (e.g. a batch was just activated):
+            # re-read before giving the message back, or it would be claimed again at once.
+            config = await self.configs.get(msg.tenant_id, msg.account_id, fresh=True)
+            if config is None or not config.tenant_active or config.suspended(msg.batch_code) \
+                    or config.throttled(t):
+                await self.recorder.released(msg)
+                return
         if config.target is None:
             await self._failed(msg, config, TransientFailure(
                 f"a stored secret of account '{msg.account_id}' cannot be decrypted: "

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mail_proxy.errors import ConfigurationError, InstanceError
 from mail_proxy.instance import paths
-from mail_proxy.instance.keyring import create_key_file
+from mail_proxy.instance.keyring import copy_key_file, create_key_file
 
 DEFAULT_NAME = "mail-proxy"
 DEFAULT_HOST = "127.0.0.1"
@@ -273,7 +273,7 @@ def choose_port(host: str, exclude: str | None = None, start: int = DEFAULT_PORT
 
 
 def create_instance(name: str, host: str, port: int | None,
-                    db_url: str | None) -> ProcessConfig:
+                    db_url: str | None, *, key_file: Path | None = None) -> ProcessConfig:
     """Create the folder and files of a new instance; return its configuration."""
     paths.validate_name(name)
     paths.ensure_home()
@@ -291,7 +291,10 @@ def create_instance(name: str, host: str, port: int | None,
         port = choose_port(host, exclude=name)
     for sub in ("logs", "cache"):
         paths.make_private_dir(folder / sub)
-    create_key_file(folder)
+    if key_file is not None:
+        copy_key_file(key_file, folder)  # joining a shared database: its existing ring
+    else:
+        create_key_file(folder)
     paths.write_private(folder / "api_token", new_admin_token() + "\n")
     if password:
         paths.write_private(folder / "db_password", password + "\n")

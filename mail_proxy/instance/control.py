@@ -93,13 +93,13 @@ def launch_supervisor(name: str, folder: Path) -> subprocess.Popen[bytes]:
 
 def start(name: str, *, host: str | None = None, port: int | None = None,
           db: str | None = None, wait: float = 15.0, foreground: bool = False,
-          out: Say, err: Say) -> int:
+          key_file: Path | None = None, out: Say, err: Say) -> int:
     folder = paths.instance_dir(name)
     if (folder / "config.toml").is_file():
         paths.existing_instance(name)
-        if db:
+        if db or key_file:
             raise ConfigurationError(
-                f"--db cannot change the database of existing instance '{name}'",
+                f"--db and --key-file only apply when creating an instance; '{name}' exists",
                 hint=f"edit {folder / 'config.toml'} deliberately to move it")
         record = read_record(folder)
         if supervisor_alive(record):
@@ -110,11 +110,14 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
         config = resolve_process_config(name)
     else:
         paths.validate_name(name)
-        config = create_instance(name, host or DEFAULT_HOST, port, db)
+        config = create_instance(name, host or DEFAULT_HOST, port, db, key_file=key_file)
         out(f"Created instance '{name}' in {config.folder}")
         out(f"Admin token (stored in {folder / 'api_token'}): {config.api_token}")
     if not port_free(config.host, config.port):
         raise OperationFailed(f"port {config.port} on {config.host} is in use")
+    from mail_proxy.instance.preflight import preflight
+
+    preflight(config)
     if foreground:
         from mail_proxy.instance.supervisor import run_supervisor
 
@@ -122,8 +125,11 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
     proc = launch_supervisor(name, folder)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        if health_ok(config.host, config.port, timeout=min(1.0, wait)):
-            out(running_line(name, config, read_record(folder)))
+        record = read_record(folder) or {}
+        # ready = the supervisor we launched saw /health answer 200, and so do we
+        if (record.get("supervisor_pid") == proc.pid and record.get("state") == "RUNNING"
+                and health_ok(config.host, config.port, timeout=min(1.0, wait))):
+            out(running_line(name, config, record))
             return 0
         if proc.poll() is not None:  # FATAL, or a second supervisor refused by the lock
             break

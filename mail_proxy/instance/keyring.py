@@ -28,6 +28,16 @@ def create_key_file(folder: Path) -> None:
     write_private(folder / KEY_FILE, new_key_line() + "\n")
 
 
+def copy_key_file(source: Path, folder: Path) -> None:
+    """Install an existing ring (``start --key-file``), checked line by line first."""
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KeyRingError(f"cannot read key file {source}: {exc.strerror}") from None
+    _check_lines(text.splitlines(), str(source))
+    write_private(folder / KEY_FILE, text if text.endswith("\n") else text + "\n")
+
+
 def _check_lines(lines: list[str], source: str) -> int:
     count = 0
     for number, raw in enumerate(lines, start=1):

@@ -30,7 +30,7 @@ _QCONTENT = re.compile(r'(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*')
 # Everything that may not appear in an address at all (CR/LF would allow header injection).
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 # Characters that force a display name into quotes in the normal form.
-_NAME_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]|^\s|\s$|\s\s')
+_NAME_SPECIALS = re.compile(r'[()<>\[\]:;@\\,."]|[^\S ]|^\s|\s$|\s\s')
 # Characters an unquoted display name may not contain; parentheses and "@" are kept as text
 # because generated names ("ann@x.test <ann@x.test>") are common and unambiguous.
 _PHRASE_FORBIDDEN = frozenset('<>;:\\"[],')

@@ -39,10 +39,7 @@ class _Entry:
 
 def _cache(core: Core) -> dict[str, _Entry]:
     # Kept on the Core so that two cores (tests, CLI + worker) never share entries.
-    cache: dict[str, _Entry] | None = getattr(core, _ATTR, None)
-    if cache is None:
-        cache = {}
-        setattr(core, _ATTR, cache)
+    cache: dict[str, _Entry] = core.caches.setdefault(_ATTR, {})
     return cache
 
 

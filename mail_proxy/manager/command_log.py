@@ -15,6 +15,7 @@ from typing import Any
 
 from mail_proxy.errors import BadRequest
 from mail_proxy.manager.core import Core, now
+from mail_proxy.manager.fields import INT64_MAX, MAX_EPOCH
 
 MASK = "***"
 CAP_BYTES = 64 * 1024
@@ -86,6 +87,8 @@ def _epoch(name: str, value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value):
         raise _bad(name, "must be a number of seconds since the epoch")
+    if abs(value) > MAX_EPOCH:
+        raise _bad(name, "is not a plausible time")
     return math.floor(value)
 
 
@@ -109,7 +112,7 @@ def decode_cursor(cursor: object) -> int:
         assert isinstance(cursor, str)
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         last = json.loads(raw)["id"]
-        if isinstance(last, bool) or not isinstance(last, int) or last < 0:
+        if isinstance(last, bool) or not isinstance(last, int) or not 0 <= last <= INT64_MAX:
             raise ValueError(last)
         return last
     except (AssertionError, binascii.Error, ValueError, KeyError, TypeError,

@@ -50,6 +50,8 @@ class Core:
     wake_dispatcher: Callable[[str | None], None] | None = None
     wake_reporter: Callable[[str | None], None] | None = None
     metrics: Any = None  # mail_proxy.metrics.Metrics in the worker; None in the CLI
+    # Short-lived caches of domain modules, per database (never module globals).
+    caches: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     async def open(cls, db_url: str, keyring: KeyRing, *, name: str = "mail-proxy",

@@ -73,7 +73,12 @@ class _TenantCache:
             self._entries.pop(tenant_id, None)
 
 
-tenant_cache = _TenantCache()
+def tenant_cache(core: Core) -> _TenantCache:
+    """The cache of one Core (one database): never shared between databases."""
+    cache = core.caches.get("enqueue_tenants")
+    if cache is None:
+        cache = core.caches["enqueue_tenants"] = _TenantCache()
+    return cache  # type: ignore[no-any-return]
 
 
 def _parse_body(body: object, principal: Principal) -> tuple[list[Any], int | None, str | None]:
@@ -126,7 +131,7 @@ async def add_messages(core: Core, body: object, principal: Principal) -> dict[s
     for implied in (request_tenant, key_tenant):
         if implied:
             named.add(implied)
-    tenants, pec_accounts = await tenant_cache.load(core, named)
+    tenants, pec_accounts = await tenant_cache(core).load(core, named)
     ctx = ValidationContext(tenants=tenants, settings=settings, request_tenant_id=request_tenant,
                             key_tenant_id=key_tenant, batch_default_priority=default_priority,
                             now=now())

@@ -16,6 +16,8 @@ from typing import Any
 from mail_proxy.errors import BadRequest, FieldError, Forbidden, ValidationFailed
 
 Check = Callable[[Any], Any]
+INT64_MAX = 2**63 - 1
+MAX_EPOCH = 2**40  # about year 36 800: far beyond any real timestamp, well inside int64
 IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOST = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
@@ -88,6 +90,8 @@ def integer(low: int | None = None, high: int | None = None) -> Check:
             if high is None:
                 raise Bad("out_of_range", f"must be at least {low}")
             raise Bad("out_of_range", f"must be between {low} and {high}")
+        if abs(value) > INT64_MAX:  # both databases store 64-bit integers
+            raise Bad("out_of_range", "is too large")
         return value
     return run
 
@@ -175,6 +179,8 @@ def timestamp(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value):
         raise Bad("invalid_type", "must be a number of seconds since the epoch")
+    if abs(value) > MAX_EPOCH:
+        raise Bad("out_of_range", "is not a plausible time")
     return math.floor(value)
 
 

@@ -358,8 +358,11 @@ def _check_batch(batch_code: object) -> str | None:
 
 async def _set_suspension(core: Core, tenant_id: str, batch_code: object, *, suspend: bool
                           ) -> dict[str, Any]:
-    if not isinstance(tenant_id, str) or not tenant_id:
+    if tenant_id is None or tenant_id == "":
         raise BadRequest("tenant_id is required", code="missing_parameter",
+                         detail={"parameter": "tenant_id"})
+    if not isinstance(tenant_id, str):
+        raise BadRequest("tenant_id must be a string", code="invalid_parameter",
                          detail={"parameter": "tenant_id"})
     code = _check_batch(batch_code)
     async with core.store.transaction() as tx:

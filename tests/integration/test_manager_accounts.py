@@ -245,3 +245,23 @@ async def test_delete_in_use_and_forced(core: Core, base_url: str | None) -> Non
     with pytest.raises(NotFound):
         await accounts.delete_account(core, "acme", "smtp1")
     assert await accounts.delete_account(core, "acme", "other", force=True) == 1
+
+
+WEIRD: list[Any] = [None, 10**40, -(10**30), True, False, 0, -1, 1.5, float("nan"),
+                    float("inf"), "", "x", "/abs", [], [1], {}, {"a": 1}, "x" * 5000]
+
+
+async def test_any_json_value_is_accepted_or_422(core: Core) -> None:
+    """Decoded JSON of any type in any field never produces anything but a 422."""
+    names = [*accounts.CHECKS, *accounts.ALIASES, "id", "tenant_id"]
+    for name in names:
+        for value in WEIRD:
+            body = {"id": "fz", "host": "h.test", "port": 25, name: value}
+            try:
+                await accounts.put_account(core, body, ADMIN, None if name == "tenant_id"
+                                           else "acme")
+                await accounts.patch_account(core, "acme", "fz", {name: value}, ADMIN)
+            except (ValidationFailed, NotFound, BadRequest):
+                pass
+            except Forbidden:
+                pytest.fail(f"{name}={value!r}: admin got 403")

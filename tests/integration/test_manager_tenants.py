@@ -349,3 +349,51 @@ async def test_suppressions(core: Core) -> None:
         await suppressions.add_suppression(core, {"address": "a@b.c"}, ADMIN)
     with pytest.raises(BadRequest):
         await suppressions.list_suppressions(core, "acme", cursor="!!")
+
+
+WEIRD: list[Any] = [None, 10**40, -(10**30), True, 0, -1, 1.5, float("nan"), "", "x", "/abs", "https://a.test",
+                    [], [1], {}, {"a": 1}, {"method": "bearer", "token": 5},
+                    {"per_minute": "1"}, {"action": "rewrite", "storage_url": 3},
+                    {"storage_options": 5}, "x" * 300]
+
+
+async def test_any_json_value_is_accepted_or_422(core: Core) -> None:
+    await make(core)
+    for name in [*tenants.DEFAULTS, "id"]:
+        for value in WEIRD:
+            try:
+                await tenants.put_tenant(core, {"id": "fz", name: value}, ADMIN)
+                await tenants.patch_tenant(core, "acme", {name: value}, ADMIN)
+            except ValidationFailed:
+                pass
+    for value in WEIRD:
+        for call in (tenants.suspend, tenants.activate):
+            try:
+                await call(core, "acme", value)
+            except (ValidationFailed, Conflict):
+                pass
+        try:
+            await tenants.create_api_key(core, "acme", value)
+        except ValidationFailed:
+            pass
+
+
+async def test_suppression_inputs_of_any_type(core: Core) -> None:
+    await make(core)
+    for value in WEIRD:
+        for field in ("address", "reason", "tenant_id"):
+            body = {"address": "a@b.test", field: value}
+            try:
+                await suppressions.add_suppression(core, body, ADMIN, None if field ==
+                                                   "tenant_id" else "acme")
+            except (ValidationFailed, BadRequest, NotFound):
+                pass
+        for kwargs in ({"address_filter": value}, {"limit": value}, {"cursor": value}):
+            try:
+                await suppressions.list_suppressions(core, "acme", **kwargs)
+            except BadRequest:
+                pass
+        try:
+            await suppressions.remove_suppression(core, "acme", value)
+        except ValidationFailed:
+            pass

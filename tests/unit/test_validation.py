@@ -314,14 +314,14 @@ _JSON = st.recursive(
 _FIELD_NAMES = sorted(validation._FIELDS)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_JSON)
 def test_fuzz_random_json_entry(entry: object) -> None:
     accepted, rejected_ = validate_batch([entry], ctx(), message_id_domain=DOMAIN)
     assert len(accepted) + len(rejected_) == 1
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(_FIELD_NAMES), _JSON, max_size=6))
 def test_fuzz_known_fields_with_random_values(changes: dict[str, Any]) -> None:
     # Start from a valid message so that the fuzzed value reaches its own check.

@@ -1,0 +1,1 @@
+"""Reproducible loopback benchmarks for mail-proxy (run: ``python -m bench.run_all``)."""

@@ -1,0 +1,148 @@
+"""End-to-end dispatch throughput against the raw-client ceiling, with the same sink and the
+same number of SMTP connections.
+
+* worker: ``N`` x 1 KB messages posted in batches of 1,000 to one account whose
+  ``max_connections`` is ``C``; timed from the first POST until the worker has recorded the
+  last message as sent (the sink's 250 reply has then been received);
+* ceiling: aiosmtplib with ``C`` connections, each sending its share back to back, timed
+  until the last 250 reply.
+
+The sink is Postfix's ``smtp-sink`` when installed (see bench/README.md), else bench/sink.py;
+the result says which.
+
+    python -m bench.dispatch [--messages 5000] [--connections 1 4] [--sink auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from email.message import EmailMessage
+from email.utils import make_msgid
+from typing import Any
+
+from bench import common
+from bench.enqueue import PATH, RssSampler
+
+
+def wire_message(i: int, size: int = 1024) -> bytes:
+    """What the raw client sends: a MIME message of about ``size`` bytes, like the worker's."""
+    msg = EmailMessage()
+    msg["From"] = "Sender <sender@acme.test>"
+    msg["To"] = f"rcpt{i}@example.com"
+    msg["Subject"] = f"Bench {i}"
+    msg["Message-ID"] = make_msgid(domain="acme.test")
+    msg.set_content(common.message(i, size)["body"])
+    return msg.as_bytes()
+
+
+async def raw_ceiling(port: int, total: int, connections: int) -> dict[str, Any]:
+    import aiosmtplib
+
+    share = [total // connections + (1 if c < total % connections else 0)
+             for c in range(connections)]
+    payloads = [[wire_message(c * total + i) for i in range(share[c])]
+                for c in range(connections)]
+    clients = []
+    for _ in range(connections):
+        client = aiosmtplib.SMTP(hostname=common.HOST, port=port, start_tls=False,
+                                 use_tls=False, timeout=30)
+        await client.connect()
+        clients.append(client)
+
+    async def pump(c: int) -> None:
+        for i, data in enumerate(payloads[c]):
+            await clients[c].sendmail("sender@acme.test", [f"rcpt{c}-{i}@example.com"], data)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(pump(c) for c in range(connections)))
+    elapsed = time.perf_counter() - t0
+    for client in clients:
+        await client.quit()
+    return {"messages": total, "seconds": round(elapsed, 3),
+            "msgs_per_s": round(total / elapsed, 1)}
+
+
+async def post_all(port: int, total: int, tag: str) -> float:
+    """Post ``total`` messages in batches of 1,000; returns the monotonic start time."""
+    size = min(1000, total)
+    bodies = [json.dumps({"tenant_id": "acme",
+                          "messages": [common.message(f"{tag}-{r}-{i}", 1024)
+                                       for i in range(min(size, total - r * size))]}).encode()
+              for r in range((total + size - 1) // size)]
+    async with common.RawHttp(port) as raw:
+        start = time.monotonic()
+        for b in bodies:
+            status, answer = await raw.post(PATH, b)
+            assert status == 200, answer[:300]
+    return start
+
+
+def worker_run(args: argparse.Namespace, sink: common.Sink, connections: int) -> dict[str, Any]:
+    with common.workdir(args.workdir) as folder:
+        worker = common.WorkerProcess(folder, common.free_port(), common.new_key())
+        common.run(common.prepare_instance(
+            worker.db_path, worker.key, sink.port, max_connections=connections,
+            settings={"command_log_enabled": not args.no_command_log}))
+        fsync = common.fsync_cost(folder)
+        worker.start()
+        try:
+            time.sleep(0.5)
+            idle = worker.rss_mb()
+            sampler = RssSampler(worker)
+            sampler.start()
+            start = common.run(post_all(worker.port, args.messages, f"d{connections}"))
+            posted = time.monotonic()
+            end = common.wait_sent(worker.db_path, args.messages, timeout=args.timeout)
+            sampler.stop_flag.set()
+            sampler.join()
+        finally:
+            worker.stop()
+    elapsed = end - start
+    return {"messages": args.messages, "seconds": round(elapsed, 3),
+            "msgs_per_s": round(args.messages / elapsed, 1),
+            "enqueue_seconds": round(posted - start, 3), "fsync_p50_ms": fsync["p50_ms"],
+            "rss_idle_mb": idle, "rss_peak_mb": sampler.peak}
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"messages": args.messages}
+    with common.smtp_sink(args.sink) as sink:
+        out["sink"] = sink.kind
+        for c in args.connections:
+            raw = common.run(raw_ceiling(sink.port, args.messages, c))
+            ours = worker_run(args, sink, c)
+            raw_after = common.run(raw_ceiling(sink.port, args.messages, c))
+            # the ceiling is measured before and after: the machine drifts
+            ceiling = max(raw["msgs_per_s"], raw_after["msgs_per_s"])
+            out[f"connections_{c}"] = {
+                "raw_before": raw, "raw_after": raw_after, "worker": ours,
+                "ratio_to_ceiling": round(ours["msgs_per_s"] / ceiling, 3)}
+    return out
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--messages", type=int, default=5000)
+    p.add_argument("--connections", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--sink", choices=["auto", "smtp-sink", "python"], default="auto")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--no-command-log", action="store_true",
+                   help="disable the command log (shows its cost)")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--quick", action="store_true", help="tiny workload (smoke test)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.messages, args.connections, args.timeout = 40, [2], 30.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    common.emit("dispatch", {"machine": common.machine(), **run_bench(args)})
+
+
+if __name__ == "__main__":
+    main()

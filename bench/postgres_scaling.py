@@ -1,0 +1,72 @@
+"""Dispatch throughput of 1, 2 and 3 workers sharing one PostgreSQL database.
+
+Each run gets a fresh schema, queues MESSAGES messages for one account pointing at a fast
+in-process SMTP sink, starts N `mail-proxy serve` processes and times how long the sink takes
+to receive every message (from the first one received, so start-up is not counted).
+
+    python bench/postgres_scaling.py [--messages 5000] [--workers 1,2,3]
+        [--url postgresql://postgres@127.0.0.1:5432/test]
+
+Prints one JSON document (machine-readable) and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.store import cluster, pg
+
+SETTINGS = {"batch_size_per_account": 200, "max_concurrent_sends": 50,
+            "smtp_max_connections": 10, "lease_seconds": 60}
+
+
+async def run(workers: int, messages: int, base: str) -> dict[str, object]:
+    schema = pg.new_schema_name("bench")
+    url = pg.schema_url(schema, base)
+    keyring = cluster.new_keyring()
+    try:
+        async with cluster.CountingSink() as sink:
+            await cluster.prepare(url, keyring, sink.port, messages, settings=SETTINGS,
+                                  max_connections=10, batch_size=200)
+            with tempfile.TemporaryDirectory() as tmp:
+                procs = cluster.start_workers(workers, url, keyring, Path(tmp))
+                started = time.monotonic()
+                try:
+                    done = await cluster.wait_for(sink, messages, timeout=600)
+                finally:
+                    await cluster.stop_workers(procs)
+            first, last = min(sink.times), max(sink.times)
+            seconds = max(last - first, 1e-6)
+            return {"workers": workers, "messages": messages, "delivered": len(sink.ids),
+                    "duplicates": sink.duplicates, "complete": done,
+                    "seconds": round(seconds, 2),
+                    "wall_seconds": round(time.monotonic() - started, 2),
+                    "per_second": round(sink.received / seconds, 1)}
+    finally:
+        await pg.drop_schema(schema, base)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--workers", default="1,2,3")
+    parser.add_argument("--url", default=pg.BASE_URL)
+    args = parser.parse_args()
+    results = [await run(int(n), args.messages, args.url) for n in args.workers.split(",")]
+    print(json.dumps({"benchmark": "postgres_scaling", "results": results}, indent=2))
+    print(f"{'workers':>7} {'messages':>8} {'seconds':>8} {'msg/s':>8} {'dups':>5}")
+    for r in results:
+        print(f"{r['workers']:>7} {r['messages']:>8} {r['seconds']:>8} {r['per_second']:>8} "
+              f"{r['duplicates']:>5}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

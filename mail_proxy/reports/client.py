@@ -1,0 +1,158 @@
+"""The HTTP side of a report call (reports.md §1-§4): headers, the POST, the answer.
+
+One ``httpx.AsyncClient`` serves every tenant. The whole call (connect, send, read) is
+bounded by one deadline; redirects are never followed, so a 3xx is just a failed call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from mail_proxy import __version__
+from mail_proxy.reports import signing
+
+log = logging.getLogger("mail_proxy.reports")
+
+USER_AGENT = f"mail-proxy/{__version__}"
+MAX_ANSWER_BYTES = 1 << 20  # an acknowledgement is tiny; never buffer an endless body
+OK, HTTP_ERROR, TIMEOUT, CONNECTION_ERROR = "ok", "http_error", "timeout", "connection_error"
+
+
+@dataclass
+class Answer:
+    """What a 2xx body asked for; fields with the wrong type read as absent."""
+
+    queued: int = 0
+    next_sync_after: int | None = None
+    error: set[str] = field(default_factory=set)
+    not_found: set[str] = field(default_factory=set)
+
+
+@dataclass
+class CallResult:
+    outcome: str  # OK | HTTP_ERROR | TIMEOUT | CONNECTION_ERROR
+    seconds: float
+    status: int | None = None
+    answer: Answer = field(default_factory=Answer)
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == OK
+
+
+def sync_url(tenant: dict[str, Any]) -> str:
+    base = str(tenant["client_base_url"]).rstrip("/")
+    return base + (tenant.get("client_sync_path") or "/mail-proxy/sync")
+
+
+def auth_headers(auth: dict[str, Any] | None) -> dict[str, str]:
+    auth = auth or {}
+    if auth.get("method") == "bearer" and auth.get("token"):
+        return {"Authorization": f"Bearer {auth['token']}"}
+    if auth.get("method") == "basic":
+        raw = f"{auth.get('user') or ''}:{auth.get('password') or ''}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
+    return {}
+
+
+def request_headers(tenant: dict[str, Any], body: bytes) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+               **auth_headers(tenant.get("client_auth"))}
+    if tenant.get("signing_secret"):
+        headers[signing.HEADER] = signing.sign(tenant["signing_secret"], body)
+    return headers
+
+
+def _ids(value: Any) -> set[str]:
+    if not isinstance(value, list):
+        return set()
+    # Numbers are accepted too: a client whose ids look numeric may echo them unquoted.
+    return {str(v) for v in value
+            if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool))}
+
+
+def _number(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)
+
+
+def parse_answer(raw: bytes, where: str) -> Answer:
+    try:
+        data = json.loads(raw) if raw.strip() else None
+    except ValueError:
+        data = None
+        log.warning("report answer from tenant %s is not JSON; acknowledging the call "
+                    "anyway", where)
+    if not isinstance(data, dict):
+        return Answer()
+    queued = _number(data.get("queued"))
+    return Answer(queued=max(queued or 0, 0), next_sync_after=_number(data.get("next_sync_after")),
+                  error=_ids(data.get("error")), not_found=_ids(data.get("not_found")))
+
+
+class ReportClient:
+    def __init__(self) -> None:
+        self._http: httpx.AsyncClient | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            # trust_env off: a proxy variable in the service environment must not silently
+            # reroute calls that carry tenant credentials.
+            self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False)
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float,
+                   label: str) -> CallResult:
+        """One call; ``label`` names the tenant in logs (the URL may hold credentials)."""
+        started = time.monotonic()
+
+        def done(outcome: str, **kw: Any) -> CallResult:
+            return CallResult(outcome=outcome, seconds=time.monotonic() - started, **kw)
+
+        try:
+            async with asyncio.timeout(timeout):
+                status, raw = await self._exchange(url, body, headers, timeout, label)
+        except (TimeoutError, httpx.TimeoutException):
+            return done(TIMEOUT, detail=f"no answer within {timeout:g} s")
+        except httpx.HTTPError as exc:
+            return done(CONNECTION_ERROR, detail=f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            return done(CONNECTION_ERROR, detail=str(exc))
+        if not 200 <= status < 300:
+            return done(HTTP_ERROR, status=status, detail=f"HTTP {status}")
+        return done(OK, status=status, answer=parse_answer(raw, label))
+
+    async def _exchange(self, url: str, body: bytes, headers: dict[str, str], timeout: float,
+                        label: str) -> tuple[int, bytes]:
+        request = self._client().build_request("POST", url, content=body, headers=headers,
+                                               timeout=httpx.Timeout(timeout))
+        response = await self._client().send(request, stream=True)
+        try:
+            if not 200 <= response.status_code < 300:
+                return response.status_code, b""
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    log.warning("report answer from tenant %s exceeds %d bytes; ignoring its "
+                                "fields", label, MAX_ANSWER_BYTES)
+                    return response.status_code, b""
+                chunks.append(chunk)
+            return response.status_code, b"".join(chunks)
+        finally:
+            await response.aclose()

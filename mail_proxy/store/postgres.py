@@ -1,0 +1,361 @@
+"""PostgreSQL backend: an asyncpg pool shared by any number of workers (data.md §5).
+
+Named queries are written with ``:name`` placeholders like the SQLite ones and rewritten to
+``$1..$n`` once at load time. Parameters are coerced from the types PostgreSQL inferred for
+them (asked once per query and process), so the callers can pass the same Python values as
+on SQLite: 0/1 for booleans, lists for arrays, lists and dicts for JSON text.
+
+The URL may carry ``?schema=name`` (or ``options=-csearch_path=name``): every connection
+then uses that schema, created if missing, which lets tests and several installations share
+one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from mail_proxy.errors import SchemaTooNew
+from mail_proxy.store import queries as named
+from mail_proxy.store.errors import StoreUnavailable, UniqueViolation
+
+T = TypeVar("T")
+log = logging.getLogger("mail_proxy.store")
+CHANNEL = "mail_proxy_wake"
+# Fixed key of pg_advisory_lock: serialises concurrent migrations of every worker (data.md §3).
+MIGRATION_LOCK = 0x6D61696C  # "mail"
+LISTEN_HEALTH_INTERVAL = 30.0
+_TOKEN = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|--[^\n]*|::|:([A-Za-z_][A-Za-z0-9_]*)")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_INT_TYPES = {"int2", "int4", "int8", "oid"}
+_TEXT_TYPES = {"text", "varchar", "bpchar", "name", "json", "jsonb"}
+# Errors that say "the database is not usable right now", as opposed to a bug in a query.
+_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
+                asyncpg.InterfaceError, asyncpg.InsufficientResourcesError,  # disk full, OOM
+                asyncpg.OperatorInterventionError, asyncpg.CannotConnectNowError,
+                asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
+                asyncpg.ReadOnlySQLTransactionError, asyncpg.QueryCanceledError)
+
+
+def convert(sql: str) -> tuple[str, list[str]]:
+    """``:name`` placeholders → ``$n``; casts (``::int``), literals and comments untouched."""
+    names: list[str] = []
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return match.group(0)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _TOKEN.sub(sub, sql), names
+
+
+def parse_url(url: str) -> tuple[str, str | None]:
+    """(DSN for asyncpg, schema or None): ``schema``/``options`` leave the query string."""
+    parts = urlsplit(url)
+    schema = None
+    kept = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "schema":
+            schema = value
+        elif key == "options" and "search_path=" in value:
+            schema = value.split("search_path=", 1)[1].split()[0].split(",")[0]
+        else:
+            kept.append((key, value))
+    if schema is not None and not _IDENT.match(schema):
+        raise ValueError(f"invalid schema name {schema!r} in the database URL")
+    scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
+    return urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), "")), schema
+
+
+def _coerce(value: Any, kind: tuple[str, str]) -> Any:
+    """One parameter, shaped for the type PostgreSQL expects (see the module docstring)."""
+    if value is None:
+        return None
+    type_name, type_kind = kind
+    if type_kind == "array":
+        if isinstance(value, str):
+            value = json.loads(value)
+        return list(value)
+    if type_name == "bool":
+        return bool(value)
+    if type_name in _INT_TYPES:
+        return int(value)
+    if type_name in _TEXT_TYPES:
+        if isinstance(value, list | dict | tuple):
+            return json.dumps(value)
+        if not isinstance(value, str):
+            return str(value)
+    return value
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return UniqueViolation(str(exc))
+    if isinstance(exc, _UNAVAILABLE):
+        return StoreUnavailable(f"database error: {type(exc).__name__}: {exc}")
+    return exc
+
+
+def _rowcount(status: str) -> int:
+    tail = status.rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+class _Conn:
+    """Named queries over one connection (a pooled one, or one inside a transaction)."""
+
+    def __init__(self, store: PostgresStore, conn: Any) -> None:
+        self._store = store
+        self._conn = conn
+
+    async def _args(self, query: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        sql, names, kinds = await self._store.prepared(self._conn, query)
+        try:
+            return sql, [_coerce(params[n], k) for n, k in zip(names, kinds, strict=True)]
+        except KeyError as exc:
+            raise TypeError(f"query {query!r} needs parameter {exc.args[0]!r}") from None
+
+    async def fetch(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        try:
+            sql, args = await self._args(query, params)
+            rows = await self._conn.fetch(sql, *args)
+        except Exception as exc:
+            raise _translate(exc) from exc
+        return [dict(r) for r in rows]
+
+    async def fetch_one(self, query: str, **params: Any) -> dict[str, Any] | None:
+        rows = await self.fetch(query, **params)
+        return rows[0] if rows else None
+
+    async def fetch_value(self, query: str, **params: Any) -> Any:
+        row = await self.fetch_one(query, **params)
+        return None if row is None else next(iter(row.values()))
+
+    async def execute(self, query: str, **params: Any) -> int:
+        try:
+            sql, args = await self._args(query, params)
+            return _rowcount(await self._conn.execute(sql, *args))
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def executemany(self, query: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        try:
+            sql, names, kinds = await self._store.prepared(self._conn, query)
+            await self._conn.executemany(sql, [[_coerce(r[n], k) for n, k in zip(
+                names, kinds, strict=True)] for r in rows])
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+
+class PostgresStore:
+    backend = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = 10, password: str | None = None) -> None:
+        self.dsn, self.schema = parse_url(url)
+        self.pool_size = max(int(pool_size), 2)
+        self._password = password  # None: the URL's own, else PGPASSWORD (read by asyncpg)
+        self._queries = {name: convert(sql) for name, sql in named.load("postgresql").items()}
+        self._kinds: dict[str, list[tuple[str, str]]] = {}
+        self._pool: Any = None
+        self._listener: asyncio.Task[None] | None = None
+        self._listen_conn: Any = None
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self._password is not None:
+            kwargs["password"] = self._password
+        if self.schema is not None:
+            kwargs["server_settings"] = {"search_path": self.schema}
+        return kwargs
+
+    async def open(self) -> None:
+        try:
+            conn = await asyncpg.connect(self.dsn, **self._connect_kwargs())
+            try:
+                await self._migrate(conn)
+            finally:
+                await conn.close()
+            self._pool = await asyncpg.create_pool(self.dsn, min_size=1, max_size=self.pool_size,
+                                                   **self._connect_kwargs())
+        except Exception as exc:
+            await self.close()
+            if isinstance(exc, SchemaTooNew):
+                raise
+            error = _translate(exc)
+            if isinstance(error, StoreUnavailable) or isinstance(exc, asyncpg.PostgresError):
+                raise StoreUnavailable(f"cannot open PostgreSQL database: {error}") from exc
+            raise
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=10)
+            except (TimeoutError, Exception):
+                pool.terminate()
+
+    async def _migrate(self, conn: Any) -> None:
+        known = named.migrations("postgresql")
+        latest = known[-1][0] if known else 0
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            if self.schema is not None:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT"
+                               " PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)")
+            applied = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            if applied and max(applied) > latest:
+                raise SchemaTooNew(f"database schema {max(applied)} is newer than this "
+                                   f"mail-proxy ({latest})")
+            for version, name, sql in known:
+                if version in applied:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, $3)",
+                                       version, name, int(time.time()))
+                log.info("applied PostgreSQL migration %04d_%s", version, name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+    async def prepared(self, conn: Any, query: str) -> tuple[str, list[str], list[tuple[str, str]]]:
+        """(SQL, parameter names, parameter types) of a named query; types asked once."""
+        sql, names = self._queries[query]
+        kinds = self._kinds.get(query)
+        if kinds is None:
+            stmt = await conn.prepare(sql)
+            kinds = [(t.name, t.kind) for t in stmt.get_parameters()]
+            self._kinds[query] = kinds
+        return sql, names, kinds
+
+    def _require_pool(self) -> Any:
+        if self._pool is None:
+            raise StoreUnavailable("the PostgreSQL store is not open")
+        return self._pool
+
+    # reads -------------------------------------------------------------------------------
+    async def _read(self, method: str, query: str, params: dict[str, Any]) -> Any:
+        try:
+            async with self._require_pool().acquire() as conn:
+                return await getattr(_Conn(self, conn), method)(query, **params)
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def fetch(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        return await self._read("fetch", query, params)
+
+    async def fetch_one(self, query: str, **params: Any) -> dict[str, Any] | None:
+        return await self._read("fetch_one", query, params)
+
+    async def fetch_value(self, query: str, **params: Any) -> Any:
+        return await self._read("fetch_value", query, params)
+
+    async def schema_version(self) -> int:
+        async with self._require_pool().acquire() as conn:
+            return int(await conn.fetchval("SELECT max(version) FROM schema_migrations") or 0)
+
+    # writes ------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Conn]:
+        try:
+            async with self._require_pool().acquire() as conn, conn.transaction():
+                yield _Conn(self, conn)
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    async def grouped(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        # No single writer to relieve here: each caller commits on its own connection,
+        # and returns only after that commit.
+        async with self.transaction() as tx:
+            return await work(tx)
+
+    async def notify(self, payload: str) -> None:
+        try:
+            async with self._require_pool().acquire() as conn:
+                await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+        except Exception as exc:
+            raise _translate(exc) from exc
+
+    # LISTEN ------------------------------------------------------------------------------
+    async def listen(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` on every NOTIFY, on a dedicated connection.
+
+        Returns once the first connection attempt is over; the connection is re-established
+        after a loss (1 s doubling to 30 s), and ``callback("")`` then runs once because
+        notifications sent meanwhile are lost.
+        """
+        if self._listener is not None:
+            raise RuntimeError("already listening")
+        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._listener = asyncio.create_task(self._listen_loop(callback, first),
+                                             name="pg-listen")
+        await asyncio.wait([first, self._listener], return_when=asyncio.FIRST_COMPLETED)
+
+    async def _listen_loop(self, callback: Callable[[str], None],
+                           first: asyncio.Future[None]) -> None:
+        backoff = 1.0
+        connected_before = False
+        while True:
+            lost = asyncio.Event()
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.dsn, **self._connect_kwargs())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, lambda _c, _pid, _ch, payload: callback(payload))
+                self._listen_conn = conn
+                backoff = 1.0
+                if connected_before:
+                    log.info("LISTEN %s re-established", CHANNEL)
+                    callback("")
+                connected_before = True
+                if not first.done():
+                    first.set_result(None)
+                await self._watch(conn, lost)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN %s connection lost (%s); reconnecting in %.0f s",
+                            CHANNEL, type(exc).__name__, backoff)
+            finally:
+                self._listen_conn = None
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.terminate()
+            if not first.done():
+                first.set_result(None)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    async def _watch(self, conn: Any, lost: asyncio.Event) -> None:
+        """Return when the listening connection dies (closed, or silent for too long)."""
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), timeout=LISTEN_HEALTH_INTERVAL)
+                break
+            await conn.fetchval("SELECT 1", timeout=10)
+        raise ConnectionError("listening connection closed")
+
+
+def password_from_url(url: str) -> str | None:
+    """The password embedded in a URL, if any (the CLI moves it to ``db_password``)."""
+    password = urlsplit(url).password
+    return unquote(password) if password is not None else None

@@ -1,0 +1,138 @@
+"""Kill it: kill -9 the worker, kill -9 everything, SIGTERM under load (issue 6, cases 1-3).
+
+Every case runs the real `mail-proxy` CLI, supervisor and worker against a real SMTP server
+and then checks the database and the server's counts: every message ends `sent` with its
+events, and a message is delivered twice only if the killed worker held it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tests.acceptance.conftest import LEASE_SECONDS
+from tests.support.daemon import (
+    Daemon,
+    RestartableSmtp,
+    duplicates,
+    figures,
+    message,
+    wait_for,
+)
+
+TOTAL = 5000
+BATCH = 1000  # max_batch_messages default
+# Lease expiry, plus the 5 s recovery pass, plus a generous margin for a slow CI machine.
+RECOVERY_LIMIT = LEASE_SECONDS + 60
+
+
+def enqueue(d: Daemon, client: httpx.Client, total: int) -> None:
+    for start in range(0, total, BATCH):
+        r = d.enqueue(client, [message(i) for i in range(start, min(start + BATCH, total))])
+        assert r.status_code == 200, r.text
+        assert r.json()["queued"] == min(BATCH, total - start)
+
+
+def held_by(d: Daemon, pid: int) -> int:
+    """Messages still `sending` under a worker's lease (owner id is host:pid:random)."""
+    rows = d.query("SELECT count(*) FROM messages WHERE status = 'sending' "
+                   "AND lease_owner LIKE ?", (f"%:{pid}:%",))
+    return int(rows[0][0])
+
+
+def check_all_delivered(d: Daemon, smtp: RestartableSmtp, total: int, held: int) -> int:
+    """Everything sent, reported (events, settled), delivered; returns the duplicates."""
+    assert d.counts() == {"sent": total}
+    ids = smtp.ids
+    missing = [i for i in range(total) if ids[f"m-{i}"] == 0]
+    assert not missing, f"{len(missing)} messages never reached the SMTP server"
+    dup = duplicates(ids)
+    assert dup <= held, f"{dup} duplicates, but the killed worker held only {held}"
+    assert d.events("sent") == total
+    # Held messages come back through T14, each with its lease_expired event.
+    assert d.events("lease_expired") == held
+    unsettled = d.query("SELECT count(*) FROM messages WHERE settled_at IS NULL")[0][0]
+    assert unsettled == 0  # no callback URL: settled at once, kept queryable
+    return dup
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_kill_9_worker_during_dispatch(daemon: Daemon, smtp: RestartableSmtp) -> None:
+    daemon.start()
+    started = time.monotonic()
+    with daemon.client() as client:
+        enqueue(daemon, client, TOTAL)
+    wait_for(lambda: smtp.total >= TOTAL // 4, 60, "a quarter delivered", every=0.02)
+    victim = daemon.record()["worker_pid"]
+    daemon.kill("worker")
+    held = held_by(daemon, victim)
+    at_kill = smtp.total
+    wait_for(lambda: daemon.record().get("restarts") == 1
+             and daemon.record().get("state") == "RUNNING", 30, "worker restarted")
+    assert daemon.record()["worker_pid"] != victim
+    wait_for(lambda: daemon.counts().get("sent") == TOTAL, RECOVERY_LIMIT, "all sent")
+    dup = check_all_delivered(daemon, smtp, TOTAL, held)
+    figures("kill -9 worker", messages=TOTAL, delivered_before_kill=at_kill, held=held,
+            duplicates=dup, seconds=round(time.monotonic() - started, 1))
+    assert daemon.stop().returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_kill_9_supervisor_and_worker_then_start(daemon: Daemon,
+                                                  smtp: RestartableSmtp) -> None:
+    daemon.start()
+    started = time.monotonic()
+    with daemon.client() as client:
+        enqueue(daemon, client, TOTAL)
+    wait_for(lambda: smtp.total >= TOTAL // 4, 60, "a quarter delivered", every=0.02)
+    victim = daemon.record()["worker_pid"]
+    daemon.kill("supervisor", "worker")
+    held = held_by(daemon, victim)
+    at_kill = smtp.total
+    time.sleep(0.5)
+    assert smtp.total == at_kill  # nothing left running that could still send
+    listed = daemon.cli("list", "--json")
+    assert '"stale": true' in listed.stdout.replace("\n", " ") or "stale" in listed.stdout
+    daemon.start()
+    wait_for(lambda: daemon.counts().get("sent") == TOTAL, RECOVERY_LIMIT, "all sent")
+    dup = check_all_delivered(daemon, smtp, TOTAL, held)
+    figures("kill -9 supervisor+worker, start", messages=TOTAL, delivered_before_kill=at_kill,
+            held=held, duplicates=dup, seconds=round(time.monotonic() - started, 1))
+    assert daemon.stop().returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_under_load_drains_and_releases(daemon: Daemon,
+                                                 smtp: RestartableSmtp) -> None:
+    total = 3000
+    daemon.start()
+    started = time.monotonic()
+    with daemon.client() as client:
+        enqueue(daemon, client, total)
+    wait_for(lambda: smtp.total >= total // 5, 60, "a fifth delivered", every=0.02)
+    stop_started = time.monotonic()
+    r = daemon.stop()
+    stop_seconds = time.monotonic() - stop_started
+    assert (r.returncode, r.stdout) == (0, "stopped\n"), r.stderr
+    # Drain finished the sends in flight and gave back the rest: nothing holds a lease.
+    counts = daemon.counts()
+    assert counts.get("sending", 0) == 0, counts
+    assert daemon.query("SELECT count(*) FROM messages WHERE lease_owner IS NOT NULL")[0][0] == 0
+    delivered = smtp.total
+    assert counts["sent"] == len(smtp.ids) == delivered  # every send recorded, none twice
+    assert counts["queued"] == total - delivered
+    log = daemon.log_text()
+    assert "drain: dispatcher stopped" in log and "sends cut off" not in log
+
+    daemon.start()
+    wait_for(lambda: daemon.counts().get("sent") == total, 60, "all sent after restart")
+    check_all_delivered(daemon, smtp, total, held=0)
+    assert duplicates(smtp.ids) == 0
+    figures("SIGTERM under load", messages=total, delivered_before_stop=delivered,
+            duplicates=0, stop_seconds=round(stop_seconds, 2),
+            seconds=round(time.monotonic() - started, 1))
+    assert daemon.stop().returncode == 0

@@ -1,0 +1,104 @@
+"""api.md §1.3-1.4: every bad request answers JSON with the documented status and code."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from tests.api.conftest import LiveServer
+
+
+def admin(live: LiveServer, **extra: str) -> dict[str, str]:
+    return {"X-API-Token": live.admin_token, **extra}
+
+
+async def test_malformed_json(live: LiveServer, client: Any) -> None:
+    answer = await client.post("/tenant", content=b'{"id": ', headers=admin(
+        live, **{"Content-Type": "application/json"}))
+    assert answer.status_code == 400
+    assert answer.json()["code"] == "invalid_json"
+
+
+async def test_wrong_content_type(live: LiveServer, client: Any) -> None:
+    answer = await client.post("/tenant", content=b"id=x", headers=admin(
+        live, **{"Content-Type": "text/plain"}))
+    assert (answer.status_code, answer.json()["code"]) == (415, "unsupported_media_type")
+
+
+async def test_array_body(live: LiveServer, client: Any) -> None:
+    answer = await client.post("/account", json=[1, 2], headers=admin(live))
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_body")
+
+
+async def test_unknown_fields_listed_all(live: LiveServer, client: Any) -> None:
+    for token in (live.admin_token, live.keys["acme"]):
+        answer = await client.patch("/tenant/acme", json={"bogus": 1, "nope": 2},
+                                    headers={"X-API-Token": token})
+        assert answer.status_code == 422, answer.text
+        body = answer.json()
+        assert body["code"] == "validation_error"
+        assert {(d["field"], d["code"]) for d in body["detail"]} == {
+            ("bogus", "unknown_field"), ("nope", "unknown_field")}
+
+
+async def test_bad_query_parameters(live: LiveServer, client: Any) -> None:
+    cases = [("GET", "/tenants", {"active_only": "maybe"}),
+             ("GET", "/command-log", {"limit": "5000"}),
+             ("GET", "/command-log", {"cursor": "@@@"}),
+             ("GET", "/messages", {"tenant_id": "acme", "limit": "x"}),
+             ("DELETE", "/account/smtp1", {"tenant_id": "acme", "force": "yes"})]
+    for method, path, params in cases:
+        answer = await client.request(method, path, params=params, headers=admin(live))
+        assert (answer.status_code, answer.json()["code"]) == (400, "invalid_parameter"), path
+
+
+async def test_missing_tenant_for_admin(live: LiveServer, client: Any) -> None:
+    answer = await client.get("/account/smtp1", headers=admin(live))
+    assert (answer.status_code, answer.json()["code"]) == (400, "missing_parameter")
+
+
+async def test_conflicting_credentials(live: LiveServer, client: Any) -> None:
+    answer = await client.get("/status", headers={"X-API-Token": live.admin_token,
+                                                  "Authorization": "Bearer something-else"})
+    assert (answer.status_code, answer.json()["code"]) == (400, "conflicting_credentials")
+    same = await client.get("/status", headers={"Authorization": f"bearer {live.admin_token}"})
+    assert same.status_code == 200
+
+
+async def test_unknown_route_and_method(live: LiveServer, client: Any) -> None:
+    answer = await client.get("/nowhere")
+    assert (answer.status_code, answer.json()["code"]) == (404, "not_found")
+    answer = await client.put("/tenant/acme", headers=admin(live))
+    assert (answer.status_code, answer.json()["code"]) == (405, "method_not_allowed")
+    assert set(answer.headers["allow"].split(", ")) >= {"GET", "PATCH", "DELETE"}
+
+
+async def test_request_id_echoed(live: LiveServer, client: Any) -> None:
+    answer = await client.get("/health", headers={"X-Request-ID": "trace-42"})
+    assert answer.headers["x-request-id"] == "trace-42"
+
+
+async def test_body_too_large(live: LiveServer, client: Any) -> None:
+    answer = await client.patch("/instance", json={"max_request_bytes": 1024},
+                                headers=admin(live))
+    assert answer.status_code == 200, answer.text
+    try:
+        big = {"id": "big", "name": "x" * 2000}
+        answer = await client.post("/tenant", json=big, headers=admin(live))
+        assert (answer.status_code, answer.json()["code"]) == (413, "body_too_large")
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: checked while read
+            for _ in range(4):
+                yield b" " * 600
+
+        answer = await client.post("/tenant", content=chunks(), headers=admin(
+            live, **{"Content-Type": "application/json"}))
+        assert (answer.status_code, answer.json()["code"]) == (413, "body_too_large")
+    finally:
+        await client.patch("/instance", json={"max_request_bytes": None}, headers=admin(live))
+
+
+async def test_invalid_suppression_address_is_400(live: LiveServer, client: Any) -> None:
+    answer = await client.delete("/suppressions/not-an-address", params={"tenant_id": "acme"},
+                                 headers=admin(live))
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_parameter")

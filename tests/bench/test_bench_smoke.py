@@ -1,0 +1,47 @@
+"""Each benchmark script runs on a tiny workload so the scripts cannot rot.
+
+Figures are not checked (benchmarks are not timed tests); only that every script runs to the
+end and prints its JSON with the fields run_all and docs/performance.md rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bench(*argv: str, timeout: float = 40) -> dict:
+    proc = subprocess.run([sys.executable, "-m", *argv, "--quick"], cwd=REPO, timeout=timeout,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-JSON ")]
+    assert lines, proc.stdout[-2000:]
+    return json.loads(lines[-1][len("BENCH-JSON "):])
+
+
+@pytest.mark.timeout(60)
+def test_all_benchmarks_run_and_report_every_target() -> None:
+    summary = run_bench("bench.run_all", timeout=55)
+    names = [t["target"] for t in summary["targets"]]
+    assert any(n.startswith("POST p50") for n in names)
+    assert any(n.startswith("dispatch vs raw ceiling") for n in names)
+    assert any(n.startswith("claim cycle") for n in names)
+    assert "mail-proxy --help" in names and "mail-proxy list" in names
+    assert "idle worker RSS" in names
+    for t in summary["targets"]:
+        assert isinstance(t["measured"], int | float) and isinstance(t["met"], bool)
+
+
+def test_python_sink_counts_messages() -> None:
+    """The fallback sink must really count: a dispatch run against it delivers everything."""
+    result = run_bench("bench.dispatch", "--sink", "python")
+    assert result["sink"] == "python"
+    run = result["connections_2"]
+    assert run["worker"]["messages"] == result["messages"] == 40
+    assert run["worker"]["msgs_per_s"] > 0 and run["raw_before"]["msgs_per_s"] > 0

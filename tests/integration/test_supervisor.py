@@ -1,0 +1,200 @@
+"""The supervisor with a stand-in worker: start, restart after kill -9, FATAL, drain, stale.
+
+The stand-in worker is a tiny stdlib HTTP server (or a script that exits at once); it is
+injected with MAIL_PROXY_WORKER_ARGV, and MAIL_PROXY_BACKOFF_SCALE shortens the backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from mail_proxy.instance import paths
+from mail_proxy.instance.states import is_alive, read_record
+
+ROOT = Path(__file__).resolve().parents[2]
+
+STUB = r'''
+import http.server, os, signal, sys, threading, time
+port, mode = int(sys.argv[1]), sys.argv[2]
+if mode == "crash":
+    print("stub: crashing", flush=True)
+    sys.exit(3)
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"ok": true, "status": "ok"}')
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", port), Health)
+def on_term(signum, frame):
+    print(f"stub: got signal {signum}, draining", flush=True)
+    threading.Thread(target=server.shutdown).start()
+signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else on_term)
+parent = os.getppid()
+def watch_parent():
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(0)
+threading.Thread(target=watch_parent, daemon=True).start()
+print(f"stub: serving on {port} for {os.environ['MAIL_PROXY_SUPERVISOR_PID']}", flush=True)
+server.serve_forever()
+print("stub: drained", flush=True)
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    stub = tmp_path / "stub.py"
+    stub.write_text(STUB)
+    mode = {"value": "ok"}
+
+    def cli(*args: str, worker: str = "ok") -> subprocess.CompletedProcess[str]:
+        mode["value"] = worker
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "MAIL_PROXY_BACKOFF_SCALE": "0.01",
+               "MAIL_PROXY_WORKER_ARGV": json.dumps([sys.executable, str(stub), "{port}",
+                                                     worker])}
+        return subprocess.run([sys.executable, "-m", "mail_proxy", *args], capture_output=True,
+                              text=True, env=env, timeout=30, stdin=subprocess.DEVNULL)
+
+    yield cli
+    for name in paths.instance_names():  # never leave a process behind
+        record = read_record(paths.instance_dir(name)) or {}
+        for kind in ("worker", "supervisor"):
+            if is_alive(record.get(f"{kind}_pid"), record.get(f"{kind}_create_time")):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(record[f"{kind}_pid"], signal.SIGKILL)
+
+
+def wait_for(check: Callable[[], bool], limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def record() -> dict:
+    return read_record(paths.instance_dir("demo")) or {}
+
+
+def test_start_restart_after_kill_and_drain(run_cli: Callable[..., subprocess.CompletedProcess[str]]
+                                            ) -> None:
+    port = free_port()
+    r = run_cli("start", "demo", "--port", str(port), "--wait", "10")
+    assert r.returncode == 0, r.stderr
+    folder = paths.instance_dir("demo")
+    token = (folder / "api_token").read_text().strip()
+    rec = record()
+    assert r.stdout.splitlines() == [
+        f"Created instance 'demo' in {folder}",
+        f"Admin token (stored in {folder / 'api_token'}): {token}",
+        f"mail-proxy 'demo' is running at http://127.0.0.1:{port} (pid {rec['worker_pid']})"]
+    wait_for(lambda: record().get("state") == "RUNNING")
+    for name in ("supervisor.json", "supervisor.lock", "logs/supervisor.log"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE((folder / "logs").stat().st_mode) == 0o700
+
+    first_worker = rec["worker_pid"]
+    os.kill(first_worker, signal.SIGKILL)
+    wait_for(lambda: record().get("restarts") == 1 and record().get("state") == "RUNNING"
+             and record().get("worker_pid") != first_worker)
+    assert record()["last_exit_code"] == -signal.SIGKILL
+    assert len(record()["recent_crashes"]) == 1
+
+    again = run_cli("start", "demo")  # already running: the URL, exit 0, no token
+    assert again.returncode == 0 and again.stdout.startswith("mail-proxy 'demo' is running at")
+    status = run_cli("status", "demo", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["restarts"] == 1
+
+    r = run_cli("stop", "demo")
+    assert (r.returncode, r.stdout) == (0, "stopped\n"), r.stderr
+    assert record()["state"] == "STOPPED"
+    log = (folder / "logs" / "supervisor.log").read_text()
+    assert "stub: got signal 15, draining" in log and "stub: drained" in log
+    assert run_cli("status", "demo").returncode == 3
+    assert run_cli("stop", "demo").stdout == "mail-proxy 'demo' is not running\n"
+
+
+def test_always_crashing_worker_becomes_fatal(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    r = run_cli("start", "demo", "--port", str(free_port()), "--wait", "5", worker="crash")
+    assert r.returncode == 1
+    assert "stub: crashing" in r.stderr and "error: mail-proxy 'demo' could not start" in r.stderr
+    wait_for(lambda: record().get("state") == "FATAL")
+    assert len(record()["recent_crashes"]) == 5 and record()["last_exit_code"] == 3
+    row = json.loads(run_cli("list", "--json").stdout)["instances"][0]
+    assert (row["state"], row["stale"]) == ("FATAL", False)
+
+
+def test_killed_supervisor_leaves_a_stale_record(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    port = free_port()
+    assert run_cli("start", "demo", "--port", str(port), "--wait", "10").returncode == 0
+    rec = record()
+    os.kill(rec["supervisor_pid"], signal.SIGKILL)
+    wait_for(lambda: not is_alive(rec["supervisor_pid"], rec["supervisor_create_time"]))
+    row = json.loads(run_cli("list", "--json").stdout)["instances"][0]
+    assert (row["state"], row["stale"], row["pid"]) == ("STOPPED", True, None)
+    # the orphaned worker notices its parent is gone and exits on its own
+    wait_for(lambda: not is_alive(rec["worker_pid"], rec["worker_create_time"]))
+    r = run_cli("start", "demo", "--wait", "10")
+    assert r.returncode == 0, r.stderr
+    assert record()["supervisor_pid"] != rec["supervisor_pid"]
+
+
+def test_busy_port_and_second_supervisor(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run_cli("start", "demo", "--port", str(port))
+        assert r.returncode == 1
+        assert r.stderr.endswith(f"error: port {port} on 127.0.0.1 is in use\n")
+    assert run_cli("start", "demo", "--wait", "10").returncode == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    second = subprocess.run([sys.executable, "-m", "mail_proxy.instance.supervisor", "demo"],
+                            env=env, capture_output=True, timeout=10)
+    assert second.returncode == 1
+    assert record()["state"] == "RUNNING"
+
+
+def test_stop_timeout_force_restart_and_serve_refusal(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    port = free_port()
+    assert run_cli("start", "demo", "--port", str(port), "--wait", "10",
+                   worker="stubborn").returncode == 0
+    r = run_cli("serve", "demo")
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: instance 'demo' is running under its supervisor")
+    r = run_cli("stop", "demo", "--timeout", "0.5")
+    assert (r.returncode, r.stderr) == (
+        1, "error: instance 'demo' is still draining; use --force to kill it\n")
+    r = run_cli("stop", "demo", "--timeout", "0.5", "--force")
+    assert (r.returncode, r.stdout) == (0, "stopped\n")
+    assert "leases expire" in r.stderr
+    assert record()["state"] == "STOPPED"
+    first = record()["supervisor_pid"]
+    assert run_cli("start", "demo", "--wait", "10").returncode == 0
+    r = run_cli("restart", "demo", "--wait", "10")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("mail-proxy 'demo' is running at")
+    assert record()["supervisor_pid"] != first

@@ -1,0 +1,151 @@
+"""Manager-level contract: the same operations give the same results on SQLite and PostgreSQL.
+
+Every case runs twice through the ``core`` fixture of tests/store/conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+
+import pytest
+
+from mail_proxy.delivery import leases
+from mail_proxy.delivery.dispatcher import Dispatcher
+from mail_proxy.delivery.smtp import SmtpPools
+from mail_proxy.manager import accounts, tenants
+from mail_proxy.manager.core import now
+from mail_proxy.manager.messages import counts, get_message
+from mail_proxy.store import UniqueViolation
+from mail_proxy.store.errors import StoreUnavailable
+from tests.support import factories as f
+
+
+def make_dispatcher(core, owner: str = "test:1:abcd") -> Dispatcher:
+    return Dispatcher(core, owner=owner, smtp=SmtpPools(ehlo_name="test.local"))
+
+
+async def drive(dispatcher: Dispatcher, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        claimed = await dispatcher.run_once()
+        await asyncio.sleep(0.01)
+        if claimed == 0 and dispatcher.held == 0:
+            return
+    raise AssertionError("dispatcher did not settle")
+
+
+async def test_tenants_and_accounts_round_trip(core) -> None:
+    await f.tenant(core, "acme", name="Acme", rate_limits={"per_minute": 5})
+    await f.account(core, 2525, is_pec=False, tls_verify=False)
+    got = await tenants.get_tenant(core, "acme")
+    assert got["name"] == "Acme" and got["active"] is True
+    assert got["rate_limits"]["per_minute"] == 5
+    acc = await accounts.get_account(core, "acme", "main")
+    assert acc["port"] == 2525 and acc["tls_verify"] is False
+    assert [a["id"] for a in await accounts.list_accounts(core, "acme")] == ["main"]
+    assert [a["id"] for a in await accounts.list_accounts(core)] == ["main"]
+    assert [t["id"] for t in await tenants.list_tenants(core)] == ["acme"]
+
+
+async def test_duplicate_insert_is_a_unique_violation(core) -> None:
+    params = dict(id="dup", name=None, client_base_url=None, client_sync_path="/s",
+                  client_attachment_path="/a", client_auth=None, signing_secret=None,
+                  rate_limits=None, large_file_config=None, default_account_id=None,
+                  active=1, api_key_hash=None, now=1)
+    async with core.store.transaction() as tx:
+        await tx.execute("tenant_insert", **params)
+    with pytest.raises(UniqueViolation):
+        async with core.store.transaction() as tx:
+            await tx.execute("tenant_insert", **params)
+    assert [r["id"] for r in await core.store.fetch("tenant_list", active_only=1)] == ["dup"]
+
+
+async def test_grouped_isolates_a_failing_caller(core) -> None:
+    await f.tenant(core)
+
+    async def ok(tx) -> int:
+        return await tx.execute("tenant_set_suspended", id="acme", suspended_batches=["b1"],
+                                now=5)
+
+    async def bad(tx) -> int:
+        raise RuntimeError("boom")
+
+    results = await asyncio.gather(core.store.grouped(ok), core.store.grouped(bad),
+                                   return_exceptions=True)
+    assert results[0] == 1 and isinstance(results[1], RuntimeError)
+    row = await core.store.fetch_one("tenant_get", id="acme")
+    assert row["suspended_batches"] == '["b1"]'
+
+
+async def test_enqueue_send_and_record_outcomes(core, smtp_server) -> None:
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    smtp_server.script(rcpt={"rcpt1@example.com": "550 5.1.1 User unknown"})
+    answer = await f.enqueue(core, *[f.message(i) for i in range(6)])
+    assert answer["queued"] == 6
+    again = await f.enqueue(core, f.message(0))  # idempotent resubmission
+    assert again["queued"] + again.get("rejected_count", 0) <= 1
+    dispatcher = make_dispatcher(core)
+    await drive(dispatcher)
+    c = await counts(core, "acme")
+    assert (c["sent"], c["error"], c["queued"], c["sending"]) == (5, 1, 0, 0), c
+    ids = sorted(email.message_from_bytes(m.data)["X-Mail-Proxy-ID"]
+                 for m in smtp_server.messages)
+    assert len(ids) == len(set(ids)) == 5
+    msg = await get_message(core, "acme", "m-1")
+    assert msg["status"] == "error" and "550" in msg["last_error"]
+    msg = await get_message(core, "acme", "m-2")
+    assert msg["status"] == "sent" and msg["attempts"] == 1
+    await dispatcher.smtp.close()
+
+
+async def test_per_minute_limit_is_exact(core, smtp_server) -> None:
+    await f.tenant(core)
+    await f.account(core, smtp_server.port, limit_per_minute=3)
+    await f.enqueue(core, *[f.message(i) for i in range(8)])
+    dispatcher = make_dispatcher(core)
+    await drive(dispatcher)
+    c = await counts(core, "acme")
+    assert c["sent"] == 3 and len(smtp_server.messages) == 3
+    assert c["queued"] + c["deferred"] == 5
+    await dispatcher.smtp.close()
+
+
+async def test_two_dispatchers_never_claim_the_same_message(core) -> None:
+    await f.tenant(core)
+    await f.account(core, 2525, batch_size=1000)
+    await f.enqueue(core, *[f.message(i) for i in range(300)])
+    await f.enqueue(core, *[f.message(f"p{i}", priority="immediate") for i in range(50)])
+    a, b = make_dispatcher(core, "a:1:x"), make_dispatcher(core, "b:2:y")
+    got_a, got_b = await asyncio.gather(a._claim(now()), b._claim(now()))
+    pks_a, pks_b = {m.pk for m in got_a}, {m.pk for m in got_b}
+    assert not pks_a & pks_b
+    assert len(pks_a | pks_b) == 350
+    c = await counts(core, "acme")
+    assert c["sending"] == 350
+
+
+async def test_expired_lease_is_recovered_once(core) -> None:
+    await f.tenant(core)
+    await f.account(core, 2525)
+    await f.enqueue(core, *[f.message(i) for i in range(5)])
+    dispatcher = make_dispatcher(core, "dead:1:x")
+    claimed = await dispatcher._claim(0)
+    assert len(claimed) == 5
+    await leases.renew(core.store, "dead:1:x", -10)  # the lease now lies in the past
+    results = await asyncio.gather(*[leases.recover_expired(
+        core.store, max_retries=5, reportable_tenants=set()) for _ in range(3)])
+    assert sum(results) == 5
+    msg = await get_message(core, "acme", "m-0")
+    assert msg["status"] == "queued" and msg["attempts"] == 1
+    assert [e["event_type"] for e in msg["events"]] == ["lease_expired"]
+
+
+async def test_closed_store_is_unavailable(core) -> None:
+    if core.store.backend == "sqlite":
+        pytest.skip("the SQLite store asserts instead")
+    await core.store.close()
+    with pytest.raises(StoreUnavailable):
+        await core.store.fetch("tenant_list", active_only=0)

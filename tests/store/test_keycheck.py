@@ -1,0 +1,25 @@
+"""The start-up key check finds key ids that the ring lacks, on both backends."""
+
+from __future__ import annotations
+
+from mail_proxy.security.crypto import KeyRing, generate_key
+from mail_proxy.store.keycheck import kids_in, missing_kids, refusal_message
+from tests.support import factories as f
+
+
+def test_kids_are_read_from_values_and_payloads() -> None:
+    payload = '{"a": "ENC:v1:0a1b2c3d:QUJD", "b": "ENC:v1:deadbeef:REVG", "c": "ENC:xyz"}'
+    assert kids_in([payload, None, 5, "plain"]) == {"0a1b2c3d", "deadbeef"}
+
+
+async def test_missing_kids_names_the_keys_the_ring_lacks(core, keyring: KeyRing) -> None:
+    await f.tenant(core, signing_secret="s" * 32)
+    await f.account(core, 2525, user="u", password="p")
+    assert await missing_kids(core.store, keyring) == set()
+    other = KeyRing([generate_key()], source="env")
+    assert await missing_kids(core.store, other) == {keyring.primary_kid}
+    # Once the old key is copied into the ring next to the new primary, the check passes.
+    merged = KeyRing([*other.keys(), *keyring.keys()], source="env")
+    assert await missing_kids(core.store, merged) == set()
+    text = refusal_message({keyring.primary_kid}, "main")
+    assert keyring.primary_kid in text and "encryption.key" in text

@@ -1,0 +1,104 @@
+"""PostgreSQL-only behaviour: serialised migrations, refusing a newer schema, LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from mail_proxy.errors import SchemaTooNew
+from mail_proxy.store import open_store
+from mail_proxy.store.errors import StoreUnavailable
+from mail_proxy.store.postgres import PostgresStore, parse_url
+
+
+async def test_concurrent_starts_migrate_once(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url, pool_size=2) for _ in range(4)]
+    await asyncio.gather(*[s.open() for s in stores])
+    try:
+        assert {await s.schema_version() for s in stores} == {1}
+        dsn, schema = parse_url(pg_url)
+        conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM schema_migrations") == 1
+            assert await conn.fetchval("SELECT count(*) FROM instance") == 1
+        finally:
+            await conn.close()
+    finally:
+        await asyncio.gather(*[s.close() for s in stores])
+
+
+async def test_newer_schema_is_refused(pg_url: str) -> None:
+    store = open_store(pg_url)
+    await store.open()
+    await store.close()
+    dsn, schema = parse_url(pg_url)
+    conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
+    await conn.execute("INSERT INTO schema_migrations VALUES (7, 'future', 0)")
+    await conn.close()
+    with pytest.raises(SchemaTooNew, match="database schema 7 is newer than this mail-proxy"):
+        await PostgresStore(pg_url).open()
+
+
+async def test_unreachable_server_is_unavailable_and_hides_the_password() -> None:
+    store = PostgresStore("postgresql://u:s3cret@127.0.0.1:1/db")
+    with pytest.raises(StoreUnavailable) as info:
+        await store.open()
+    assert "s3cret" not in str(info.value)
+
+
+async def test_notify_reaches_listeners_and_listen_survives_a_lost_connection(
+        pg_url: str) -> None:
+    sender, receiver = PostgresStore(pg_url, pool_size=2), PostgresStore(pg_url, pool_size=2)
+    await sender.open()
+    await receiver.open()
+    got: list[str] = []
+    arrived = asyncio.Event()
+
+    def on_wake(payload: str) -> None:
+        got.append(payload)
+        arrived.set()
+
+    try:
+        await receiver.listen(on_wake)
+        await sender.notify("acme")
+        await asyncio.wait_for(arrived.wait(), 5)
+        assert got == ["acme"]
+        # The server drops the listening connection: the store reconnects and wakes once.
+        pid = receiver._listen_conn.get_server_pid()
+        arrived.clear()
+        async with sender._pool.acquire() as conn:
+            await conn.execute("SELECT pg_terminate_backend($1)", pid)
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert got[-1] == ""
+        for _ in range(50):
+            if receiver._listen_conn is not None:
+                break
+            await asyncio.sleep(0.1)
+        arrived.clear()
+        await sender.notify("beta")
+        await asyncio.wait_for(arrived.wait(), 5)
+        assert got[-1] == "beta"
+    finally:
+        await receiver.close()
+        await sender.close()
+
+
+async def test_booleans_and_lists_are_coerced(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        async with store.transaction() as tx:
+            await tx.execute("tenant_insert", id="t1", name=None, client_base_url=None,
+                             client_sync_path="/s", client_attachment_path="/a",
+                             client_auth={"method": "none"}, signing_secret=None,
+                             rate_limits=None, large_file_config=None,
+                             default_account_id=None, active=0, api_key_hash=None, now=1.0)
+        assert await store.fetch("tenant_list", active_only=True) == []
+        row = await store.fetch_one("enqueue_tenants", ids=["t1", "t2"])
+        assert row is not None and row["active"] is False
+        assert (await store.fetch_one("tenant_get", id="t1"))["client_auth"] == \
+            '{"method": "none"}'
+    finally:
+        await store.close()
