@@ -31,6 +31,7 @@ class AccountConfig:
     limits: Limits
     batch_size: int
     is_pec: bool
+    suppression_count: int
     loaded_at: float
 
     def suspended(self, batch_code: str | None) -> bool:
@@ -96,4 +97,5 @@ class AccountConfigs:
             target=target, secret_error=secret_error,
             limits=Limits.from_config(row, tenant_limits),
             batch_size=int(row["batch_size"] or settings.batch_size_per_account),
-            is_pec=bool(row["is_pec"]), loaded_at=time.monotonic())
+            is_pec=bool(row["is_pec"]), suppression_count=int(row["suppression_count"] or 0),
+            loaded_at=time.monotonic())

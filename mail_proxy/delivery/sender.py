@@ -72,6 +72,17 @@ class Sender:
                 f"a stored secret of account '{msg.account_id}' cannot be decrypted: "
                 f"{config.secret_error}", code="secret_unavailable"), attempted=True)
             return
+        payload = json.loads(msg.payload)
+        mail_from, rcpts = envelope(payload, bounce_return_path=None)
+        rcpts, suppressed = await self._suppress(msg, config, rcpts)
+        if not rcpts:
+            await self.recorder.error(msg, code="suppressed", attempted=False, smtp_code=None,
+                                      text="every recipient is on the suppression list",
+                                      reportable=config.reportable,
+                                      extra={"refused_recipients": suppressed})
+            self._count("errors_total", msg)
+            self._notify(config, msg)
+            return
         reservation = await ratelimit.reserve(self.core.store, msg.tenant_id, msg.account_id,
                                               msg.pk, config.limits, t)
         if not reservation.granted:
@@ -79,9 +90,7 @@ class Sender:
             return
         sent = False
         try:
-            payload = json.loads(msg.payload)
             data = await self._compose(msg, config, payload)
-            mail_from, rcpts = envelope(payload, bounce_return_path=None)
             started = time.perf_counter()
             result = await self.smtp.send(config.target, mail_from, rcpts, data)
             if self.metrics is not None:
@@ -94,13 +103,33 @@ class Sender:
         finally:
             await ratelimit.settle(self.core.store, reservation, sent)
         await self.recorder.sent(msg, smtp_code=result.smtp_code, accepted=len(result.accepted),
-                                 refused=result.refused, reportable=config.reportable)
+                                 refused=suppressed + result.refused,
+                                 reportable=config.reportable)
         self._count("sent_total", msg)
         if self.metrics is not None:
             self.metrics.queue_wait_seconds.labels(str(msg.priority)).observe(
                 max(now() - msg.not_before, 0))
         self._recovered(config)
         self._notify(config, msg)
+
+    async def _suppress(self, msg: Claimed, config: AccountConfig, rcpts: list[str]
+                        ) -> tuple[list[str], list[dict[str, Any]]]:
+        """messages.md §4.3: drop suppressed recipients at send time (one query, and only
+        for tenants that have a suppression list at all)."""
+        if not config.suppression_count:
+            return rcpts, []
+        from mail_proxy.manager.suppressions import suppressed_among
+
+        blocked = await suppressed_among(self.core, msg.tenant_id, rcpts)
+        if not blocked:
+            return rcpts, []
+        if self.metrics is not None:
+            self.metrics.suppressed_recipients_total.labels(msg.tenant_id).inc(
+                sum(1 for r in rcpts if r.lower() in blocked))
+        kept = [r for r in rcpts if r.lower() not in blocked]
+        refused = [{"address": r, "smtp_code": None, "message": "suppressed"}
+                   for r in rcpts if r.lower() in blocked]
+        return kept, refused
 
     async def _compose(self, msg: Claimed, config: AccountConfig,
                        payload: dict[str, Any]) -> bytes:

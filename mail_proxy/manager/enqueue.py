@@ -35,6 +35,7 @@ class QueueFull(MailProxyError):
 class _TenantCache:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, TenantInfo | None, dict[str, bool]]] = {}
+        self.with_suppressions: set[str] = set()
 
     async def load(self, core: Core, ids: set[str]) -> tuple[dict[str, TenantInfo],
                                                              dict[tuple[str, str], bool]]:
@@ -56,6 +57,10 @@ class _TenantCache:
                     account_ids=frozenset(by_tenant[tenant_id]),
                     client_base_url=row["client_base_url"])
                 self._entries[tenant_id] = (stamp, info, by_tenant[tenant_id])
+                if row is not None and row["suppressions"]:
+                    self.with_suppressions.add(tenant_id)
+                else:
+                    self.with_suppressions.discard(tenant_id)
         tenants: dict[str, TenantInfo] = {}
         pec: dict[tuple[str, str], bool] = {}
         for tenant_id in ids:
@@ -136,6 +141,9 @@ async def add_messages(core: Core, body: object, principal: Principal) -> dict[s
                             key_tenant_id=key_tenant, batch_default_priority=default_priority,
                             now=now())
     accepted, rejected = validate_batch(entries, ctx, message_id_domain=message_id_domain(settings))
+    listed = tenant_cache(core).with_suppressions
+    if accepted and settings.suppression_enabled and listed & {m.tenant_id for _, m in accepted}:
+        accepted = await _drop_suppressed(core, accepted, rejected)
     if accepted and settings.max_queued_messages:
         waiting = int(await core.store.fetch_value("count_waiting") or 0)
         if waiting + len(accepted) > settings.max_queued_messages:
@@ -178,6 +186,29 @@ class AllRejected(BadRequest):
     def __init__(self, rejected: list[dict[str, Any]]) -> None:
         super().__init__("no message was accepted", code="all_rejected")
         self.rejected = rejected
+
+
+async def _drop_suppressed(core: Core, accepted: list[tuple[int, ValidMessage]],
+                           rejected: list[dict[str, Any]]) -> list[tuple[int, ValidMessage]]:
+    """Check 18 of messages.md §2: a message whose every recipient is suppressed."""
+    from mail_proxy.delivery.envelope import recipients
+    from mail_proxy.manager.suppressions import suppressed_among
+
+    by_tenant: dict[str, set[str]] = {}
+    rcpts: dict[int, list[str]] = {}
+    for index, m in accepted:
+        rcpts[index] = [r.lower() for r in recipients(m.payload)]
+        by_tenant.setdefault(m.tenant_id, set()).update(rcpts[index])
+    blocked = {t: await suppressed_among(core, t, addrs) for t, addrs in by_tenant.items()}
+    kept = []
+    for index, m in accepted:
+        if blocked[m.tenant_id] and all(r in blocked[m.tenant_id] for r in rcpts[index]):
+            rejected.append({"index": index, "id": m.id, "code": "suppressed",
+                             "reason": "every recipient is on the tenant's suppression list"})
+        else:
+            kept.append((index, m))
+    rejected.sort(key=lambda r: r["index"])
+    return kept
 
 
 def _row(m: ValidMessage, t: int, is_pec: bool, keyring: Any) -> dict[str, Any]:

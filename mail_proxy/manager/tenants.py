@@ -236,8 +236,18 @@ async def put_tenant(core: Core, body: object, principal: Principal | None
                              api_key_hash=hash_api_key(api_key), **columns)
         else:
             await tx.execute("tenant_update", id=tenant_id, now=stamp, **columns)
+            await _on_url_removed(tx, row, columns, stamp)
     auth.forget(core)
     return await get_tenant(core, tenant_id), row is None, api_key
+
+
+async def _on_url_removed(tx: Any, row: dict[str, Any], columns: dict[str, Any],
+                          stamp: int) -> None:
+    """reports.md §6: without a URL nothing can be reported; pending events become
+    unreportable in the same transaction so their terminal messages settle now."""
+    if row["client_base_url"] and not columns.get("client_base_url"):
+        await tx.execute("tenant_unreport_pending", tenant_id=row["id"])
+        await tx.execute("tenant_settle_unreported", tenant_id=row["id"], now=stamp)
 
 
 async def _check_default_account(tx: Any, tenant_id: str, values: dict[str, Any], *,
@@ -275,7 +285,9 @@ async def patch_tenant(core: Core, tenant_id: str, body: object, principal: Prin
         columns = {name: row[name] for name in DEFAULTS}
         for name, value in values.items():
             columns[name] = encode(core, name, DEFAULTS[name] if value is None else value)
-        await tx.execute("tenant_update", id=tenant_id, now=now(), **columns)
+        stamp = now()
+        await tx.execute("tenant_update", id=tenant_id, now=stamp, **columns)
+        await _on_url_removed(tx, row, columns, stamp)
     auth.forget(core)
     return await get_tenant(core, tenant_id)
 

@@ -182,3 +182,24 @@ async def test_partial_refusal_is_sent_with_refused_recipients(core, smtp_server
     assert meta["refused_recipients"][0]["smtp_code"] == 550
     assert smtp_server.messages[0].rcpt_tos == ["good@example.com"]
     await d.smtp.close()
+
+
+async def test_suppressed_recipients_are_refused_at_enqueue_and_send(core, smtp_server) -> None:
+    from mail_proxy.errors import BadRequest
+    from mail_proxy.manager import suppressions
+    from mail_proxy.manager.core import ADMIN
+
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    await suppressions.add_suppression(core, {"address": "Gone@Example.com"}, ADMIN, "acme")
+    with pytest.raises(BadRequest) as refused:
+        await f.enqueue(core, f.message(1, to=["gone@example.com"]))
+    assert refused.value.rejected[0]["code"] == "suppressed"  # type: ignore[attr-defined]
+    await f.enqueue(core, f.message(2, to=["gone@example.com", "ok@example.com"]))
+    d = dispatcher_for(core, "a:1:aa")
+    await drive(d)
+    assert smtp_server.messages[0].rcpt_tos == ["ok@example.com"]
+    meta = (await get_message(core, "acme", "m-2"))["events"][-1]["metadata"]
+    assert meta["refused_recipients"] == [
+        {"address": "gone@example.com", "smtp_code": None, "message": "suppressed"}]
+    await d.smtp.close()

@@ -397,3 +397,28 @@ async def test_suppression_inputs_of_any_type(core: Core) -> None:
             await suppressions.remove_suppression(core, "acme", value)
         except ValidationFailed:
             pass
+
+
+async def test_removing_the_url_settles_messages_with_pending_events(core) -> None:
+    import json as _json
+
+    from mail_proxy.manager import tenants as _tenants
+    from mail_proxy.manager.core import ADMIN as _ADMIN
+    from tests.support import factories as f
+
+    await f.tenant(core, client_base_url="https://app.acme.test")
+    await f.account(core, 2525)
+    await f.enqueue(core, f.message(1))
+    async with core.store.transaction() as tx:
+        row = (await tx.fetch("claim_account", me="w", now=1, lease=120, tenant_id="acme",
+                              account_id="main", n=1, suspended=[]))[0]
+        await tx.execute("mark_error", pk=row["pk"], me="w", now=1, attempted=0, error="x",
+                         code="x", smtp_code=None, settled_at=None)
+        await tx.execute("event_insert", message_pk=row["pk"], tenant_id="acme",
+                         event_type="error", now=1, description="x",
+                         metadata=_json.dumps({}), reportable=True)
+    await _tenants.patch_tenant(core, "acme", {"client_base_url": None}, _ADMIN)
+    msg = await core.store.fetch_one("message_get", tenant_id="acme", id="m-1")
+    assert msg["settled_at"] is not None
+    pending = await core.store.fetch_value("report_pending_counts")
+    assert pending is None

@@ -103,7 +103,9 @@ UPDATE messages
 
 -- name: dispatch_account_config
 SELECT a.*, t.active AS tenant_active, t.suspended_batches, t.client_base_url,
-       t.rate_limits AS tenant_rate_limits
+       t.rate_limits AS tenant_rate_limits,
+       (SELECT count(*) FROM suppressions s WHERE s.tenant_id = a.tenant_id)
+           AS suppression_count
   FROM accounts a JOIN tenants t ON t.id = a.tenant_id
  WHERE a.tenant_id = :tenant_id AND a.id = :account_id;
 

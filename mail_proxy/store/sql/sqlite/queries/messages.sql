@@ -1,7 +1,8 @@
 -- Enqueue, listing and client commands on messages (messages.md §3, api.md §4-5).
 
 -- name: enqueue_tenants
-SELECT id, active, default_account_id, client_base_url, suspended_batches
+SELECT id, active, default_account_id, client_base_url, suspended_batches,
+       (SELECT count(*) FROM suppressions s WHERE s.tenant_id = tenants.id) AS suppressions
   FROM tenants WHERE id IN (SELECT value FROM json_each(:ids));
 
 -- name: enqueue_accounts

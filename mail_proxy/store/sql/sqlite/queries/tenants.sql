@@ -77,3 +77,12 @@ SELECT count(*) AS n FROM messages
 
 -- name: tenant_account_exists
 SELECT 1 AS found FROM accounts WHERE tenant_id = :tenant_id AND id = :id;
+
+-- name: tenant_unreport_pending
+UPDATE message_events SET reportable = 0
+ WHERE tenant_id = :tenant_id AND reportable = 1 AND reported_at IS NULL;
+
+-- name: tenant_settle_unreported
+UPDATE messages SET settled_at = :now
+ WHERE tenant_id = :tenant_id AND settled_at IS NULL
+   AND status IN ('sent', 'error', 'cancelled');
