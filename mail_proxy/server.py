@@ -126,6 +126,7 @@ class Worker:
                                      fetcher=self.fetcher, metrics=self.metrics,
                                      on_event=self._event_written)
         core.wake_dispatcher = self.dispatcher.wake
+        core.settings_listeners.append(self._settings_changed)
         core.wake_reporter = self._event_written
         listen = getattr(core.store, "listen", None)
         if listen is not None:  # PostgreSQL: enqueues on other instances wake us at once
@@ -177,8 +178,14 @@ class Worker:
 
     async def reload_settings(self) -> None:
         if await self.core.reload_settings():
-            self.fetcher.update_settings(self.core.settings)
             log.info("runtime settings reloaded (version %d)", self.core.settings_version)
+
+    def _settings_changed(self, settings: Any) -> None:
+        self.fetcher.update_settings(settings)
+        self.smtp.configure(connect_timeout=settings.smtp_connect_timeout,
+                            send_timeout=settings.smtp_send_timeout,
+                            idle_timeout=settings.smtp_idle_timeout,
+                            health_check_after=settings.smtp_health_check_after)
 
     async def _watch_parent(self) -> None:
         expected = int(os.environ["MAIL_PROXY_SUPERVISOR_PID"])
@@ -272,12 +279,12 @@ def serve(config: Any) -> int:
         return 2
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
+        uvloop = None
     try:
-        return int(runner(run_worker(config, keyring)))
+        if uvloop is not None:
+            return int(uvloop.run(run_worker(config, keyring)))
+        return int(asyncio.run(run_worker(config, keyring)))
     except KeyRingRefused as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)

@@ -56,7 +56,7 @@ def from_exception(exc: Exception, request: Request | None = None) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         text = {404: "no such route", 405: "method not allowed on this route"}.get(
             exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, code, text, headers=exc.headers)
+        return error_response(exc.status_code, code, text, headers=dict(exc.headers or {}))
     request_id = request.scope.get("request_id") if request is not None else None
     log.exception("internal error (request %s)", request_id)
     return error_response(500, "internal_error", "internal error; see the worker log",

@@ -158,7 +158,6 @@ async def logged(session: Session, endpoint: str, tenant_id: str | None, payload
     ``action`` returns (HTTP-equivalent status, answer); the answer is returned. A failed
     write is recorded with the status the REST route would have answered, then re-raised.
     """
-    from mail_proxy.manager import command_log
 
     try:
         status, answer = await action()

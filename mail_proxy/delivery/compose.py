@@ -22,6 +22,7 @@ from typing import Any
 
 from mail_proxy.delivery.envelope import ascii_domain, split_address
 from mail_proxy.delivery.envelope import envelope as envelope  # re-exported for callers
+from mail_proxy.delivery.fastcompose import build_simple
 
 # cte_type="7bit": never emit raw 8-bit bodies; RFC 2047 / 2231 for non-ASCII headers.
 POLICY = email_policy.SMTP.clone(cte_type="7bit", max_line_length=78)
@@ -123,6 +124,18 @@ def build_message(payload: dict[str, Any], *, client_id: str, smtp_message_id: s
     ``smtp_message_id`` is the stored Message-ID (identical across retries). Bcc is never
     written; ``return_path`` only goes into the envelope.
     """
+    if not attachments:
+        fast = build_simple(payload, client_id=client_id, smtp_message_id=smtp_message_id,
+                            date_ts=date_ts)
+        if fast is not None:
+            return fast
+    return build_general(payload, client_id=client_id, smtp_message_id=smtp_message_id,
+                         date_ts=date_ts, attachments=attachments)
+
+
+def build_general(payload: dict[str, Any], *, client_id: str, smtp_message_id: str,
+                  date_ts: int, attachments: Sequence[AttachmentPart] = ()) -> bytes:
+    """The general path through ``EmailMessage``: any content, attachments, RFC 2047."""
     msg = EmailMessage(policy=POLICY)
     msg["Date"] = format_datetime(datetime.fromtimestamp(date_ts, UTC))
     msg["From"] = _address(payload["from"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -143,11 +144,12 @@ class Sender:
             fetched = await self.fetcher.fetch_all(await self._fetch_context(msg), attachments)
             parts = [AttachmentPart(filename=f.filename, content=f.content, mime_type=f.mime_type,
                                     content_id=f.content_id) for f in fetched]
-        kwargs = {"client_id": msg.id, "smtp_message_id": msg.smtp_message_id,
-                  "date_ts": msg.not_before, "attachments": parts}
+        build = functools.partial(build_message, payload, client_id=msg.id,
+                                  smtp_message_id=msg.smtp_message_id,
+                                  date_ts=msg.not_before, attachments=parts)
         if sum(len(p.content) for p in parts) > INLINE_COMPOSE_BYTES:
-            return await asyncio.to_thread(build_message, payload, **kwargs)
-        return build_message(payload, **kwargs)
+            return await asyncio.to_thread(build)
+        return build()
 
     def _decrypt_auth(self, attachment: dict[str, Any]) -> dict[str, Any]:
         auth = attachment.get("auth")

@@ -140,6 +140,14 @@ class SmtpPools:
 
     # -- public API ---------------------------------------------------------------------
 
+    def configure(self, *, connect_timeout: float, send_timeout: float, idle_timeout: float,
+                  health_check_after: float) -> None:
+        """New timeouts from changed settings; open connections keep their lifetime."""
+        self._connect_timeout = connect_timeout
+        self._send_timeout = send_timeout
+        self._idle_timeout = idle_timeout
+        self._health_after = health_check_after
+
     async def send(self, target: SmtpTarget, mail_from: str, rcpts: list[str],
                    data: bytes) -> SendResult:
         """One transaction on a pooled connection; raises a classified DeliveryFailure."""

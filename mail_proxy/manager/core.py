@@ -52,6 +52,8 @@ class Core:
     metrics: Any = None  # mail_proxy.metrics.Metrics in the worker; None in the CLI
     # Short-lived caches of domain modules, per database (never module globals).
     caches: dict[str, Any] = field(default_factory=dict)
+    # Called with the new settings whenever they change (a PATCH here, or a reload).
+    settings_listeners: list[Callable[[RuntimeSettings], None]] = field(default_factory=list)
 
     @classmethod
     async def open(cls, db_url: str, keyring: KeyRing, *, name: str = "mail-proxy",
@@ -75,9 +77,14 @@ class Core:
         if version == self.settings_version:
             return False
         stored: dict[str, Any] = json.loads(row["settings"] or "{}")
-        self.settings = RuntimeSettings.from_stored(stored)
-        self.settings_version = version
+        self.apply_settings(RuntimeSettings.from_stored(stored), version)
         return True
+
+    def apply_settings(self, settings: RuntimeSettings, version: int) -> None:
+        self.settings = settings
+        self.settings_version = version
+        for listener in self.settings_listeners:
+            listener(settings)
 
     async def close(self) -> None:
         await self.store.close()

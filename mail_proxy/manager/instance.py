@@ -54,6 +54,5 @@ async def patch_settings(core: Core, body: object) -> dict[str, Any]:
         await tx.execute("instance_settings_write", settings=json.dumps(merged, sort_keys=True),
                          bounce_imap_password=password, now=now())
         fresh = await _instance_row(core, tx)
-    core.settings = RuntimeSettings.from_stored(merged)
-    core.settings_version = int(fresh["settings_version"])
+    core.apply_settings(RuntimeSettings.from_stored(merged), int(fresh["settings_version"]))
     return _public(core.settings, fresh)

@@ -7,6 +7,7 @@ events, and a message is delivered twice only if the killed worker held it.
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -95,8 +96,8 @@ def test_kill_9_supervisor_and_worker_then_start(daemon: Daemon,
     at_kill = smtp.total
     time.sleep(0.5)
     assert smtp.total == at_kill  # nothing left running that could still send
-    listed = daemon.cli("list", "--json")
-    assert '"stale": true' in listed.stdout.replace("\n", " ") or "stale" in listed.stdout
+    row = json.loads(daemon.cli("list", "--json").stdout)["instances"][0]
+    assert (row["state"], row["stale"]) == ("STOPPED", True)
     daemon.start()
     wait_for(lambda: daemon.counts().get("sent") == TOTAL, RECOVERY_LIMIT, "all sent")
     dup = check_all_delivered(daemon, smtp, TOTAL, held)
