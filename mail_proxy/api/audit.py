@@ -20,6 +20,7 @@ from mail_proxy.manager import command_log
 
 log = logging.getLogger("mail_proxy.api")
 MUTATING = frozenset({"POST", "PATCH", "DELETE"})
+_UNSET = object()
 NOT_RECORDED = frozenset({"/commands/run-now"})
 
 
@@ -29,11 +30,13 @@ def endpoint_label(method: str, path: str) -> str:
 
 
 async def _payload(request: Request) -> dict[str, Any]:
-    try:
-        raw = await request.body()  # cached when the handler read it
-        body: Any = json.loads(raw) if raw.strip() else {}
-    except Exception:  # unreadable (413, broken stream) or not JSON: the params still tell
-        body = None
+    body: Any = request.scope.get("mp_body", _UNSET)
+    if body is _UNSET:
+        try:
+            raw = await request.body()  # cached when the handler read it
+            body = json.loads(raw) if raw.strip() else {}
+        except Exception:  # unreadable (413, broken stream) or not JSON: params still tell
+            body = None
     payload: dict[str, Any] = dict(body) if isinstance(body, dict) else (
         {} if body is None else {"body": body})
     for name, value in (*request.path_params.items(), *request.query_params.items()):
@@ -55,7 +58,8 @@ def _tenant_of(request: Request, payload: dict[str, Any]) -> str | None:
 async def record(request: Request, path: str, response: Response) -> None:
     """Append the command-log row of this request, if it is one that changes state."""
     who = request.scope.get("principal")
-    if request.method not in MUTATING or path in NOT_RECORDED or who is None:
+    if request.method not in MUTATING or path in NOT_RECORDED or who is None \
+            or request.scope.get("mp_audited"):
         return
     payload = await _payload(request)
     try:

@@ -14,7 +14,11 @@ async def add_messages(request: Request) -> Response:
     state = api_state(request)
     who = await principal(request)
     body = await json_object(request)
-    return JSONResponse(await enqueue.add_messages(state.core, body, who))
+    answer = await enqueue.add_messages(state.core, body, who,
+                                        audit="POST /commands/add-messages")
+    if answer.pop("_recorded", False):
+        request.scope["mp_audited"] = True  # written with the messages, in one commit
+    return JSONResponse(answer)
 
 
 async def delete_messages(request: Request) -> Response:

@@ -41,13 +41,15 @@ async def json_body(request: Request) -> Any:
                        f"the body must be JSON (Content-Type: application/json), not "
                        f"{content_type.split(';')[0]}")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_json", "the body is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json",
                        f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
                        f"column {exc.colno}") from None
+    request.scope["mp_body"] = body  # parsed once; the command log reuses it
+    return body
 
 
 async def json_object(request: Request) -> dict[str, Any]:

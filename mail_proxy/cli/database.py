@@ -117,8 +117,10 @@ async def open_session(config: ProcessConfig) -> Session:
     return Session(core=core, config=config, principal=principal())
 
 
-def with_core(instance: str | None, body: Callable[[Session], Awaitable[T]]) -> T:
-    """Open the instance's database, run ``body``, close; field errors become one line."""
+def with_core(instance: str | None, body: Callable[[Session], Awaitable[T]], *,
+              invalid_exit: int = 1) -> T:
+    """Open the instance's database, run ``body``, close; field errors become one line
+    (exit ``invalid_exit``: 1 for refused data, 2 where the spec calls it a usage error)."""
     config = load_config(instance)
     check_migrations(config)
 
@@ -132,7 +134,7 @@ def with_core(instance: str | None, body: Callable[[Session], Awaitable[T]]) -> 
     try:
         return asyncio.run(main())
     except ValidationFailed as exc:
-        raise CliExit(1, field_sentence(exc.fields)) from None
+        raise CliExit(invalid_exit, field_sentence(exc.fields)) from None
 
 
 FLAG_NAMES: dict[str, str] = {}

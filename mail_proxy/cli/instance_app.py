@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 
-from mail_proxy.cli import command_log, settings, tenants
+from mail_proxy.cli import command_log, rotate, settings, tenants
 from mail_proxy.cli.application import AppContext, err, out
-from mail_proxy.cli.placeholders import add_placeholders
 
 app = typer.Typer(rich_markup_mode=None,
                   help="Commands on one instance: mail-proxy [NAME] COMMAND …",
@@ -31,12 +30,34 @@ def token(ctx: typer.Context,
         out(control.read_token(obj.instance))
 
 
-add_placeholders(app, {
-    "info": "Name, state, URL, database, version and counts.",
-    "stats": "Message and report statistics.",
-    "run-now": "Wake the running worker's dispatcher and reporter.",
-    "rotate-key": "Rotate the encryption key ring (data.md §4.4).",
-})
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+
+@app.command("info")
+def info(ctx: typer.Context, json_output: JsonOpt = False) -> None:
+    """Name, state, URL, database, version and counts."""
+    from mail_proxy.cli.info import instance_info
+
+    instance_info(ctx.obj.instance, json_output)
+
+
+@app.command("stats")
+def stats(ctx: typer.Context, json_output: JsonOpt = False) -> None:
+    """Message and report statistics."""
+    from mail_proxy.cli.info import stats as show_stats
+
+    show_stats(ctx.obj.instance, json_output)
+
+
+@app.command("run-now")
+def run_now(ctx: typer.Context) -> None:
+    """Wake the running worker's dispatcher and reporter."""
+    from mail_proxy.cli.info import run_now as wake
+
+    wake(ctx.obj.instance, None)
+
+
+app.command("rotate-key")(rotate.rotate_key)
 app.add_typer(settings.app, name="config")
 app.add_typer(command_log.app, name="command-log")
 app.add_typer(tenants.app, name="tenants")

@@ -132,7 +132,6 @@ def reset(ctx: typer.Context, key: KeyArg) -> None:
 
 def _patch(instance: str | None, body: dict[str, Any]) -> dict[str, Any]:
     from mail_proxy.cli.database import Session, logged, with_core
-    from mail_proxy.errors import ValidationFailed
     from mail_proxy.manager import instance as manager
 
     async def run(s: Session) -> dict[str, Any]:
@@ -144,11 +143,7 @@ def _patch(instance: str | None, body: dict[str, Any]) -> dict[str, Any]:
         answer = await logged(s, "PATCH /instance", None, body, action)
         return dict(answer["instance"]["settings"])
 
-    try:
-        return with_core(instance, run)
-    except ValidationFailed as exc:  # cli.md §5: an invalid value is a usage error
-        raise CliExit(EXIT_USAGE, "; ".join(f"{f.field}: {f.message}" for f in exc.fields)) \
-            from None
+    return with_core(instance, run, invalid_exit=EXIT_USAGE)  # cli.md §5: a usage error
 
 
 def _check_process(key: str, text: str) -> Any:

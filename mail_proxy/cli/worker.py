@@ -65,6 +65,6 @@ def wake(instance: str | None, tenant: str | None) -> bool:
     """Wake the worker if it runs; any failure is ignored (it polls anyway)."""
     try:
         post_run_now(instance, tenant)
-    except (CliExit, Exception):  # noqa: BLE001 - waking is only a shortcut
+    except Exception:  # waking is only a shortcut: the worker polls anyway
         return False
     return True

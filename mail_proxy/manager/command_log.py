@@ -28,6 +28,9 @@ SECRET_KEYS = frozenset({
 })
 
 
+BATCH_RECORDED = 20
+
+
 def clean(value: Any) -> Any:
     """A copy of ``value`` with secrets masked and big base64 content elided."""
     if isinstance(value, dict):
@@ -59,14 +62,40 @@ def _capped_json(value: Any) -> str | None:
 
 async def record(core: Core, *, actor: str, endpoint: str, tenant_id: str | None,
                  payload: object, response_status: int | None, response_body: object) -> None:
-    """Append one row; a no-op while ``command_log_enabled`` is false."""
+    """Append one row; a no-op while ``command_log_enabled`` is false.
+
+    The write joins the store's group commit, so it shares its fsync with concurrent work.
+    """
     if not core.settings.command_log_enabled:
         return
-    async with core.store.transaction() as tx:
-        await tx.execute("command_log_insert", command_ts=now(), actor=actor,
-                         endpoint=endpoint, tenant_id=tenant_id,
-                         payload=_capped_json(payload), response_status=response_status,
-                         response_body=_capped_json(response_body))
+    row = row_values(actor=actor, endpoint=endpoint, tenant_id=tenant_id, payload=payload,
+                     response_status=response_status, response_body=response_body)
+
+    async def write(tx: Any) -> None:
+        await tx.execute("command_log_insert", **row)
+
+    await core.store.grouped(write)
+
+
+def row_values(*, actor: str, endpoint: str, tenant_id: str | None, payload: object,
+               response_status: int | None, response_body: object) -> dict[str, Any]:
+    """The ``command_log_insert`` parameters, masked and capped, for writing in any
+    transaction (enqueue writes its row in the same transaction as the messages)."""
+    return {"command_ts": now(), "actor": actor, "endpoint": endpoint, "tenant_id": tenant_id,
+            "payload": _capped_json(_trim_batch(payload)), "response_status": response_status,
+            "response_body": _capped_json(response_body)}
+
+
+def _trim_batch(payload: object) -> object:
+    """A batch of many messages is recorded with its first ones only: the row is capped at
+    64 KiB anyway, and masking a 1,000-message batch would cost more than storing it."""
+    if isinstance(payload, dict) and isinstance(payload.get("messages"), list) \
+            and len(payload["messages"]) > BATCH_RECORDED:
+        kept = dict(payload)
+        kept["messages"] = payload["messages"][:BATCH_RECORDED]
+        kept["messages_omitted"] = len(payload["messages"]) - BATCH_RECORDED
+        return kept
+    return payload
 
 
 # --- reading -------------------------------------------------------------------------------

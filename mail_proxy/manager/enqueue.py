@@ -113,10 +113,14 @@ def _parse_body(body: object, principal: Principal) -> tuple[list[Any], int | No
     return messages, default_priority, tenant_id  # type: ignore[return-value]
 
 
-async def add_messages(core: Core, body: object, principal: Principal) -> dict[str, Any]:
+async def add_messages(core: Core, body: object, principal: Principal, *,
+                       audit: str | None = None) -> dict[str, Any]:
     """Validate and store a batch; returns the answer of api.md §4.1.
 
-    Raises BadRequest (all rejected, too many), Forbidden, ValidationFailed, QueueFull.
+    With ``audit`` (the endpoint label), the command-log row of a successful call is written
+    in the same transaction as the messages: one commit, one fsync per request (or per group
+    of concurrent requests). Raises BadRequest (all rejected, too many), Forbidden,
+    ValidationFailed, QueueFull.
     """
     entries, default_priority, request_tenant = _parse_body(body, principal)
     settings = core.settings
@@ -151,8 +155,12 @@ async def add_messages(core: Core, body: object, principal: Principal) -> dict[s
                             f"{settings.max_queued_messages}")
     stored = 0
     if accepted:
+        log_row = None
+        if audit is not None and settings.command_log_enabled:
+            log_row = {"actor": principal.actor, "endpoint": audit,
+                       "tenant_id": key_tenant or request_tenant, "payload": body}
         stored, late = await core.store.grouped(
-            lambda tx: _store(tx, core, accepted, pec_accounts))
+            lambda tx: _store(tx, core, accepted, pec_accounts, rejected, log_row))
         rejected.extend(late)
         rejected.sort(key=lambda r: r["index"])
     if stored:
@@ -162,6 +170,9 @@ async def add_messages(core: Core, body: object, principal: Principal) -> dict[s
     if core.metrics is not None:
         _count(core, accepted, rejected, stored)
     answer: dict[str, Any] = {"ok": True, "queued": stored, "rejected": rejected}
+    answer_recorded = stored > 0 and audit is not None and settings.command_log_enabled
+    if answer_recorded:
+        answer["_recorded"] = True
     if stored == 0:
         raise AllRejected(answer["rejected"])
     return answer
@@ -229,8 +240,10 @@ def _row(m: ValidMessage, t: int, is_pec: bool, keyring: Any) -> dict[str, Any]:
 
 
 async def _store(tx: Any, core: Core, accepted: list[tuple[int, ValidMessage]],
-                 pec_accounts: dict[tuple[str, str], bool]) -> tuple[int, list[dict[str, Any]]]:
-    """Insert new messages, replace resubmitted ones (T3), refuse processed ones."""
+                 pec_accounts: dict[tuple[str, str], bool], rejected: list[dict[str, Any]],
+                 log_row: dict[str, Any] | None) -> tuple[int, list[dict[str, Any]]]:
+    """Insert new messages, replace resubmitted ones (T3), refuse processed ones, and
+    write the command-log row of the request when asked to."""
     t = now()
     by_tenant: dict[str, list[tuple[int, ValidMessage]]] = {}
     for index, m in accepted:
@@ -258,4 +271,11 @@ async def _store(tx: Any, core: Core, accepted: list[tuple[int, ValidMessage]],
                              "reason": f"message '{m.id}' was already processed "
                                        f"(status {old['status']})"})
     await tx.executemany("message_insert", inserts)
+    if log_row is not None and stored:
+        from mail_proxy.manager.command_log import row_values
+
+        answer = {"ok": True, "queued": stored,
+                  "rejected": sorted(rejected + late, key=lambda r: r["index"])}
+        await tx.execute("command_log_insert", **row_values(
+            response_status=200, response_body=answer, **log_row))
     return stored, late

@@ -56,7 +56,7 @@ async def test_big_base64_elided_and_payload_capped(core: Core) -> None:
         "attachments"]
     assert atts[0]["storage_path"] == f"base64:<elided {len(big)} bytes>"
     assert atts[1]["storage_path"] == "base64:QUJD"
-    await log(core, payload={"messages": [{"subject": "x" * 1000}] * 100},
+    await log(core, payload={"messages": [{"subject": "x" * 5000}] * 20},
               body={"text": "y" * 100_000})
     row = (await command_log.list_commands(core))["commands"][1]
     assert row["payload"]["truncated"] is True and row["response_body"]["truncated"] is True
@@ -122,3 +122,10 @@ async def test_query_parameters_of_any_type(core: Core) -> None:
             await command_log.purge_commands(core, value)
         except BadRequest:
             pass
+
+
+async def test_big_batches_are_recorded_with_their_first_messages(core: Core) -> None:
+    await log(core, payload={"messages": [{"id": f"m{i}"} for i in range(1000)]})
+    payload = (await command_log.list_commands(core))["commands"][0]["payload"]
+    assert [m["id"] for m in payload["messages"]] == [f"m{i}" for i in range(20)]
+    assert payload["messages_omitted"] == 980

@@ -1,0 +1,152 @@
+"""``mail-proxy NAME TENANT send FILE.eml…`` (cli.md §6.1).
+
+Files become message objects (``cli.eml``) and are stored by ``manager.enqueue.add_messages``,
+the code behind ``POST /commands/add-messages``, in chunks of ``max_batch_messages``: the
+answer of each chunk is merged into one (``queued`` summed, ``rejected`` concatenated with
+``index`` counted over all files in command-line order).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mail_proxy.cli.application import AppContext, out, print_json
+
+PROGRESS_OVER = 5  # more files than this: a progress bar instead of one line per file
+
+
+def _read(paths: list[Path], options: dict[str, Any], new_id: bool
+          ) -> list[tuple[Path, dict[str, Any] | None, str | None]]:
+    """(path, message or None, problem) per file, in order."""
+    from mail_proxy.cli.eml import EmlError, parse_eml
+
+    found: list[tuple[Path, dict[str, Any] | None, str | None]] = []
+    for path in paths:
+        try:
+            message = parse_eml(path.read_bytes(), new_id=new_id)
+        except OSError as exc:
+            found.append((path, None, f"cannot read the file: {exc.strerror or exc}"))
+            continue
+        except EmlError as exc:
+            found.append((path, None, str(exc)))
+            continue
+        if options.get("to"):
+            message["to"] = list(options["to"])
+            message.pop("cc", None)
+            message.pop("bcc", None)
+        for key in ("account_id", "priority", "batch_code"):
+            if options.get(key) is not None:
+                message[key] = options[key]
+        found.append((path, message, None))
+    return found
+
+
+async def _store(session: Any, tenant: str, messages: list[tuple[int, dict[str, Any]]],
+                 advance: Any) -> tuple[int, list[dict[str, Any]]]:
+    """Queue ``(global index, message)`` pairs chunk by chunk; (queued, rejected entries)."""
+    from mail_proxy.cli.database import logged
+    from mail_proxy.manager.enqueue import AllRejected, add_messages
+
+    size = session.core.settings.max_batch_messages
+    queued, rejected = 0, []
+    for start in range(0, len(messages), size):
+        chunk = messages[start:start + size]
+        body = {"tenant_id": tenant, "messages": [m for _, m in chunk]}
+
+        async def action(body: dict[str, Any] = body) -> tuple[int, Any]:
+            return 200, await add_messages(session.core, body, session.principal)
+
+        try:
+            answer = await logged(session, "POST /commands/add-messages", tenant, body, action)
+        except AllRejected as exc:
+            answer = {"ok": True, "queued": 0, "rejected": exc.rejected}
+        queued += int(answer["queued"])
+        for entry in answer["rejected"]:
+            rejected.append({**entry, "index": chunk[int(entry["index"])][0]})
+        advance(len(chunk))
+    return queued, rejected
+
+
+def send(ctx: typer.Context,
+         files: Annotated[list[Path], typer.Argument(help=".eml files to queue.",
+                                                     show_default=False)],
+         account: Annotated[str | None, typer.Option("--account", help="Account id.")] = None,
+         priority: Annotated[str | None, typer.Option(
+             "--priority", help="0-3 or immediate, high, medium, low.")] = None,
+         to: Annotated[list[str] | None, typer.Option(
+             "--to", help="Recipient (repeatable); replaces To, Cc and Bcc.")] = None,
+         batch: Annotated[str | None, typer.Option("--batch", help="Batch code.")] = None,
+         new_id: Annotated[bool, typer.Option(
+             "--new-id", help="A random id instead of the file's hash.")] = False,
+         json_output: Annotated[bool, typer.Option("--json", help="One JSON document.")]
+         = False) -> int:
+    """Queue .eml files as messages."""
+    from mail_proxy.cli.database import Session, with_core
+    from mail_proxy.cli.worker import wake
+
+    obj: AppContext = ctx.obj
+    assert obj.tenant is not None
+    tenant = obj.tenant
+    prio: Any = int(priority) if priority is not None and priority.isdigit() else priority
+    options = {"to": to, "account_id": account, "priority": prio, "batch_code": batch}
+    parsed = _read(files, options, new_id)
+    rejected: list[dict[str, Any]] = [
+        {"index": i, "id": None, "code": "invalid_eml", "reason": problem}
+        for i, (_path, message, problem) in enumerate(parsed) if message is None]
+    pending = [(i, m) for i, (_p, m, _x) in enumerate(parsed) if m is not None]
+    bar = _Bar(len(files)) if len(files) > PROGRESS_OVER and not json_output else None
+
+    async def run(s: Session) -> tuple[int, list[dict[str, Any]]]:
+        return await _store(s, tenant, pending, bar.advance if bar else lambda n: None)
+
+    try:
+        queued, late = with_core(obj.instance, run) if pending else (0, [])
+    finally:
+        if bar:
+            bar.close()
+    rejected = sorted(rejected + late, key=lambda r: r["index"])
+    if queued:
+        wake(obj.instance, tenant)
+    if json_output:
+        print_json({"ok": True, "queued": queued, "rejected": rejected})
+    else:
+        _report(parsed, rejected, show_lines=bar is None)
+    return 0 if not rejected else 1
+
+
+def _report(parsed: list[tuple[Path, dict[str, Any] | None, str | None]],
+            rejected: list[dict[str, Any]], *, show_lines: bool) -> None:
+    refused = {r["index"]: r for r in rejected}
+    if show_lines:
+        for i, (path, message, _problem) in enumerate(parsed):
+            if i in refused:
+                out(f"rejected {path.name}: {refused[i]['reason']}")
+            else:
+                assert message is not None
+                out(f"queued  {path.name}  {message['id']}")
+        return
+    for i, entry in sorted(refused.items()):
+        out(f"rejected {parsed[i][0].name}: {entry['reason']}")
+    out(f"{len(parsed) - len(refused)} queued, {len(refused)} rejected")
+
+
+class _Bar:
+    """A rich progress bar on stderr, so stdout keeps only the results."""
+
+    def __init__(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self._progress = Progress(console=Console(stderr=True), transient=True)
+        self._task = self._progress.add_task("queueing", total=total)
+        self._progress.start()
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._task, n)
+
+    def close(self) -> None:
+        self._progress.stop()
+
