@@ -38,10 +38,13 @@ def rotate_key(ctx: typer.Context,
                ) -> int:
     """Rotate the encryption key ring (data.md §4.4)."""
     from mail_proxy.cli.database import Session, load_config, logged, with_core
+    from mail_proxy.cli.dataview import can_prompt
     from mail_proxy.manager import rotation
     from mail_proxy.security.crypto import KeyRing, generate_key, write_key_file
 
     obj: AppContext = ctx.obj
+    if prune and not yes and not can_prompt(False):  # refuse before anything is rotated
+        raise CliExit(EXIT_USAGE, "confirmation needed (no terminal to ask; pass --yes)")
     config = load_config(obj.instance)
     old = KeyRing.load(config.folder)
     if old.source == "env":

@@ -47,6 +47,9 @@ class AccountConfigs:
         self.core = core
         self._cache: dict[tuple[str, str], AccountConfig | None] = {}
         self._stamps: dict[tuple[str, str], float] = {}
+        # Throttles this worker just met, kept over reloads until the account row says so
+        # too (the row is written in the background, after the next send may start).
+        self._local_throttle: dict[tuple[str, str], tuple[int, int]] = {}
 
     async def get(self, tenant_id: str, account_id: str, *,
                   fresh: bool = False) -> AccountConfig | None:
@@ -57,17 +60,27 @@ class AccountConfigs:
         row = await self.core.store.fetch_one("dispatch_account_config", tenant_id=tenant_id,
                                               account_id=account_id)
         config = None if row is None else self._build(row)
+        local = self._local_throttle.get(key)
+        if config is not None and local is not None:
+            if (config.throttle_until or 0) >= local[1] or local[1] <= time.time():
+                self._local_throttle.pop(key, None)  # the row caught up, or it is over
+            else:
+                config.throttle_level, config.throttle_until = local
         self._cache[key] = config
         self._stamps[key] = time.monotonic()
         return config
 
     def forget(self, tenant_id: str | None = None, account_id: str | None = None) -> None:
-        for key in list(self._stamps):
-            if tenant_id is None or (key[0] == tenant_id and account_id in (None, key[1])):
-                self._stamps.pop(key, None)
+        for store in (self._stamps, self._local_throttle):
+            for key in list(store):
+                if tenant_id is None or (key[0] == tenant_id and account_id in (None, key[1])):
+                    store.pop(key, None)
 
     def set_throttle(self, tenant_id: str, account_id: str, level: int, until: int | None) -> None:
-        config = self._cache.get((tenant_id, account_id))
+        key = (tenant_id, account_id)
+        if until is not None:
+            self._local_throttle[key] = (level, until)
+        config = self._cache.get(key)
         if config is not None:
             config.throttle_level = level
             config.throttle_until = until

@@ -63,6 +63,7 @@ class Dispatcher:
         self._next_due: int | None = None
         self._rate_blocked: dict[tuple[str, str], int] = {}
         self._renewer: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()  # sends whose outcome is being recorded
 
     # wake-ups ----------------------------------------------------------------------------
     def wake(self, _tenant_id: str | None = None) -> None:
@@ -156,13 +157,19 @@ class Dispatcher:
             capacity = config.batch_size - (lane.held if lane else 0)
             if capacity <= 0:
                 continue
-            if config.limits.any and config.limits.behavior == "defer":
-                left, free_at = await ratelimit.remaining(store, key[0], key[1], config.limits, t)
+            # reject accounts: only the tenant's windows (always defer) are pre-checked
+            checked = config.limits if config.limits.behavior == "defer" else \
+                ratelimit.Limits(account=(), tenant=config.limits.tenant)
+            if checked.any:
+                left, free_at = await ratelimit.remaining(store, key[0], key[1], checked, t)
                 if left is not None:
                     if left <= 0:
                         self._rate_blocked[key] = free_at or t + 1
                         continue
-                    capacity = min(capacity, left)
+                    # held messages that have not reserved yet will need slots too
+                    capacity = min(capacity, left - (lane.held if lane else 0))
+                    if capacity <= 0:
+                        continue
             suspended = json.loads(row["suspended_batches"] or "[]")
             plan.append((key[0], key[1], capacity, suspended))
         claimed: list[Claimed] = []
@@ -201,21 +208,42 @@ class Dispatcher:
             task.add_done_callback(lane.tasks.discard)
 
     async def _work(self, lane: Lane) -> None:
+        """One of the account's send loops: at most ``max_connections`` run per account.
+
+        A loop moves on to the next message as soon as the SMTP transaction of the current
+        one is over; recording the outcome (a commit) finishes in the background, still
+        holding its worker send slot, so connections never sit idle during an fsync.
+        """
         while lane.heap and not self._stopping:
             _, msg = heapq.heappop(lane.heap)
             lane.in_flight += 1
-            try:
-                async with self._slots:
-                    if self._stopping:
-                        await self.recorder.released(msg)
-                        continue
-                    await self.sender.send(msg)
-            finally:
-                lane.in_flight -= 1
-                if self._low_water(lane):
-                    self._wake.set()  # capacity freed: claim more
+            await self._slots.acquire()
+            if self._stopping:
+                try:
+                    await self.recorder.released(msg)
+                finally:
+                    self._finished(lane)
+                continue
+            transmitted = asyncio.Event()
+            task = asyncio.create_task(self._send_one(lane, msg, transmitted))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+            await transmitted.wait()
         if not lane.heap and not lane.tasks - {asyncio.current_task()}:
             self.lanes.pop(lane.key, None)
+
+    async def _send_one(self, lane: Lane, msg: Claimed, transmitted: asyncio.Event) -> None:
+        try:
+            await self.sender.send(msg, transmitted=transmitted.set)
+        finally:
+            transmitted.set()
+            self._finished(lane)
+
+    def _finished(self, lane: Lane) -> None:
+        self._slots.release()
+        lane.in_flight -= 1
+        if self._low_water(lane):
+            self._wake.set()  # capacity freed: claim more
 
     def _low_water(self, lane: Lane) -> bool:
         """Wake the claimer only once half the account's batch is free.
@@ -252,7 +280,7 @@ class Dispatcher:
             async with self.core.store.transaction() as tx:
                 await tx.execute("release_all_mine", me=self.owner, now=now(),
                                  pks=[m.pk for m in waiting])
-        tasks = [t for lane in self.lanes.values() for t in lane.tasks]
+        tasks = [t for lane in self.lanes.values() for t in lane.tasks] + list(self._sending)
         if tasks:
             log.info("drain: waiting up to %.0f s for %d sends in progress", timeout, len(tasks))
             _done, pending = await asyncio.wait(tasks, timeout=timeout)

@@ -9,7 +9,9 @@ never run with SMTPUTF8.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+import re
 from email.utils import parseaddr
+from functools import lru_cache
 from typing import Any
 
 import idna
@@ -28,9 +30,29 @@ def ascii_domain(domain: str) -> str:
         return domain.encode("idna").decode("ascii")
 
 
+# The two normal forms validation stores: ``Name <local@domain>`` (the name possibly quoted)
+# and ``local@domain``. Matching them directly is ~20x cheaper than the general parser,
+# which stays as the fallback for anything else.
+_NORMAL = re.compile(r'^(?:(?P<name>[^"<>]*?|"(?P<quoted>(?:[^"\\]|\\.)*)")\s*'
+                     r'<(?P<spec>[^<>\s"]+@[^<>\s"@]+)>|(?P<bare>[^<>\s"@]+@[^<>\s"@]+))$')
+_UNESCAPE = re.compile(r"\\(.)")
+
+
+@lru_cache(maxsize=4096)
 def _parts(address: str) -> tuple[str, str, str]:
     """``(display name, local part, domain)`` of one normalised address."""
-    name, spec = parseaddr(address.strip())
+    address = address.strip()
+    m = _NORMAL.match(address)
+    if m is not None:
+        if m["bare"]:
+            name, spec = "", m["bare"]
+        else:
+            quoted = m["quoted"]
+            name = _UNESCAPE.sub(r"\1", quoted) if quoted is not None else m["name"].strip()
+            spec = m["spec"]
+        local, _, domain = spec.rpartition("@")
+        return name, local, domain
+    name, spec = parseaddr(address)
     if not spec:
         spec = address.strip()
     local, _, domain = spec.rpartition("@")

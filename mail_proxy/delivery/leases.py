@@ -25,7 +25,7 @@ async def recover_expired(store: Any, *, max_retries: int,
         for row in await tx.fetch("lease_expired", now=t):
             attempt = row["attempts"] + 1
             final = attempt > max_retries
-            reportable = row["tenant_id"] in reportable_tenants
+            reportable = bool(row["reportable"]) or row["tenant_id"] in reportable_tenants
             changed = await tx.execute(
                 "lease_recover", pk=row["pk"], owner=row["lease_owner"], now=t,
                 status="error" if final else "queued",

@@ -24,6 +24,10 @@ log = logging.getLogger("mail_proxy.delivery")
 INLINE_COMPOSE_BYTES = 256 * 1024
 
 
+def _nothing() -> None:
+    return None
+
+
 class Sender:
     def __init__(self, core: Any, *, configs: AccountConfigs, recorder: Recorder, smtp: Any,
                  fetcher: Any | None, metrics: Any | None,
@@ -38,10 +42,15 @@ class Sender:
         self._successes: dict[tuple[str, str], int] = {}
         self._background: set[asyncio.Task[None]] = set()
 
-    async def send(self, msg: Claimed) -> None:
-        """Deliver ``msg`` and record the outcome; never raises (a bug ends as a retry)."""
+    async def send(self, msg: Claimed, *,
+                   transmitted: Callable[[], None] | None = None) -> None:
+        """Deliver ``msg`` and record the outcome; never raises (a bug ends as a retry).
+
+        ``transmitted`` is called once the SMTP transaction is over (or was never started),
+        before the outcome is written, so the caller can start the next transaction.
+        """
         try:
-            await self._send(msg)
+            await self._send(msg, transmitted or _nothing)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug: logged with traceback, retried as transient
@@ -50,15 +59,20 @@ class Sender:
             await self._failed(msg, config, TransientFailure(
                 f"internal error: {type(exc).__name__}", code="internal_error"), attempted=True)
 
-    async def _send(self, msg: Claimed) -> None:
+    async def _send(self, msg: Claimed, transmitted: Callable[[], None]) -> None:
         config = await self.configs.get(msg.tenant_id, msg.account_id)
         t = now()
         if config is None:
+            tenant = await self.core.store.fetch_one("tenant_fetch_context",
+                                                     tenant_id=msg.tenant_id)
+            reportable = bool(tenant and tenant["client_base_url"])
             await self.recorder.error(
                 msg, code="account_not_found", attempted=False, smtp_code=None,
                 text=f"account '{msg.account_id}' does not exist for tenant '{msg.tenant_id}'",
-                reportable=False)
+                reportable=reportable)
             self._count("errors_total", msg)
+            if reportable:
+                self.on_event(msg.tenant_id)
             return
         if not config.tenant_active or config.suspended(msg.batch_code) or config.throttled(t):
             # The claim saw a fresher state than this cache (e.g. a batch was just activated):
@@ -93,7 +107,15 @@ class Sender:
         try:
             data = await self._compose(msg, config, payload)
             started = time.perf_counter()
-            result = await self.smtp.send(config.target, mail_from, rcpts, data)
+            try:
+                result = await self.smtp.send(config.target, mail_from, rcpts, data)
+            except DeliveryFailure as failure:
+                self._observed(config, failure)
+                raise
+            else:
+                self._observed(config, None)
+            finally:
+                transmitted()
             if self.metrics is not None:
                 self.metrics.send_seconds.labels(msg.tenant_id, msg.account_id).observe(
                     time.perf_counter() - started)
@@ -110,7 +132,6 @@ class Sender:
         if self.metrics is not None:
             self.metrics.queue_wait_seconds.labels(str(msg.priority)).observe(
                 max(now() - msg.not_before, 0))
-        self._recovered(config)
         self._notify(config, msg)
 
     async def _suppress(self, msg: Claimed, config: AccountConfig, rcpts: list[str]
@@ -193,7 +214,6 @@ class Sender:
     async def _failed(self, msg: Claimed, config: AccountConfig | None,
                       failure: DeliveryFailure, *, attempted: bool) -> None:
         reportable = config.reportable if config else False
-        self._successes.pop((msg.tenant_id, msg.account_id), None)
         settings = self.core.settings
         t = now()
         if failure.throttle and config is not None:
@@ -248,6 +268,23 @@ class Sender:
                                          reportable=config.reportable)
             self._count("deferred_total", msg)
         self._notify(config, msg)
+
+    def _observed(self, config: AccountConfig, failure: DeliveryFailure | None) -> None:
+        """Account state that must change before the next transaction of the account
+        starts (the send loop moves on while this outcome is still being recorded)."""
+        key = (config.tenant_id, config.account_id)
+        if failure is None:
+            self._recovered(config)
+            return
+        self._successes.pop(key, None)
+        if failure.throttle:
+            # Provisional until the account row is updated: held messages of the account
+            # are given back (T7) instead of meeting the same throttle reply.
+            settings = self.core.settings
+            level = min(config.throttle_level + 1, 6)
+            self.configs.set_throttle(config.tenant_id, config.account_id, level, now()
+                                      + throttle_delay(level, settings.throttle_base_delay,
+                                                       settings.throttle_max_delay))
 
     def _recovered(self, config: AccountConfig) -> None:
         """Lower the throttle level after enough consecutive successes (delivery.md §7)."""

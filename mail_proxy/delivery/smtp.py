@@ -383,6 +383,7 @@ class SmtpPools:
             if isinstance(exc, DeliveryFailure | asyncio.CancelledError):
                 raise
             raise self._classify(exc, target, stage, self._connect_timeout) from exc
+        client.timeout = self._send_timeout  # MAIL/RCPT/DATA: smtp_send_timeout (§8.1)
         return client
 
     async def _login(self, pool: _Pool, client: aiosmtplib.SMTP, target: SmtpTarget) -> None:

@@ -285,7 +285,9 @@ class SqliteStore:
                         try:
                             result = await work(tx)
                         except Exception as exc:
-                            if single:
+                            # The database itself failing (locked, full, I/O) fails the
+                            # whole group: nothing of it was committed or acknowledged.
+                            if single or isinstance(exc, StoreUnavailable):
                                 raise
                             await tx.raw("ROLLBACK TO grouped")
                             tx.defer("RELEASE grouped")

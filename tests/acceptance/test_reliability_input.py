@@ -108,17 +108,26 @@ def test_bad_input_gets_4xx_and_the_instance_keeps_serving(daemon: Daemon,
     assert daemon.stop().returncode == 0
 
 
-def test_malformed_eml_is_a_one_line_cli_error(daemon: Daemon, tmp_path: Path) -> None:
+def test_malformed_eml_is_a_one_line_cli_error(daemon: Daemon, smtp: RestartableSmtp,
+                                               tmp_path: Path) -> None:
+    """cli.md §6.1: one `rejected FILE: reason` line per bad file, exit 1, nothing stored."""
+    daemon.start()
     bad = tmp_path / "broken.eml"
     bad.write_bytes(b"\xff\xfeNot: an\r\n email at all\r\n\r\n\x00")
     r = daemon.cli(daemon.name, "acme", "send", str(bad))
     if "not implemented yet" in r.stderr:
         pytest.skip("`mail-proxy NAME TENANT send` is still a placeholder")
-    assert r.returncode in (1, 2), r
-    lines = r.stderr.strip().splitlines()
-    assert lines and lines[0].startswith("error: "), r.stderr
-    assert len([ln for ln in lines if not ln.startswith("hint: ")]) == 1, r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.returncode == 1, r
+    assert r.stdout.startswith("rejected broken.eml: ") and r.stdout.count("\n") == 1, r
+    assert "Traceback" not in r.stdout + r.stderr
+    assert daemon.counts() == {}
+    good = tmp_path / "good.eml"
+    good.write_bytes(b"From: sender@acme.test\r\nTo: ann@example.com\r\n"
+                     b"Subject: still serving\r\n\r\nHello\r\n")
+    r = daemon.cli(daemon.name, "acme", "send", str(good))
+    assert r.returncode == 0 and r.stdout.startswith("queued"), r
+    wait_for(lambda: daemon.counts() == {"sent": 1} and smtp.total == 1, 20, "delivered")
+    assert daemon.stop().returncode == 0
 
 
 def test_http_client_never_sees_plain_text(daemon: Daemon) -> None:

@@ -109,6 +109,21 @@ async def test_server_that_never_answers_is_a_transient_timeout(core, hang: str)
     assert f"127.0.0.1:{srv.port}" in msg["last_error"]
 
 
+async def test_slow_end_of_data_is_bounded_by_the_send_timeout(core) -> None:
+    async with RecordingSmtpServer() as srv:
+        srv.script(data_delay=1.5)
+        await f.tenant(core)
+        await f.account(core, srv.port)
+        await f.enqueue(core, f.message(1))
+        d = make(core, connect_timeout=1, send_timeout=5)
+        try:
+            await settle(d)
+        finally:
+            await d.smtp.close()
+    msg = await message(core, "m-1")
+    assert msg["status"] == "sent", msg["last_error"]
+
+
 async def test_disconnect_during_data_is_transient(core) -> None:
     async with RecordingSmtpServer() as srv:
         srv.script(disconnect_during_data=True)

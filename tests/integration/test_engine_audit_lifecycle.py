@@ -15,6 +15,7 @@ from tests.integration.test_engine_audit_helpers import (
     expire_config_cache,
     make,
     message,
+    now,
     sends_blocked,
     settle,
 )
@@ -110,10 +111,6 @@ async def test_account_deleted_after_claim_is_account_not_found(
     assert event["metadata"] == {"code": "account_not_found"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sender._send records account_not_found with reportable=False unconditionally, so a "
-    "tenant with a client_base_url is never told (messages.md §7: reportable when the "
-    "tenant has a client_base_url; §8: settled_at only once reported)"))
 async def test_account_not_found_is_reported_to_a_tenant_with_a_sync_url(
         core, smtp_server, monkeypatch, sqlite_url) -> None:
     await f.tenant(core, client_base_url="http://127.0.0.1:9")  # never called here
@@ -149,7 +146,7 @@ async def test_lease_is_renewed_while_a_send_is_slow(core, smtp_server, sqlite_u
     await f.account(core, smtp_server.port)
     smtp_server.script(data_delay=2.6)
     await f.enqueue(core, f.message(1))
-    d = make(core, send_timeout=5)
+    d = make(core, connect_timeout=5, send_timeout=5)
     runner = asyncio.create_task(d.run())
     seen: list[int] = []
     try:
@@ -169,7 +166,30 @@ async def test_lease_is_renewed_while_a_send_is_slow(core, smtp_server, sqlite_u
         await asyncio.gather(runner, return_exceptions=True)
         await d.smtp.close()
     msg = await message(core, "m-1")
-    assert msg["status"] == "sent" and msg["attempts"] == 1
+    assert msg["status"] == "sent" and msg["attempts"] == 1, msg["last_error"]
     assert [e["event_type"] for e in msg["events"]] == ["sent"]  # never recovered
     assert len(seen) >= 5
     assert max(seen) >= min(seen) + 2  # lease_expires_at moved forward during the send
+
+
+async def test_lease_lost_error_is_reported_to_a_tenant_with_a_sync_url(
+        core, smtp_server, sqlite_url) -> None:
+    core.settings.max_retries = 0  # the recovered attempt is the last one: T14b
+    await f.tenant(core, client_base_url="http://127.0.0.1:9")
+    await f.account(core, smtp_server.port)
+    await f.enqueue(core, f.message(1))
+    async with core.store.transaction() as tx:  # a worker claims, then dies
+        claimed = await tx.fetch("claim_account", me="dead:1:00", now=now() - 200, lease=120,
+                                 tenant_id="acme", account_id="main", n=10, suspended=[])
+    assert len(claimed) == 1
+    d = make(core)  # a worker that just started
+    try:
+        await settle(d)
+    finally:
+        await d.smtp.close()
+    msg = await message(core, "m-1")
+    assert msg["status"] == "error" and msg["last_error_code"] == "lease_expired"
+    rows = await read(sqlite_url, "SELECT e.reportable, m.settled_at FROM message_events e "
+                                  "JOIN messages m ON m.pk = e.message_pk "
+                                  "WHERE e.event_type = 'error'")
+    assert rows == [(1, None)]

@@ -174,10 +174,6 @@ async def test_bcc_only_in_the_envelope(core, smtp_server) -> None:
     assert parsed["Cc"] == "cc@example.com"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mark_deferred/mark_error keep last_smtp_code with coalesce(): after a 452 then a "
-    "timeout the row says last_error_code=timeout with last_smtp_code=452 from the earlier "
-    "attempt (messages.md §6 T10/T12: the columns describe this attempt)"))
 async def test_last_smtp_code_describes_the_last_attempt(core, smtp_server) -> None:
     await f.tenant(core)
     await f.account(core, smtp_server.port)

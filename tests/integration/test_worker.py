@@ -66,3 +66,23 @@ async def test_partial_rejection_and_all_rejected(tmp_path, keyring, smtp_server
                               json={"tenant_id": "acme", "messages": [bad]})
         assert r.status_code == 400
         assert r.json()["code"] == "all_rejected" and r.json()["queued"] == 0
+
+
+async def test_add_messages_is_recorded_once_in_the_command_log(tmp_path, keyring,
+                                                               smtp_server) -> None:
+    from mail_proxy.manager import command_log
+
+    async with running_worker(tmp_path, keyring) as (worker, client):
+        await f.tenant(worker.core)
+        await f.account(worker.core, smtp_server.port)
+        ok = await client.post("/commands/add-messages",
+                               json={"tenant_id": "acme", "messages": [f.message(1)]})
+        bad = await client.post("/commands/add-messages",
+                                json={"tenant_id": "acme", "messages": [{"id": "x"}]})
+        assert (ok.status_code, bad.status_code) == (200, 400)
+        rows = (await command_log.list_commands(worker.core,
+                                                endpoint="add-messages"))["commands"]
+        assert [(r["response_status"], r["actor"], r["tenant_id"]) for r in rows] == [
+            (200, "admin", "acme"), (400, "admin", "acme")]
+        assert rows[0]["response_body"] == {"ok": True, "queued": 1, "rejected": []}
+        assert rows[0]["payload"]["messages"][0]["id"] == "m-1"

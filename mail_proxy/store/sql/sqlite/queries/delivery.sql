@@ -55,9 +55,11 @@ UPDATE messages SET lease_expires_at = :now + :lease, updated_at = :now
  WHERE status = 'sending' AND lease_owner = :me;
 
 -- name: lease_expired
-SELECT pk, id, tenant_id, account_id, attempts, lease_owner FROM messages
- WHERE status = 'sending' AND lease_expires_at < :now
- ORDER BY lease_expires_at LIMIT 1000;
+SELECT m.pk, m.id, m.tenant_id, m.account_id, m.attempts, m.lease_owner,
+       t.client_base_url IS NOT NULL AS reportable
+  FROM messages m JOIN tenants t ON t.id = m.tenant_id
+ WHERE m.status = 'sending' AND m.lease_expires_at < :now
+ ORDER BY m.lease_expires_at LIMIT 1000;
 
 -- name: lease_recover
 UPDATE messages
@@ -79,7 +81,8 @@ UPDATE messages
 UPDATE messages
    SET status = 'error', attempts = attempts + :attempted, finished_at = :now,
        last_error = :error, last_error_code = :code,
-       last_smtp_code = coalesce(:smtp_code, last_smtp_code), next_attempt_at = NULL,
+       last_smtp_code = CASE WHEN :attempted = 1 THEN :smtp_code
+                           ELSE coalesce(:smtp_code, last_smtp_code) END, next_attempt_at = NULL,
        lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, settled_at = :settled_at
  WHERE pk = :pk AND status = 'sending' AND lease_owner = :me;
 
@@ -87,7 +90,8 @@ UPDATE messages
 UPDATE messages
    SET status = 'deferred', attempts = attempts + :attempted, next_attempt_at = :next_attempt_at,
        last_error = coalesce(:error, last_error), last_error_code = coalesce(:code, last_error_code),
-       last_smtp_code = coalesce(:smtp_code, last_smtp_code),
+       last_smtp_code = CASE WHEN :attempted = 1 THEN :smtp_code
+                           ELSE coalesce(:smtp_code, last_smtp_code) END,
        lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
  WHERE pk = :pk AND status = 'sending' AND lease_owner = :me;
 

@@ -1,0 +1,118 @@
+"""Prompts of cli.md §7 through a pseudo-terminal (pexpect) with the installed command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from typing import Any
+
+import pexpect
+import pytest
+
+from mail_proxy.instance.config import ProcessConfig
+
+pytestmark = pytest.mark.skipif(shutil.which("mail-proxy") is None,
+                                reason="the mail-proxy console script is not installed")
+
+
+def spawn(*args: str) -> pexpect.spawn:
+    env = {**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1", "COLUMNS": "120"}
+    return pexpect.spawn("mail-proxy", list(args), env=env, encoding="utf-8", timeout=10,
+                         dimensions=(40, 120))
+
+
+def run_json(*args: str) -> Any:
+    r = subprocess.run(["mail-proxy", *args, "--json"], capture_output=True, text=True,
+                       timeout=20, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_tenants_add_prompts_in_order(instance: ProcessConfig) -> None:
+    child = spawn("main", "tenants", "add")
+    child.expect("Tenant id")
+    child.sendline("list")  # reserved: asked again
+    child.expect("reserved command word")
+    child.sendline("acme")
+    child.expect("Display name")
+    child.sendline("")  # default: the id
+    child.expect("Application base URL")
+    child.sendline("https://app.acme.test")
+    child.expect("Sync path")
+    child.sendline("")
+    child.expect("Attachment path")
+    child.sendline("")
+    child.expect("Authentication for calls to the application")
+    child.send("\x1b[B")  # down: bearer
+    child.send("\r")
+    child.expect("Bearer token")
+    child.sendline("bearer-secret-456")
+    child.expect("Generate a secret to sign delivery reports")
+    child.send("y")
+    child.expect("Create an API key for this tenant")
+    child.send("n")
+    child.expect("Create tenant 'acme'")
+    child.send("y")
+    child.expect("created tenant 'acme'")
+    child.expect(pexpect.EOF)
+    transcript = child.before or ""
+    child.close()
+    assert child.exitstatus == 0, transcript
+    assert "bearer-secret-456" not in transcript  # hidden input, not in the summary
+    tenant = run_json("main", "tenants", "show", "acme")["tenant"]
+    assert tenant["name"] == "acme" and tenant["client_base_url"] == "https://app.acme.test"
+    assert tenant["client_auth"] == {"method": "bearer", "has_token": True}
+    assert tenant["has_signing_secret"] is True and tenant["has_api_key"] is False
+
+
+def test_accounts_add_hidden_password_and_ctrl_c(instance: ProcessConfig, cli: Any) -> None:
+    assert cli("main", "tenants", "add", "acme").code == 0
+    child = spawn("main", "acme", "accounts", "add", "--max-connections", "4")
+    child.expect("Account id")
+    child.sendline("smtp1")
+    child.expect("SMTP host")
+    child.sendline("smtp.example.com")
+    child.expect("Port")
+    child.sendline("")  # 587
+    child.expect("TLS mode")
+    child.send("\r")  # default starttls
+    child.expect("Username")
+    child.sendline("mailer")
+    child.expect("Password")
+    child.sendline("hidden-pass-789")
+    child.expect("Messages per minute")
+    child.sendline("")
+    child.expect("Messages per hour")
+    child.sendline("100")
+    child.expect("Messages per day")
+    child.sendline("")
+    child.expect("When a limit is reached")
+    child.send("\r")
+    child.expect("default account")
+    child.send("y")
+    child.expect("Test the connection now")
+    child.send("n")
+    child.expect("Create account 'smtp1'")
+    child.send("y")
+    child.expect("created account 'smtp1'")
+    child.expect(pexpect.EOF)
+    transcript = child.before or ""
+    child.close()
+    assert child.exitstatus == 0
+    assert "hidden-pass-789" not in transcript
+    account = run_json("main", "acme", "accounts", "show", "smtp1")["account"]
+    assert (account["port"], account["tls_mode"], account["max_connections"]) == (
+        587, "starttls", 4)
+    assert account["has_password"] and account["is_default"]
+    assert account["limit_per_hour"] == 100 and account["limit_per_minute"] is None
+
+    child = spawn("main", "acme", "accounts", "add")
+    child.expect("Account id")
+    child.sendcontrol("c")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130 or child.signalstatus is not None
+    assert [a["id"] for a in run_json("main", "acme", "accounts", "list")["accounts"]] == [
+        "smtp1"]

@@ -1,0 +1,132 @@
+"""``rotate-key``, ``config`` and ``command-log`` in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+from mail_proxy.instance.config import ProcessConfig
+from mail_proxy.security.crypto import KeyRing
+
+
+def _stored_password(config: ProcessConfig) -> tuple[str, str]:
+    """(raw column value, decrypted) of account acme/main, read with the ring on disk."""
+    from mail_proxy.manager.accounts import account_secrets
+    from mail_proxy.manager.core import Core
+
+    async def read() -> tuple[str, str]:
+        ring = KeyRing.load(config.folder)
+        core = await Core.open(config.db_url, ring)
+        try:
+            raw = await core.store.fetch_one("account_lock", tenant_id="acme", id="main")
+            secrets = await account_secrets(core, "acme", "main")
+            assert raw is not None
+            return raw["password"], secrets["password"]
+        finally:
+            await core.close()
+
+    return asyncio.run(read())
+
+
+def test_rotate_reencrypts_and_prunes(cli: Any, tenant: str, instance: ProcessConfig,
+                                      monkeypatch: Any) -> None:
+    cli("main", "acme", "accounts", "add", "main", "--host", "127.0.0.1", "--port", "2525",
+        "--tls-mode", "none", "--user", "u", "--password", "pw-rotate-me", "--no-test")
+    assert instance.folder is not None
+    old_kid = KeyRing.load(instance.folder).primary_kid
+    before, plain = _stored_password(instance)
+    assert plain == "pw-rotate-me" and f":{old_kid}:" in before
+
+    r = cli("main", "rotate-key")
+    assert r.code == 0, r.err
+    ring = KeyRing.load(instance.folder)
+    assert ring.kids[1:] == [old_kid]
+    assert r.out == f"new primary key {ring.primary_kid}; 1 values re-encrypted\n"
+    after, plain = _stored_password(instance)
+    assert plain == "pw-rotate-me" and f":{ring.primary_kid}:" in after
+
+    r = cli("main", "rotate-key", "--prune")  # no terminal: pruning needs --yes
+    assert r.code == 2 and "pass --yes" in r.err
+    r = cli("main", "rotate-key", "--prune", "--yes")
+    assert r.code == 0 and r.out.splitlines()[-1].startswith("pruned 2 key(s)")
+    assert len(KeyRing.load(instance.folder).kids) == 1
+    assert _stored_password(instance)[1] == "pw-rotate-me"
+    assert "pw-rotate-me" not in r.text
+
+    r = cli("main", "command-log", "list", "--endpoint", "rotate-key", "--json")
+    assert [c["response_status"] for c in json.loads(r.out)["commands"]] == [200, 200]
+
+    keys = [base64.b64encode(k).decode() for k in ring.keys()]  # noqa: SIM118 - a method
+    monkeypatch.setenv("MAIL_PROXY_ENCRYPTION_KEY", ",".join(keys))
+    r = cli("main", "rotate-key")
+    assert (r.code, r.err.splitlines()[0]) == (
+        2, "error: the key ring comes from MAIL_PROXY_ENCRYPTION_KEY")
+
+
+def test_rotate_restores_the_ring_when_a_value_cannot_be_decrypted(
+        cli: Any, tenant: str, instance: ProcessConfig) -> None:
+    from mail_proxy.security.crypto import generate_key
+
+    cli("main", "acme", "accounts", "add", "main", "--host", "127.0.0.1", "--port", "2525",
+        "--tls-mode", "none", "--user", "u", "--password", "pw", "--no-test")
+    assert instance.folder is not None
+    key_file = instance.folder / "encryption.key"
+    # a value written with a key this ring does not hold
+    foreign = KeyRing([generate_key()]).encrypt("lost")
+
+    async def plant() -> None:
+        import aiosqlite
+
+        async with aiosqlite.connect(instance.db_url[len("sqlite://"):]) as db:
+            await db.execute("UPDATE accounts SET imap_password = ?", (foreign,))
+            await db.commit()
+
+    asyncio.run(plant())
+    saved = KeyRing.load(instance.folder).kids
+    r = cli("main", "rotate-key")
+    assert r.code == 1
+    assert "cannot decrypt accounts row 'acme/main' (imap_password)" in r.err
+    assert KeyRing.load(instance.folder).kids == saved and key_file.exists()
+
+
+def test_config_show_set_reset(cli: Any, instance: ProcessConfig) -> None:
+    r = cli("main", "config", "set", "retry_delays", "60,300")
+    assert (r.code, r.out) == (0, "retry_delays = [60, 300] (running workers apply it "
+                                  "within 5 s)\n")
+    r = cli("main", "config", "set", "max_retries", "99")
+    assert (r.code, r.err) == (2, "error: max_retries: must be between 0 and 50\n")
+    r = cli("main", "config", "set", "bounce_imap_password", "-", stdin="imap-secret-9\n")
+    assert r.out == "bounce_imap_password = set (running workers apply it within 5 s)\n"
+    r = cli("main", "config", "show", "--json")
+    doc = json.loads(r.out)
+    settings = doc["instance"]["settings"]
+    assert settings["retry_delays"] == [60, 300] and settings["has_bounce_imap_password"]
+    assert doc["process"]["port"] == {"value": instance.port, "source": "config.toml"}
+    r = cli("main", "config", "show")
+    line = next(x for x in r.out.splitlines() if x.startswith("retry_delays"))
+    assert line.split() == ["retry_delays", "[60,", "300]", "[60,", "300,", "900,", "3600,",
+                            "7200]", "database"]
+    assert "imap-secret-9" not in r.out
+    r = cli("main", "config", "reset", "retry_delays")
+    assert r.code == 0
+    r = cli("main", "config", "set", "log_level", "loud")
+    assert r.code == 2
+    r = cli("main", "config", "set", "log_level", "debug")
+    assert r.code == 0 and "next start" in r.out
+    r = cli("main", "config", "set", "nonsense", "1")
+    assert (r.code, r.err.splitlines()[0]) == (2, "error: unknown setting 'nonsense'")
+
+
+def test_command_log_export_and_purge(cli: Any, tenant: str, tmp_path: Any) -> None:
+    out = tmp_path / "log.json"
+    r = cli("main", "command-log", "export", "--tenant", "acme", "-o", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["ok"] is True and [c["endpoint"] for c in doc["commands"]] == ["POST /tenant"]
+    r = cli("main", "command-log", "list", "--since", "bogus")
+    assert r.code == 2 and r.err.startswith("error: --since: 'bogus' is not a time")
+    r = cli("main", "command-log", "list", "--since", "1h")
+    assert "POST /tenant" in r.out
+    r = cli("main", "command-log", "purge", "--before", "0", "--yes")
+    assert (r.code, r.out) == (0, "removed 0 rows\n")
