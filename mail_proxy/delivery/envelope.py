@@ -8,8 +8,8 @@ never run with SMTPUTF8.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 import re
+from collections.abc import Iterable, Mapping
 from email.utils import parseaddr
 from functools import lru_cache
 from typing import Any
