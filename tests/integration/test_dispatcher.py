@@ -94,3 +94,54 @@ async def test_deferred_ts_in_the_future_waits(core, smtp_server) -> None:
     assert smtp_server.messages == []
     assert (await counts(core, "acme"))["deferred"] == 1
     await dispatcher.smtp.close()
+
+
+async def test_attachments_are_fetched_and_attached(core, smtp_server, tmp_path) -> None:
+    import base64
+    import hashlib
+
+    from mail_proxy.delivery.attachments.fetcher import AttachmentFetcher
+
+    content = b"%PDF-1.4 invoice bytes"
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "terms.txt").write_bytes(b"terms and conditions")
+    core.settings.attachment_roots = [str(tmp_path / "files")]
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    md5 = hashlib.md5(content).hexdigest()
+    await f.enqueue(core, f.message(1, attachments=[
+        {"filename": f"inv_{{MD5:{md5}}}.pdf",
+         "storage_path": "base64:" + base64.b64encode(content).decode()},
+        {"filename": "terms.txt", "storage_path": str(tmp_path / "files" / "terms.txt")}]))
+    fetcher = AttachmentFetcher(core.settings, cache_dir=tmp_path / "cache")
+    dispatcher = Dispatcher(core, owner="t:1:aa", smtp=SmtpPools(ehlo_name="test.local"),
+                            fetcher=fetcher)
+    await drive(dispatcher)
+    parsed = email.message_from_bytes(smtp_server.messages[0].data)
+    parts = {p.get_filename(): p.get_payload(decode=True) for p in parsed.walk()
+             if p.get_filename()}
+    assert parts == {"inv.pdf": content, "terms.txt": b"terms and conditions"}
+    await dispatcher.smtp.close()
+    await fetcher.close()
+
+
+async def test_missing_attachment_fails_permanently_naming_it(core, smtp_server,
+                                                              tmp_path) -> None:
+    from mail_proxy.delivery.attachments.fetcher import AttachmentFetcher
+
+    (tmp_path / "files").mkdir()
+    core.settings.attachment_roots = [str(tmp_path / "files")]
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    await f.enqueue(core, f.message(1, attachments=[
+        {"filename": "gone.pdf", "storage_path": str(tmp_path / "files" / "gone.pdf")}]))
+    fetcher = AttachmentFetcher(core.settings, cache_dir=None)
+    dispatcher = Dispatcher(core, owner="t:1:aa", smtp=SmtpPools(ehlo_name="test.local"),
+                            fetcher=fetcher)
+    await drive(dispatcher)
+    msg = await get_message(core, "acme", "m-1")
+    assert msg["status"] == "error" and msg["last_error_code"] == "attachment_not_found"
+    assert "gone.pdf" in msg["last_error"]
+    assert smtp_server.messages == []
+    await dispatcher.smtp.close()
+    await fetcher.close()
