@@ -38,7 +38,7 @@ async def _post(client: httpx.AsyncClient, start: int, count: int) -> int:
     return int(r.json()["queued"])
 
 
-async def test_worker_survives_a_postgresql_restart(pg_url, keyring, smtp_server,  # noqa: F811
+async def test_worker_survives_a_postgresql_restart(pg_url, keyring, smtp_server,
                                                     tmp_path) -> None:
     restart = _cluster()
     if restart is None:
