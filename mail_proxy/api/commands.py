@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from mail_proxy.api.request import api_state, json_object, principal, scalar, tenant_scope
+from mail_proxy.api.state import ApiState
 from mail_proxy.manager import enqueue
 from mail_proxy.manager import messages as manager
+from mail_proxy.manager import tenants
+
+
+async def _command(request: Request, *, tenant_required: bool = True
+                   ) -> tuple[ApiState, dict[str, Any], Any]:
+    """Authenticate, read the body and resolve the tenant a command acts on."""
+    state = api_state(request)
+    who = await principal(request)
+    body = await json_object(request)
+    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"), required=tenant_required)
+    request.scope["mp_tenant"] = tenant_id
+    return state, body, tenant_id
 
 
 async def add_messages(request: Request) -> Response:
@@ -22,28 +37,17 @@ async def add_messages(request: Request) -> Response:
 
 
 async def delete_messages(request: Request) -> Response:
-    state = api_state(request)
-    who = await principal(request)
-    body = await json_object(request)
-    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"))
-    assert tenant_id is not None
+    state, body, tenant_id = await _command(request)
     return JSONResponse(await manager.delete_messages(state.core, tenant_id, body.get("ids")))
 
 
 async def retry_messages(request: Request) -> Response:
-    state = api_state(request)
-    who = await principal(request)
-    body = await json_object(request)
-    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"))
-    assert tenant_id is not None
+    state, body, tenant_id = await _command(request)
     return JSONResponse(await manager.retry_messages(state.core, tenant_id, body.get("ids")))
 
 
 async def cleanup_messages(request: Request) -> Response:
-    state = api_state(request)
-    who = await principal(request)
-    body = await json_object(request)
-    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"), required=False)
+    state, body, tenant_id = await _command(request, tenant_required=False)
     age = scalar(request, body, "older_than_seconds")
     if isinstance(age, str):
         age = int(age) if age.strip().isdigit() else -1
@@ -51,10 +55,7 @@ async def cleanup_messages(request: Request) -> Response:
 
 
 async def run_now(request: Request) -> Response:
-    state = api_state(request)
-    who = await principal(request)
-    body = await json_object(request)
-    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"), required=False)
+    state, _body, tenant_id = await _command(request, tenant_required=False)
     state.core.wake(tenant_id)
     if state.wake_reporter is not None:
         state.wake_reporter(tenant_id, tenant_id is not None)
@@ -62,25 +63,13 @@ async def run_now(request: Request) -> Response:
 
 
 async def suspend(request: Request) -> Response:
-    from mail_proxy.manager import tenants
-
-    state = api_state(request)
-    who = await principal(request)
-    body = await json_object(request)
-    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"))
-    assert tenant_id is not None
+    state, body, tenant_id = await _command(request)
     answer = await tenants.suspend(state.core, tenant_id, scalar(request, body, "batch_code"))
-    return JSONResponse({"ok": True, **answer} if "ok" not in answer else answer)
+    return JSONResponse({"ok": True, **answer})
 
 
 async def activate(request: Request) -> Response:
-    from mail_proxy.manager import tenants
-
-    state = api_state(request)
-    who = await principal(request)
-    body = await json_object(request)
-    tenant_id = tenant_scope(who, scalar(request, body, "tenant_id"))
-    assert tenant_id is not None
+    state, body, tenant_id = await _command(request)
     answer = await tenants.activate(state.core, tenant_id, scalar(request, body, "batch_code"))
     state.core.wake(tenant_id)
-    return JSONResponse({"ok": True, **answer} if "ok" not in answer else answer)
+    return JSONResponse({"ok": True, **answer})
