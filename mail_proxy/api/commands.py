@@ -9,9 +9,8 @@ from starlette.responses import JSONResponse, Response
 
 from mail_proxy.api.request import api_state, json_object, principal, scalar, tenant_scope
 from mail_proxy.api.state import ApiState
-from mail_proxy.manager import enqueue
+from mail_proxy.manager import enqueue, tenants
 from mail_proxy.manager import messages as manager
-from mail_proxy.manager import tenants
 
 
 async def _command(request: Request, *, tenant_required: bool = True
