@@ -17,6 +17,7 @@ import secrets
 import signal
 import socket
 import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,7 @@ def serve(config: Any) -> int:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    uvloop: types.ModuleType | None
     try:
         import uvloop
     except ImportError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -79,7 +79,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return from_exception(exc, request)
 
 
-def build_routes(table: list[tuple[str, list[str], Handler]]) -> list[Route]:
+def build_routes(table: Sequence[tuple[str, list[str], Handler]]) -> list[Route]:
     grouped: dict[str, dict[str, Handler]] = {}
     for path, methods, fn in table:
         for method in methods:

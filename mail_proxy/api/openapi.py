@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -354,9 +355,11 @@ def _operation(method: str, path: str, op: Op) -> dict[str, Any]:
     return doc
 
 
-def build(routes: list[tuple[str, list[str], Any]] | None = None) -> dict[str, Any]:
+def build(routes: Sequence[tuple[str, list[str], Any]] | None = None) -> dict[str, Any]:
     if routes is None:
-        from mail_proxy.api.routes import ROUTES as routes
+        from mail_proxy.api.routes import ROUTES
+
+        routes = ROUTES
     paths: dict[str, dict[str, Any]] = {}
     for path, methods, _fn in routes:
         for method in methods:

@@ -79,6 +79,8 @@ def resolve_argv(argv: list[str], world: World) -> Route:
     if not argv or argv[0].startswith("-") or argv[0] in GLOBAL_WORDS:
         return Route("global", list(argv))
     first = argv[0]
+    instance: str | None
+    source: str | None
     if first in world.instances:
         instance, source, rest = first, "argv", argv[1:]
     else:
@@ -97,7 +99,8 @@ def resolve_argv(argv: list[str], world: World) -> Route:
     return _after_instance(rest, world, instance, source)
 
 
-def _after_instance(rest: list[str], world: World, instance: str, source: str) -> Route:
+def _after_instance(rest: list[str], world: World, instance: str,
+                    source: str | None) -> Route:
     if not rest:
         return Route("instance", ["info"], instance, None, source)
     word = rest[0]

@@ -81,7 +81,8 @@ def build_simple(payload: dict[str, Any], *, client_id: str, smtp_message_id: st
     subject = _ascii_header(str(payload.get("subject") or ""))
     message_id = _ascii_header(smtp_message_id)
     ident = _ascii_header(client_id)
-    if None in (sender, to, cc, reply_to, subject, message_id, ident):
+    if (sender is None or to is None or cc is None or reply_to is None or subject is None
+            or message_id is None or ident is None):
         return None
     headers.append(("From", sender))
     headers.append(("To", to))

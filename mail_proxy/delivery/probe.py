@@ -234,6 +234,8 @@ class Probe:
 async def probe(target: ProbeTarget, *, timeout: float = 15.0, ehlo_name: str | None = None,
                 mail_from: str | None = None, rcpt: str | None = None) -> list[Step]:
     """Run every step against ``target``; the probe failed when any step is not ``ok``."""
-    name = ehlo_name or await asyncio.to_thread(socket.getfqdn)
+    name = ehlo_name
+    if not name:
+        name = await asyncio.to_thread(socket.getfqdn)
     return await Probe(target, timeout=timeout, ehlo_name=name).run(mail_from=mail_from,
                                                                      rcpt=rcpt)

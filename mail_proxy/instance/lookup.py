@@ -24,7 +24,41 @@ def sqlite_path(db_url: str) -> str | None:
     return None
 
 
-def _query(db_url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def _pg_query(db_url: str, password: str | None, sql: str,
+              params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The same peek on PostgreSQL: one short connection, the same time limit."""
+    import asyncio
+
+    import asyncpg
+
+    from mail_proxy.store.postgres import parse_url
+
+    dsn, schema = parse_url(db_url)
+    numbered = sql
+    for n in range(1, len(params) + 1):
+        numbered = numbered.replace("?", f"${n}", 1)
+
+    async def run() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(dsn, password=password, timeout=TIME_LIMIT,
+                                     server_settings={"search_path": schema} if schema else None)
+        try:
+            return [tuple(r) for r in await conn.fetch(numbered, *params, timeout=TIME_LIMIT)]
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(asyncio.wait_for(run(), TIME_LIMIT * 2))
+    except (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        return []
+
+
+def _query(db_url: str, sql: str, params: tuple[Any, ...] = (),
+           password: str | None = None) -> list[tuple[Any, ...]]:
+    if db_url.startswith(("postgresql://", "postgres://")):
+        try:
+            return _pg_query(db_url, password, sql, params)
+        except ImportError:  # the postgresql extra is not installed
+            return []
     path = sqlite_path(db_url)
     if path is None or not os.path.exists(path):
         return []
@@ -45,33 +79,42 @@ def _query(db_url: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[An
         conn.close()
 
 
-def _db_url(instance: str) -> str | None:
+def _db(instance: str) -> tuple[str, str | None] | None:
+    """(database URL, PostgreSQL password) of an instance, or None."""
     from mail_proxy.instance.config import resolve_process_config
 
     with contextlib.suppress(MailProxyError, OSError):
-        return resolve_process_config(instance, need_token=False).db_url
+        config = resolve_process_config(instance, need_token=False)
+        return config.db_url, config.db_password
     return None
 
 
 def _tenant_ids(instance: str) -> list[str]:
-    url = _db_url(instance)
-    return [str(r[0]) for r in _query(url, "SELECT id FROM tenants ORDER BY id")] if url else []
+    db = _db(instance)
+    if db is None:
+        return []
+    return [str(r[0]) for r in _query(db[0], "SELECT id FROM tenants ORDER BY id",
+                                      password=db[1])]
 
 
 def _account_ids(instance: str, tenant: str) -> list[str]:
-    url = _db_url(instance)
-    if not url:
+    db = _db(instance)
+    if db is None:
         return []
-    rows = _query(url, "SELECT id FROM accounts WHERE tenant_id = ? ORDER BY id", (tenant,))
+    rows = _query(db[0], "SELECT id FROM accounts WHERE tenant_id = ? ORDER BY id", (tenant,),
+                  password=db[1])
     return [str(r[0]) for r in rows]
 
 
 def _message_counts(instance: str) -> dict[str, int] | None:
-    url = _db_url(instance)
-    path = sqlite_path(url) if url else None
-    if path is None or not os.path.exists(path):
+    db = _db(instance)
+    if db is None:
         return None
-    rows = _query(url, "SELECT status, COUNT(*) FROM messages GROUP BY status")
+    path = sqlite_path(db[0])
+    if path is not None and not os.path.exists(path):
+        return None
+    rows = _query(db[0], "SELECT status, COUNT(*) FROM messages GROUP BY status",
+                  password=db[1])
     return {str(status): int(count) for status, count in rows}
 
 

@@ -86,20 +86,26 @@ def is_alive(pid: Any, create_time: Any) -> bool:
 
 
 def supervisor_alive(record: dict[str, Any] | None) -> bool:
-    return bool(record) and is_alive(record.get("supervisor_pid"),
-                                     record.get("supervisor_create_time"))
+    if not record:
+        return False
+    return is_alive(record.get("supervisor_pid"), record.get("supervisor_create_time"))
 
 
 def worker_alive(record: dict[str, Any] | None) -> bool:
-    return bool(record) and is_alive(record.get("worker_pid"), record.get("worker_create_time"))
+    if not record:
+        return False
+    return is_alive(record.get("worker_pid"), record.get("worker_create_time"))
 
 
 def effective_state(record: dict[str, Any] | None) -> tuple[State, bool]:
     """(state to show, stale): an active record whose supervisor is gone shows as STOPPED."""
     if not record:
         return State.STOPPED, False
+    raw = record.get("state")
+    if raw is None:  # State(None) would raise ValueError just the same
+        return State.STOPPED, True
     try:
-        state = State(record.get("state"))
+        state = State(raw)
     except ValueError:
         return State.STOPPED, True
     if state in ACTIVE_STATES and not supervisor_alive(record):

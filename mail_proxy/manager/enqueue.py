@@ -83,7 +83,7 @@ def tenant_cache(core: Core) -> _TenantCache:
     cache = core.caches.get("enqueue_tenants")
     if cache is None:
         cache = core.caches["enqueue_tenants"] = _TenantCache()
-    return cache  # type: ignore[no-any-return]
+    return cache
 
 
 def _parse_body(body: object, principal: Principal) -> tuple[list[Any], int | None, str | None]:

@@ -14,7 +14,7 @@ import math
 import re
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
@@ -31,6 +31,7 @@ from mail_proxy.manager.addresses import (
 )
 from mail_proxy.manager.priority import parse_priority, resolve_priority
 
+normalise_attachments: Callable[..., list[dict[str, Any]]] | None
 try:  # the attachment module is written separately; keep a thin check until it lands
     from mail_proxy.delivery.attachments.validate import normalise_attachments
 except ImportError:  # pragma: no cover - depends on the state of the tree

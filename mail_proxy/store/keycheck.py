@@ -60,7 +60,9 @@ def refusal_message(missing: set[str], instance: str = "NAME") -> str:
     """The start-up refusal shown when :func:`missing_kids` is not empty."""
     kids = ", ".join(sorted(missing))
     plural = "keys" if len(missing) > 1 else "key"
-    return (f"the database holds values encrypted with {plural} {kids}, missing from this "
-            f"instance's key ring; copy the lines of encryption.key from an instance that "
-            f"has {'them' if len(missing) > 1 else 'it'} (or run `mail-proxy {instance} "
-            f"rotate-key --stage-key BASE64` here for each key), then start again")
+    them = "them" if len(missing) > 1 else "it"
+    return (f"the database holds values encrypted with {plural} {kids}, missing from the key "
+            f"ring of instance '{instance}'; copy the lines of encryption.key from an instance "
+            f"that has {them} into this instance's encryption.key (or create the instance with "
+            f"`mail-proxy start {instance} --db URL --key-file PATH`, or set "
+            f"MAIL_PROXY_ENCRYPTION_KEY), then start again")

@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,6 +84,7 @@ class _Conn:
 
     async def fetch(self, query: str, **params: Any) -> list[dict[str, Any]]:
         sql, values = self._queries[query], _params(params)
+        rows: Iterable[Any]
         try:
             if self._pending:
                 rows = await self._with_pending(lambda raw: raw.execute(sql, values).fetchall())
@@ -235,7 +236,8 @@ class SqliteStore:
 
     async def schema_version(self) -> int:
         assert self._reader is not None
-        rows = await self._reader.execute_fetchall("SELECT max(version) FROM schema_migrations")
+        rows = list(await self._reader.execute_fetchall(
+            "SELECT max(version) FROM schema_migrations"))
         return int(rows[0][0] or 0)
 
     # writes ----------------------------------------------------------------------------

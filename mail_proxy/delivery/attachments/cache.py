@@ -75,11 +75,11 @@ class AttachmentCache:
         key = (tenant_id, md5)
         entry = self._memory.get(key)
         if entry is not None:
-            content, stored = entry
+            cached, stored = entry
             fresh = time.monotonic() - stored <= self.settings.cache_memory_ttl
-            if fresh and await md5_of(content) == md5:
+            if fresh and await md5_of(cached) == md5:
                 self._memory.move_to_end(key)
-                return content
+                return cached
             self._drop_memory(key)
         if self.root is None:
             return None

@@ -100,7 +100,7 @@ class AttachmentFetcher:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         finished = [t for t in tasks if t.done() and not t.cancelled()]
-        errors = [t.exception() for t in finished if t.exception() is not None]
+        errors = [exc for t in finished if (exc := t.exception()) is not None]
         if errors:
             first = next((e for e in errors if _stops_error(e)), errors[0])
             raise first
