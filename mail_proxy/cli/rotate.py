@@ -34,15 +34,29 @@ def _reload_worker(folder: Path | None) -> bool:
 def rotate_key(ctx: typer.Context,
                prune: Annotated[bool, typer.Option(
                    "--prune", help="Then drop every old key no stored value uses.")] = False,
-               yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False
+               yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+               stage: Annotated[bool, typer.Option(
+                   "--stage", help="Add a new key as a secondary (decrypt-only) key and "
+                                   "print it once, for the other instances.")] = False,
+               stage_key: Annotated[str | None, typer.Option(
+                   "--stage-key", metavar="BASE64",
+                   help="Add this key (from --stage elsewhere) as a secondary key.")] = None,
+               promote: Annotated[str | None, typer.Option(
+                   "--promote", metavar="KID",
+                   help="Make this staged key the primary and re-encrypt.")] = None,
+               no_reencrypt: Annotated[bool, typer.Option(
+                   "--no-reencrypt", help="With --promote: only reorder this ring.")] = False
                ) -> int:
     """Rotate the encryption key ring (data.md §4.4)."""
-    from mail_proxy.cli.database import Session, load_config, logged, with_core
+    from mail_proxy.cli.database import load_config
     from mail_proxy.cli.dataview import can_prompt
-    from mail_proxy.manager import rotation
-    from mail_proxy.security.crypto import KeyRing, generate_key, write_key_file
+    from mail_proxy.security.crypto import KeyRing, generate_key
 
     obj: AppContext = ctx.obj
+    if sum((stage, stage_key is not None, promote is not None)) > 1:
+        raise CliExit(EXIT_USAGE, "use one of --stage, --stage-key and --promote")
+    if no_reencrypt and promote is None:
+        raise CliExit(EXIT_USAGE, "--no-reencrypt goes with --promote")
     if prune and not yes and not can_prompt(False):  # refuse before anything is rotated
         raise CliExit(EXIT_USAGE, "confirmation needed (no terminal to ask; pass --yes)")
     config = load_config(obj.instance)
@@ -54,10 +68,76 @@ def rotate_key(ctx: typer.Context,
         raise CliExit(EXIT_USAGE, f"the key ring comes from {old.path}, which this command "
                                   "does not rewrite", "rotate it where it is defined")
     path = old.path
-    new = old.with_new_primary(generate_key())
+    if stage or stage_key is not None:
+        return _stage(obj, config.folder, path, old, generate_key() if stage
+                      else _decode_key(stage_key or ""), show=stage)
+    if promote is not None:
+        if promote not in old.kids:
+            raise CliExit(1, f"key {promote} is not in this instance's key ring",
+                          "stage it first with --stage or --stage-key")
+        new = old.promoted(promote)
+        if no_reencrypt:
+            _write_and_reload(config.folder, path, new)
+            out(f"key {promote} is now the primary key of this instance")
+            return 0
+    else:
+        new = old.with_new_primary(generate_key())
+    count = _reencrypt(obj.instance, config.folder, path, old, new)
+    out(f"new primary key {new.primary_kid}; {count} values re-encrypted")
+    err(f"copy {path} to every other instance sharing this database")
+    if prune:
+        _prune(obj.instance, config.folder, path, new, yes)
+    return 0
+
+
+def _decode_key(text: str) -> bytes:
+    import base64
+    import binascii
+
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise CliExit(EXIT_USAGE, "--stage-key takes one key: 32 bytes in standard base64")
+    return key
+
+
+def _write_and_reload(folder: Path | None, path: Path, ring: Any) -> bool:
+    from mail_proxy.security.crypto import write_key_file
+
+    write_key_file(path, ring.keys())
+    reloaded = _reload_worker(folder)
+    if reloaded:
+        err("the running worker was told to reload the key ring")
+    return reloaded
+
+
+def _stage(obj: AppContext, folder: Path | None, path: Path, old: Any, key: bytes, *,
+           show: bool) -> int:
+    """Add a decrypt-only key; the operator copies it to every instance, then promotes it."""
+    import base64
+
+    from mail_proxy.security.crypto import kid
+
+    new = old.with_secondary(key)
+    _write_and_reload(folder, path, new)
+    out(f"staged key {kid(key)} as a secondary key (it decrypts; it does not encrypt yet)")
+    if show:
+        out(base64.b64encode(key).decode("ascii"))
+        err("this key is shown once: run `mail-proxy NAME rotate-key --stage-key <it>` on every "
+            f"other instance, then `rotate-key --promote {kid(key)}` on one of them")
+    return 0
+
+
+def _reencrypt(instance: str | None, folder: Path | None, path: Path, old: Any,
+               new: Any) -> int:
+    """Write the new ring, re-encrypt every secret in one transaction; on failure restore."""
+    from mail_proxy.cli.database import Session, logged, with_core
+    from mail_proxy.manager import rotation
+
     rotation.register()
-    write_key_file(path, new.keys())
-    _reload_worker(config.folder)
+    _write_and_reload(folder, path, new)
 
     async def run(s: Session) -> int:
         s.core.keyring = new
@@ -70,20 +150,13 @@ def rotate_key(ctx: typer.Context,
         return int(answer["reencrypted"])
 
     try:
-        count = with_core(obj.instance, run)
+        count = with_core(instance, run)
     except BaseException:
-        write_key_file(path, old.keys())
-        _reload_worker(config.folder)
+        _write_and_reload(folder, path, old)
         err("the previous key ring was restored")
         raise
-    reloaded = _reload_worker(config.folder)
-    out(f"new primary key {new.primary_kid}; {count} values re-encrypted")
-    if reloaded:
-        err("the running worker was told to reload the key ring")
-    err(f"copy {path} to every other instance sharing this database")
-    if prune:
-        _prune(obj.instance, config.folder, path, new, yes)
-    return 0
+    _reload_worker(folder)
+    return count
 
 
 def _prune(instance: str | None, folder: Path | None, path: Path, ring: Any, yes: bool) -> None:

@@ -130,3 +130,42 @@ def test_command_log_export_and_purge(cli: Any, tenant: str, tmp_path: Any) -> N
     assert "POST /tenant" in r.out
     r = cli("main", "command-log", "purge", "--before", "0", "--yes")
     assert (r.code, r.out) == (0, "removed 0 rows\n")
+
+
+def test_staged_rotation_across_two_instances_of_one_database(
+        cli: Any, tenant: str, instance: ProcessConfig) -> None:
+    """data.md §4.4: stage on one instance, stage the same key on the other, promote once."""
+    import shutil
+
+    from mail_proxy.instance.config import create_instance
+
+    cli("main", "acme", "accounts", "add", "main", "--host", "127.0.0.1", "--port", "2525",
+        "--tls-mode", "none", "--user", "u", "--password", "pw-staged", "--no-test")
+    assert instance.folder is not None
+    # a second instance on the same database, holding a copy of the ring
+    other = create_instance("other", "127.0.0.1", None, instance.db_url)
+    assert other.folder is not None
+    shutil.copy(instance.folder / "encryption.key", other.folder / "encryption.key")
+    old_kid = KeyRing.load(instance.folder).primary_kid
+
+    staged = cli("main", "rotate-key", "--stage")
+    assert staged.code == 0, staged.err
+    new_key = staged.out.strip().splitlines()[-1]
+    new_kid = KeyRing([base64.b64decode(new_key)]).primary_kid
+    ring = KeyRing.load(instance.folder)
+    assert ring.primary_kid == old_kid and new_kid in ring.kids  # decrypts, does not encrypt
+    assert cli("other", "rotate-key", "--stage-key", new_key).code == 0
+    assert new_kid in KeyRing.load(other.folder).kids
+
+    promoted = cli("main", "rotate-key", "--promote", new_kid)
+    assert promoted.code == 0, promoted.err
+    raw, plain = _stored_password(instance)
+    assert plain == "pw-staged" and f":{new_kid}:" in raw
+    # the other instance still decrypts everything before promoting locally
+    raw_other, plain_other = _stored_password(other)
+    assert plain_other == "pw-staged"
+    assert cli("other", "rotate-key", "--promote", new_kid, "--no-reencrypt").code == 0
+    assert KeyRing.load(other.folder).primary_kid == new_kid
+    assert "pw-staged" not in staged.text + promoted.text
+    bad = cli("main", "rotate-key", "--stage-key", "not-a-key")
+    assert bad.code == 2 and "32 bytes" in bad.err
