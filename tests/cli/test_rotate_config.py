@@ -162,7 +162,7 @@ def test_staged_rotation_across_two_instances_of_one_database(
     raw, plain = _stored_password(instance)
     assert plain == "pw-staged" and f":{new_kid}:" in raw
     # the other instance still decrypts everything before promoting locally
-    raw_other, plain_other = _stored_password(other)
+    _raw, plain_other = _stored_password(other)
     assert plain_other == "pw-staged"
     assert cli("other", "rotate-key", "--promote", new_kid, "--no-reencrypt").code == 0
     assert KeyRing.load(other.folder).primary_kid == new_kid
