@@ -133,7 +133,7 @@ class Worker:
         if listen is not None:  # PostgreSQL: enqueues on other instances wake us at once
             await listen(lambda _payload: self.dispatcher.wake())
         self.api = ApiState(core=core, admin_token=cfg.api_token, metrics=self.metrics,
-                            wake_reporter=self._wake_reporter)
+                            wake_reporter=self._wake_reporter, live_gauges=self._live_gauges)
         import uvicorn
 
         sock = _bind(cfg.host, cfg.port)
@@ -162,6 +162,14 @@ class Worker:
         except ImportError:
             return None
         return Reporter(self.core, owner=self.owner, metrics=self.metrics)
+
+    def _live_gauges(self) -> None:
+        gauge = self.metrics.smtp_connections
+        for (tenant_id, account_id), counts in self.smtp.stats().items():
+            for state in ("idle", "busy"):
+                gauge.labels(tenant_id, account_id, state).set(counts.get(state, 0))
+        for tier, size in self.fetcher.cache_bytes().items():
+            self.metrics.attachment_cache_bytes.labels(tier).set(size)
 
     def _event_written(self, tenant_id: str | None) -> None:
         if self.reporter is not None:

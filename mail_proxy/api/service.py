@@ -41,5 +41,7 @@ async def metrics(request: Request) -> Response:
     from mail_proxy.api.gauges import refresh_queue_gauges
 
     await refresh_queue_gauges(state)
+    if state.live_gauges is not None:
+        state.live_gauges()
     body, content_type = state.metrics.render()
     return Response(body, media_type=None, headers={"content-type": content_type})

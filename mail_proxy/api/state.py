@@ -20,6 +20,8 @@ class ApiState:
     started_at: int = field(default_factory=lambda: int(time.time()))
     version: str = __version__
     wake_reporter: Callable[[str | None, bool], None] | None = None  # (tenant, forced)
+    # Sets the gauges that describe this process (connections, cache) before a scrape.
+    live_gauges: Callable[[], None] | None = None
 
     @property
     def stopping(self) -> bool:

@@ -86,3 +86,31 @@ async def test_add_messages_is_recorded_once_in_the_command_log(tmp_path, keyrin
             (200, "admin", "acme"), (400, "admin", "acme")]
         assert rows[0]["response_body"] == {"ok": True, "queued": 1, "rejected": []}
         assert rows[0]["payload"]["messages"][0]["id"] == "m-1"
+
+
+async def test_metrics_show_deliveries_connections_and_queue(tmp_path, keyring,
+                                                             smtp_server) -> None:
+    async with running_worker(tmp_path, keyring) as (worker, client):
+        await f.tenant(worker.core)
+        await f.account(worker.core, smtp_server.port)
+        r = await client.post("/commands/add-messages",
+                              json={"tenant_id": "acme",
+                                    "messages": [f.message(i) for i in range(3)]})
+        assert r.status_code == 200
+
+        async def delivered() -> bool:
+            return len(smtp_server.messages) == 3
+
+        await wait_for(delivered)
+        await asyncio.sleep(0.2)  # the outcome commits run just after the SMTP replies
+        r = await client.get("/metrics")
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+        text = r.text
+        assert 'gmp_sent_total{account_id="main",tenant_id="acme"} 3.0' in text
+        assert 'gmp_enqueued_total{tenant_id="acme"} 3.0' in text
+        assert 'gmp_smtp_connections{account_id="main",state="idle",tenant_id="acme"}' in text
+        assert 'gmp_messages{status="sent"}' in text
+        assert "_created" not in text
+        tenant_key = (await client.get("/metrics", headers={"X-API-Token": "x" * 43}))
+        assert tenant_key.status_code == 401
