@@ -242,6 +242,9 @@ class Dispatcher:
     def _finished(self, lane: Lane) -> None:
         self._slots.release()
         lane.in_flight -= 1
+        # The send may have deferred its message (a retry) earlier than the remembered
+        # next due time: read it again at the next cycle.
+        self._next_due = None
         if self._low_water(lane):
             self._wake.set()  # capacity freed: claim more
 
