@@ -67,16 +67,18 @@ class Recorder:
     async def _write(self, msg: Claimed, query: str, params: dict[str, Any],
                      event: tuple[str, str | None, dict[str, Any]] | None,
                      reportable: bool) -> bool:
+        t = params.setdefault("now", now())
+        update = {"pk": msg.pk, "me": self.owner, **params}
+
         async def work(tx: Any) -> bool:
-            t = params.setdefault("now", now())
-            if not await tx.execute(query, pk=msg.pk, me=self.owner, **params):
-                return False
-            if event is not None:
-                kind, description, metadata = event
-                await tx.execute("event_insert", message_pk=msg.pk, tenant_id=msg.tenant_id,
-                                 event_type=kind, now=t, description=description,
-                                 metadata=json.dumps(metadata), reportable=reportable)
-            return True
+            if event is None:
+                return bool(await tx.execute(query, **update))
+            kind, description, metadata = event
+            # the event only when the conditional update matched: our lease still held
+            return bool(await tx.execute_then(query, update, "event_insert", {
+                "message_pk": msg.pk, "tenant_id": msg.tenant_id, "event_type": kind,
+                "now": t, "description": description, "metadata": json.dumps(metadata),
+                "reportable": reportable}))
 
         delay = WRITE_RETRY_FIRST
         while True:

@@ -23,6 +23,8 @@ from typing import Any
 import aiosmtplib
 
 from mail_proxy.delivery import classify as c
+from mail_proxy.delivery.smtp_commands import mail as _mail
+from mail_proxy.delivery.smtp_commands import rcpt as _rcpt
 from mail_proxy.delivery.tls import context_for, warn_insecure
 from mail_proxy.errors import DeliveryFailure, PermanentFailure, TransientFailure
 
@@ -409,11 +411,11 @@ class SmtpPools:
         stage = c.MAIL
         try:
             async with asyncio.timeout(self._send_timeout):
-                await client.mail(mail_from)
+                await _mail(client, mail_from)
                 stage = c.RCPT
                 for rcpt in rcpts:
                     try:
-                        await client.rcpt(rcpt)
+                        await _rcpt(client, rcpt)
                     except aiosmtplib.SMTPRecipientRefused as exc:
                         if exc.code == 421 or not client.is_connected:
                             # The server is closing the session: the whole attempt fails.

@@ -25,6 +25,11 @@ class Transaction(Protocol):
 
     async def executemany(self, query: str, rows: list[dict[str, Any]]) -> None: ...
 
+    async def execute_then(self, query: str, params: dict[str, Any], then: str,
+                           then_params: dict[str, Any]) -> int:
+        """Run ``query`` and, when it changed a row, ``then``; returns the first count."""
+        ...
+
 
 class Store(Protocol):
     backend: str  # "sqlite" | "postgresql"

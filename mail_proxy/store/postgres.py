@@ -151,6 +151,14 @@ class _Conn:
         except Exception as exc:
             raise _translate(exc) from exc
 
+    async def execute_then(self, query: str, params: dict[str, Any], then: str,
+                           then_params: dict[str, Any]) -> int:
+        """Run ``query``; when it changed a row, run ``then`` too (same transaction)."""
+        count = await self.execute(query, **params)
+        if count:
+            await self.execute(then, **then_params)
+        return count
+
     async def executemany(self, query: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return

@@ -114,6 +114,27 @@ class _Conn:
             raise _translate(exc) from exc
         return count
 
+    async def execute_then(self, query: str, params: dict[str, Any], then: str,
+                           then_params: dict[str, Any]) -> int:
+        """Run ``query``; when it changed a row, run ``then`` too. One hand-off to the
+        database thread for both (the dispatcher records every outcome this way)."""
+        sql, values = self._queries[query], _params(params)
+        sql2, values2 = self._queries[then], _params(then_params)
+        pending, self._pending = self._pending, []
+
+        def run(raw: sqlite3.Connection) -> int:
+            for statement in pending:
+                raw.execute(statement)
+            count = _rowcount(raw, sql, values)
+            if count:
+                raw.execute(sql2, values2).close()
+            return count
+
+        try:
+            return await self._conn._execute(run, self._conn._conn)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+
     async def executemany(self, query: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
