@@ -44,6 +44,8 @@ def list_(ctx: typer.Context,
           ] = None,
           batch: Annotated[str | None, typer.Option("--batch", help="Batch code.")] = None,
           limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+          cursor: Annotated[str | None, typer.Option(
+              "--cursor", help="Continue after a previous page (its next_cursor).")] = None,
           json_output: JsonOpt = False,
           csv_output: Annotated[bool, typer.Option("--csv", help="CSV with epoch times.")
                                 ] = False) -> None:
@@ -55,7 +57,8 @@ def list_(ctx: typer.Context,
         raise CliExit(2, "give --json or --csv, not both")
     instance, tenant = _where(ctx)
     answer = with_core(instance, lambda s: manager.list_messages(
-        s.core, tenant_id=tenant, status=status, batch_code=batch, limit=limit))
+        s.core, tenant_id=tenant, status=status, batch_code=batch, limit=limit,
+        cursor=cursor))
     if json_output:
         print_json(answer)
         return
@@ -71,6 +74,8 @@ def list_(ctx: typer.Context,
         err("no messages")
         return
     table(COLUMNS, [_row(m, times=True) for m in answer["messages"]])
+    if answer["next_cursor"]:
+        err(f"more messages: add --cursor {answer['next_cursor']}")
 
 
 @app.command("show")

@@ -105,6 +105,12 @@ def test_messages_list_csv_delete_retry(cli: Any, tenant: str, tmp_path: Path) -
                        "SUBJECT", "LAST ERROR"]
     assert [row[0] for row in rows[1:]] == list(reversed(ids))  # newest first
     assert rows[1][1:4] == ["queued", "2", "main"] and rows[1][4].isdigit()
+    first = cli("main", "acme", "messages", "list", "--limit", "1")
+    assert first.out.count("\n") == 2 and "--cursor" in first.err  # header + one row
+    cursor = first.err.rsplit("--cursor ", 1)[1].strip()
+    rest = json.loads(cli("main", "acme", "messages", "list", "--limit", "1", "--cursor",
+                          cursor, "--json").out)
+    assert [m["id"] for m in rest["messages"]] == [ids[0]] and rest["next_cursor"] is None
     r = cli("main", "acme", "messages", "list", "--status", "bogus")
     assert r.code == 1 and "'status' must be one of" in r.err
     r = cli("main", "acme", "messages", "retry", ids[0], "ghost")
