@@ -112,10 +112,7 @@ class Dispatcher:
         await self._promote(t)
         if time.monotonic() - self._last_recovery >= RECOVERY_INTERVAL:
             self._last_recovery = time.monotonic()
-            reportable = {c.tenant_id for c in self.configs._cache.values()
-                          if c is not None and c.reportable}
-            await leases.recover_expired(self.core.store, max_retries=settings.max_retries,
-                                         reportable_tenants=reportable)
+            await leases.recover_expired(self.core.store, max_retries=settings.max_retries)
         claimed = await self._claim(t)
         if self._stopping and claimed:
             # The drain started while this claim was in progress and has already given

@@ -16,8 +16,7 @@ async def renew(store: Any, owner: str, lease_seconds: int) -> int:
         return int(await tx.execute("lease_renew", me=owner, now=now(), lease=lease_seconds))
 
 
-async def recover_expired(store: Any, *, max_retries: int,
-                          reportable_tenants: set[str]) -> int:
+async def recover_expired(store: Any, *, max_retries: int) -> int:
     """T14/T14b for every expired lease; returns how many messages were recovered."""
     recovered = 0
     t = now()
@@ -25,7 +24,7 @@ async def recover_expired(store: Any, *, max_retries: int,
         for row in await tx.fetch("lease_expired", now=t):
             attempt = row["attempts"] + 1
             final = attempt > max_retries
-            reportable = bool(row["reportable"]) or row["tenant_id"] in reportable_tenants
+            reportable = bool(row["reportable"])  # read with the row: no stale cache
             changed = await tx.execute(
                 "lease_recover", pk=row["pk"], owner=row["lease_owner"], now=t,
                 status="error" if final else "queued",

@@ -136,7 +136,7 @@ async def test_expired_lease_is_recovered_once(core) -> None:
     assert len(claimed) == 5
     await leases.renew(core.store, "dead:1:x", -10)  # the lease now lies in the past
     results = await asyncio.gather(*[leases.recover_expired(
-        core.store, max_retries=5, reportable_tenants=set()) for _ in range(3)])
+        core.store, max_retries=5) for _ in range(3)])
     assert sum(results) == 5
     msg = await get_message(core, "acme", "m-0")
     assert msg["status"] == "queued" and msg["attempts"] == 1
