@@ -30,12 +30,14 @@ def endpoint_label(method: str, path: str) -> str:
 
 
 async def _payload(request: Request) -> dict[str, Any]:
+    # Only what the handler already read: reading the request stream again here could wait
+    # forever for a body that was refused (413) or already delivered.
     body: Any = request.scope.get("mp_body", _UNSET)
     if body is _UNSET:
+        raw = request.scope.get("mp_raw")
         try:
-            raw = await request.body()  # cached when the handler read it
-            body = json.loads(raw) if raw.strip() else {}
-        except Exception:  # unreadable (413, broken stream) or not JSON: params still tell
+            body = (json.loads(raw) if raw.strip() else {}) if raw is not None else None
+        except ValueError:  # not JSON: the params still tell
             body = None
     payload: dict[str, Any] = dict(body) if isinstance(body, dict) else (
         {} if body is None else {"body": body})

@@ -37,6 +37,9 @@ def error_response(status: int, code: str, message: str, detail: Any = None,
         headers.setdefault("WWW-Authenticate", "Bearer")
     if status in (429, 503):
         headers.setdefault("Retry-After", "1")
+    if status == 413:
+        # The rest of the body was not read: the connection cannot carry another request.
+        headers.setdefault("Connection", "close")
     return JSONResponse(body, status_code=status, headers=headers)
 
 

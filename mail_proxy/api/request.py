@@ -29,6 +29,7 @@ def _is_json(content_type: str) -> bool:
 async def json_body(request: Request) -> Any:
     """The decoded body; an empty body reads as ``{}`` (api.md §1.1)."""
     raw = await request.body()
+    request.scope["mp_raw"] = raw  # the command log reads the body from here, never again
     if not raw.strip():
         return {}
     content_type = request.headers.get("content-type", "")
