@@ -30,6 +30,8 @@ def list_(ctx: typer.Context, tenant: TenantOpt = None, since: SinceOpt = None,
           endpoint: Annotated[str | None, typer.Option(
               "--endpoint", help="Endpoint text, e.g. 'POST /account'.")] = None,
           limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 100,
+          cursor: Annotated[str | None, typer.Option(
+              "--cursor", help="Continue after a previous page (its next_cursor).")] = None,
           json_output: Annotated[bool, typer.Option("--json", help="One JSON document.")]
           = False) -> None:
     """Rows of command_log, oldest first."""
@@ -38,7 +40,8 @@ def list_(ctx: typer.Context, tenant: TenantOpt = None, since: SinceOpt = None,
 
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
     answer = with_core(_instance(ctx), lambda s: manager.list_commands(
-        s.core, tenant_id=tenant, since=start, until=end, endpoint=endpoint, limit=limit))
+        s.core, tenant_id=tenant, since=start, until=end, endpoint=endpoint, limit=limit,
+        cursor=cursor))
     if json_output:
         print_json({"ok": True, **answer})
         return
@@ -48,6 +51,8 @@ def list_(ctx: typer.Context, tenant: TenantOpt = None, since: SinceOpt = None,
     table(["ID", "TIME", "ACTOR", "ENDPOINT", "TENANT", "STATUS"],
           [[str(r["id"]), local_time(r["command_ts"]), r["actor"], r["endpoint"],
             cell(r["tenant_id"]), cell(r["response_status"])] for r in answer["commands"]])
+    if answer.get("next_cursor"):
+        err(f"more rows: add --cursor {answer['next_cursor']}")
 
 
 @app.command("export")

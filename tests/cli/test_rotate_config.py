@@ -128,6 +128,12 @@ def test_command_log_export_and_purge(cli: Any, tenant: str, tmp_path: Any) -> N
     assert r.code == 2 and r.err.startswith("error: --since: 'bogus' is not a time")
     r = cli("main", "command-log", "list", "--since", "1h")
     assert "POST /tenant" in r.out
+    cli("main", "tenants", "add", "beta", "--no-api-key")
+    first = cli("main", "command-log", "list", "--limit", "1")
+    assert "--cursor" in first.err
+    cursor = first.err.rsplit("--cursor ", 1)[1].strip()
+    rest = json.loads(cli("main", "command-log", "list", "--cursor", cursor, "--json").out)
+    assert rest["commands"] and rest["commands"][0]["id"] > 1
     r = cli("main", "command-log", "purge", "--before", "0", "--yes")
     assert (r.code, r.out) == (0, "removed 0 rows\n")
 
