@@ -171,7 +171,9 @@ class Daemon:
 
     # -- database, read directly ---------------------------------------------------------
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
+        # Read-write (though it only reads): after a kill -9 the WAL index may need rebuilding,
+        # and a read-only connection would read an older snapshot than the worker sees.
+        conn = sqlite3.connect(self.db_path, timeout=10)
         try:
             return conn.execute(sql, params).fetchall()
         finally:
