@@ -59,10 +59,6 @@ def endpoint(path: str, fn: Handler) -> Handler:
     return wrapped
 
 
-def route(path: str, fn: Handler, methods: list[str]) -> Route:
-    return Route(path, endpoint(path, fn), methods=methods)
-
-
 def _by_method(path: str, handlers: dict[str, Handler]) -> Handler:
     """One endpoint per path dispatching on the method, so a 405 lists every method."""
     wrapped = {method: endpoint(path, fn) for method, fn in handlers.items()}

@@ -71,11 +71,6 @@ class _TenantCache:
                     pec[(tenant_id, acc_id)] = is_pec
         return tenants, pec
 
-    def forget(self, tenant_id: str | None = None) -> None:
-        if tenant_id is None:
-            self._entries.clear()
-        else:
-            self._entries.pop(tenant_id, None)
 
 
 def tenant_cache(core: Core) -> _TenantCache:

@@ -14,8 +14,8 @@ from mail_proxy.delivery.smtp import SmtpPools
 from mail_proxy.manager import tenants
 from mail_proxy.manager.core import Core
 from mail_proxy.manager.messages import counts, get_message
-from tests.integration.test_dispatcher import drive
 from tests.support import factories as f
+from tests.support.dispatching import drive
 
 
 def dispatcher_for(core: Core, owner: str) -> Dispatcher:

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import email
 
 from mail_proxy.delivery.dispatcher import Dispatcher
 from mail_proxy.delivery.smtp import SmtpPools
 from mail_proxy.manager.messages import counts, get_message
 from tests.support import factories as f
-
-
-async def drive(dispatcher: Dispatcher, until: int = 100, timeout: float = 10.0) -> None:
-    """Run cycles until nothing is held and no claim happens, or time runs out."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        claimed = await dispatcher.run_once()
-        await asyncio.sleep(0.01)
-        if claimed == 0 and dispatcher.held == 0:
-            return
-    raise AssertionError("dispatcher did not settle")
+from tests.support.dispatching import drive
 
 
 def make_dispatcher(core, owner: str = "test:1:abcd") -> Dispatcher:

@@ -19,7 +19,7 @@ from mail_proxy.delivery.dispatcher import Dispatcher
 from mail_proxy.delivery.smtp import SmtpPools
 from mail_proxy.manager.core import Core
 from mail_proxy.manager.messages import get_message
-from tests.integration.test_dispatcher import drive
+from tests.support.dispatching import drive
 
 OWNER = "audit:1:0000aaaa"
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,69 +23,22 @@ from mail_proxy.manager.core import Core
 from mail_proxy.manager.instance import patch_settings
 from mail_proxy.security.crypto import KeyRing, generate_key
 from tests.support import factories as f
+from tests.support.smtp_server import SinkServer
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class _CountingProtocol(asyncio.Protocol):
-    """Minimal SMTP server side that records the Message-ID of every accepted message."""
+class CountingSink(SinkServer):
+    """The fast sink, recording the Message-ID of every accepted message."""
 
-    def __init__(self, sink: CountingSink) -> None:
-        self.sink = sink
-        self.buf = b""
-        self.in_data = False
-        self.transport: asyncio.Transport | None = None
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: collections.Counter[str] = collections.Counter()
+        self.times: list[float] = []
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.sink.live.add(transport)
-        transport.write(b"220 sink.test ESMTP\r\n")
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.transport is not None:
-            self.sink.live.discard(self.transport)
-
-    def data_received(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.buf += data
-        while True:
-            if self.in_data:
-                end = self.buf.find(b"\r\n.\r\n")
-                if end < 0:
-                    return
-                self.sink.record(self.buf[:end])
-                self.buf, self.in_data = self.buf[end + 5:], False
-                self.transport.write(b"250 2.0.0 OK\r\n")
-                continue
-            line, sep, rest = self.buf.partition(b"\r\n")
-            if not sep:
-                return
-            self.buf = rest
-            verb = line[:4].upper()
-            if verb == b"EHLO":
-                self.transport.write(b"250-sink.test\r\n250-8BITMIME\r\n250 PIPELINING\r\n")
-            elif verb == b"DATA":
-                self.in_data, self.buf = True, b"\r\n" + self.buf
-                self.transport.write(b"354 go ahead\r\n")
-            elif verb == b"QUIT":
-                self.transport.write(b"221 bye\r\n")
-                self.transport.close()
-                return
-            else:
-                self.transport.write(b"250 OK\r\n")
-
-
-@dataclass
-class CountingSink:
-    port: int = 0
-    ids: collections.Counter[str] = field(default_factory=collections.Counter)
-    times: list[float] = field(default_factory=list)
-    live: set[asyncio.Transport] = field(default_factory=set)
-    _server: Any = None
-
-    def record(self, data: bytes) -> None:
+    def on_message(self, data: bytes) -> None:
+        super().on_message(data)
         for line in data.split(b"\r\n"):
             if line[:11].lower() == b"message-id:":
                 self.ids[line[11:].strip().decode("ascii", "replace")] += 1
@@ -101,19 +54,6 @@ class CountingSink:
     @property
     def duplicates(self) -> int:
         return sum(n - 1 for n in self.ids.values())
-
-    async def __aenter__(self) -> CountingSink:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _CountingProtocol(self), HOST, 0,
-                                                backlog=1024)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._server.close()
-        for transport in list(self.live):
-            transport.close()
-        await self._server.wait_closed()
 
 
 def free_port() -> int:

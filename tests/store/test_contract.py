@@ -19,21 +19,11 @@ from mail_proxy.manager.messages import counts, get_message
 from mail_proxy.store import UniqueViolation
 from mail_proxy.store.errors import StoreUnavailable
 from tests.support import factories as f
+from tests.support.dispatching import drive
 
 
 def make_dispatcher(core, owner: str = "test:1:abcd") -> Dispatcher:
     return Dispatcher(core, owner=owner, smtp=SmtpPools(ehlo_name="test.local"))
-
-
-async def drive(dispatcher: Dispatcher, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        claimed = await dispatcher.run_once()
-        await asyncio.sleep(0.01)
-        if claimed == 0 and dispatcher.held == 0:
-            return
-    raise AssertionError("dispatcher did not settle")
 
 
 async def test_tenants_and_accounts_round_trip(core) -> None:

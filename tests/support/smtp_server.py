@@ -271,9 +271,9 @@ class _SinkProtocol(asyncio.Protocol):
                 end = self.buf.find(b"\r\n.\r\n")
                 if end < 0:
                     return
+                self.owner.on_message(self.buf[:end])
                 self.buf = self.buf[end + 5:]
                 self.in_data = False
-                self.owner.messages += 1
                 self.transport.write(b"250 2.0.0 OK\r\n")
                 continue
             line, sep, rest = self.buf.partition(b"\r\n")
@@ -306,9 +306,14 @@ class SinkServer:
         self.live: set[asyncio.Transport] = set()
         self._server: asyncio.base_events.Server | None = None
 
+    def on_message(self, data: bytes) -> None:
+        """Called with each message's data (subclasses record more than a count)."""
+        self.messages += 1
+
     async def __aenter__(self) -> SinkServer:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _SinkProtocol(self), host=HOST, port=0)
+        self._server = await loop.create_server(lambda: _SinkProtocol(self), host=HOST, port=0,
+                                                backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
