@@ -70,6 +70,10 @@ class AccountConfigs:
         self._stamps[key] = time.monotonic()
         return config
 
+    def cached(self, key: tuple[str, str]) -> AccountConfig | None:
+        """The last loaded configuration, without a database read (may be stale)."""
+        return self._cache.get(key)
+
     def forget(self, tenant_id: str | None = None, account_id: str | None = None) -> None:
         for store in (self._stamps, self._local_throttle):
             for key in list(store):

@@ -194,7 +194,7 @@ class Dispatcher:
         self._spawn(lane)
 
     def _spawn(self, lane: Lane) -> None:
-        config = self.configs._cache.get(lane.key)
+        config = self.configs.cached(lane.key)
         limit = 3
         if config is not None and config.target is not None:
             limit = 1 if config.throttle_level > 0 else config.target.max_connections
@@ -252,7 +252,7 @@ class Dispatcher:
         fsync) for a single replacement row, competing with the outcome writes for the one
         writer. The claim rule itself is unchanged: any cycle still claims up to capacity.
         """
-        config = self.configs._cache.get(lane.key)
+        config = self.configs.cached(lane.key)
         if config is None:
             return True
         return lane.held <= config.batch_size // 2
