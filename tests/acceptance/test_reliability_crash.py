@@ -52,8 +52,13 @@ def check_all_delivered(d: Daemon, smtp: RestartableSmtp, total: int, held: int)
     dup = duplicates(ids)
     assert dup <= held, f"{dup} duplicates, but the killed worker held only {held}"
     assert d.events("sent") == total
-    # Held messages come back through T14, each with its lease_expired event.
-    assert d.events("lease_expired") == held
+    # Held messages come back through T14, each with its lease_expired event. "held" is read
+    # right after the kill and can include a last group of outcomes the dead worker had
+    # already written to the WAL but not yet published in the WAL index; the restarted
+    # worker's recovery sees those as sent, so they are not recovered (and not duplicated).
+    recovered = d.events("lease_expired")
+    assert recovered <= held
+    assert duplicates(smtp.ids) <= recovered
     unsettled = d.query("SELECT count(*) FROM messages WHERE settled_at IS NULL")[0][0]
     assert unsettled == 0  # no callback URL: settled at once, kept queryable
     return dup
