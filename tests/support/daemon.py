@@ -143,9 +143,9 @@ class Daemon:
             if is_alive(pid, created):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)  # type: ignore[arg-type]
-        for kind in kinds:  # reaped by their parent (or init) before the caller goes on
+        for kind in kinds:  # every thread gone before the caller goes on
             pid, created = rec.get(f"{kind}_pid"), rec.get(f"{kind}_create_time")
-            wait_for(lambda p=pid, c=created: not is_alive(p, c), 10, f"{kind} gone")
+            wait_for(lambda p=pid, c=created: gone(p, c), 10, f"{kind} gone")
 
     def cleanup(self) -> None:
         """Never leave a process behind, whatever the test did."""
@@ -186,6 +186,17 @@ class Daemon:
         rows = self.query("SELECT count(DISTINCT message_pk) FROM message_events "
                           "WHERE event_type = ?", (event_type,))
         return int(rows[0][0])
+
+
+def gone(pid: Any, created: Any) -> bool:
+    """Dead with every thread: a killed process's main thread can show as a zombie while
+    another thread (aiosqlite's) still finishes a write and holds the database's locks."""
+    if is_alive(pid, created):
+        return False
+    try:
+        return len(os.listdir(f"/proc/{int(pid)}/task")) <= 1
+    except (OSError, TypeError, ValueError):
+        return True
 
 
 class _Recorder:
