@@ -23,8 +23,7 @@ from typing import Any
 import aiosmtplib
 
 from mail_proxy.delivery import classify as c
-from mail_proxy.delivery.smtp_commands import mail as _mail
-from mail_proxy.delivery.smtp_commands import rcpt as _rcpt
+from mail_proxy.delivery.smtp_channel import SmtpChannel
 from mail_proxy.delivery.tls import context_for, warn_insecure
 from mail_proxy.errors import DeliveryFailure, PermanentFailure, TransientFailure
 
@@ -83,7 +82,7 @@ class SendResult:
 class _Conn:
     __slots__ = ("client", "created", "last_used")
 
-    def __init__(self, client: aiosmtplib.SMTP, now: float) -> None:
+    def __init__(self, client: SmtpChannel, now: float) -> None:
         self.client = client
         self.created = now
         self.last_used = now
@@ -338,7 +337,7 @@ class SmtpPools:
 
     async def _open_reserved(self, pool: _Pool, target: SmtpTarget) -> _Conn:
         try:
-            client = await self._connect(pool, target)
+            client = SmtpChannel.take_over(await self._connect(pool, target))
         except BaseException:
             pool.busy -= 1
             self._fill_waiters(pool)
@@ -348,10 +347,10 @@ class SmtpPools:
     async def _healthy(self, conn: _Conn) -> bool:
         try:
             async with asyncio.timeout(_HEALTH_TIMEOUT):
-                await conn.client.noop(timeout=_HEALTH_TIMEOUT)
+                reply = await conn.client.command(b"NOOP")
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             return False
-        return True
+        return reply.code == 250
 
     # -- the SMTP session ---------------------------------------------------------------
 
@@ -405,38 +404,15 @@ class SmtpPools:
 
     async def _transaction(self, conn: _Conn, target: SmtpTarget, mail_from: str,
                            rcpts: list[str], data: bytes) -> SendResult:
-        client = conn.client
-        accepted: list[str] = []
-        refused: list[dict[str, Any]] = []
-        stage = c.MAIL
         try:
             async with asyncio.timeout(self._send_timeout):
-                await _mail(client, mail_from)
-                stage = c.RCPT
-                for rcpt in rcpts:
-                    try:
-                        await _rcpt(client, rcpt)
-                    except aiosmtplib.SMTPRecipientRefused as exc:
-                        if exc.code == 421 or not client.is_connected:
-                            # The server is closing the session: the whole attempt fails.
-                            raise c.reply_failure(c.RCPT, exc.code, exc.message,
-                                                  refused=refused) from exc
-                        refused.append(c.refused_entry(rcpt, exc.code, exc.message))
-                    else:
-                        accepted.append(rcpt)
-                if not accepted:
-                    raise c.all_refused_failure(refused)
-                stage = c.DATA
-                reply = await client.data(data)
+                outcome = await conn.client.transaction(mail_from, rcpts, data)
         except DeliveryFailure:
             raise
-        except aiosmtplib.SMTPResponseException as exc:
-            if not isinstance(exc, aiosmtplib.SMTPSenderRefused | aiosmtplib.SMTPDataError):
-                raise self._classify(exc, target, stage, self._send_timeout) from exc
-            raise c.reply_failure(stage, exc.code, exc.message, refused=refused) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise self._classify(exc, target, stage, self._send_timeout) from exc
-        return SendResult(accepted=accepted, refused=refused, smtp_code=reply.code)
+            raise self._classify(exc, target, conn.client.stage, self._send_timeout) from exc
+        return SendResult(accepted=outcome.accepted, refused=outcome.refused,
+                          smtp_code=outcome.smtp_code)
 
     def _classify(self, exc: BaseException, target: SmtpTarget, stage: str,
                   timeout: float) -> DeliveryFailure:
@@ -455,10 +431,11 @@ class SmtpPools:
 
     async def _rset(self, conn: _Conn) -> bool:
         try:
-            await conn.client.rset(timeout=_RSET_TIMEOUT)
+            async with asyncio.timeout(_RSET_TIMEOUT):
+                reply = await conn.client.command(b"RSET")
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             return False
-        return True
+        return reply.code == 250
 
     def _spawn_quit(self, conn: _Conn) -> None:
         task = asyncio.get_running_loop().create_task(self._quit(conn))
@@ -469,7 +446,7 @@ class SmtpPools:
         try:
             if conn.client.is_connected:
                 async with asyncio.timeout(_QUIT_TIMEOUT):
-                    await conn.client.quit(timeout=_QUIT_TIMEOUT)
+                    await conn.client.command(b"QUIT")
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             pass  # the peer is going away anyway
         finally:

@@ -36,6 +36,13 @@ def ca_file(ca: trustme.CA, tmp_path: Path) -> str:
     return str(path)
 
 
+@pytest.fixture(autouse=True, params=[True, False], ids=["pipelined", "one-by-one"])
+def pipelining(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every case against a server that offers PIPELINING and one that does not."""
+    monkeypatch.setattr(RecordingSmtpServer, "pipelining_default", request.param)
+    return bool(request.param)
+
+
 @pytest.fixture
 async def pools() -> AsyncIterator[SmtpPools]:
     p = SmtpPools(ehlo_name="proxy.test", connect_timeout=2, send_timeout=2)

@@ -75,6 +75,8 @@ class _Handler:
             if word == "AUTH" and (not sc.offer_auth or self.owner.user is None):
                 continue
             out.append(line)
+        if self.owner.pipelining and len(out) > 1:
+            out.insert(len(out) - 1, "250-PIPELINING")  # aiosmtpd reads commands in order
         return out
 
     async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope,
@@ -164,17 +166,24 @@ class _Protocol(SMTP):
 
 
 class RecordingSmtpServer:
-    """aiosmtpd on 127.0.0.1:0, with TLS from a trustme CA, AUTH PLAIN/LOGIN and scripts."""
+    """aiosmtpd on 127.0.0.1:0, with TLS from a trustme CA, AUTH PLAIN/LOGIN and scripts.
+
+    It offers PIPELINING (RFC 2920) unless told not to, as real MTAs do; tests that must
+    cover both client paths flip ``pipelining_default``.
+    """
+
+    pipelining_default = True
 
     def __init__(self, *, tls: str = "none", ca: trustme.CA | None = None,
                  cert_hosts: tuple[str, ...] = (HOST, "localhost"),
                  user: str | None = None, password: str | None = None,
-                 hostname: str = "mx.test") -> None:
+                 hostname: str = "mx.test", pipelining: bool | None = None) -> None:
         if tls not in ("none", "starttls", "tls"):
             raise ValueError(tls)
         if tls != "none" and ca is None:
             raise ValueError("a trustme.CA is needed for TLS")
         self.tls = tls
+        self.pipelining = self.pipelining_default if pipelining is None else pipelining
         self.host = HOST
         self.port = 0
         self.user, self.password = user, password

@@ -1,0 +1,294 @@
+"""SMTP mail transactions on an established session, with RFC 2920 command pipelining.
+
+aiosmtplib opens the session (greeting, EHLO, STARTTLS, AUTH: the parts where its checks
+matter); then this channel takes the transport over for the transactions. aiosmtplib reads
+one reply per command it wrote and drops replies that arrive early, so it cannot pipeline.
+When the server offers PIPELINING, MAIL FROM, every RCPT TO and DATA go out in one write and
+their replies are read in order: two round trips per message instead of 3 + recipients,
+which is most of a transaction's cost on a real network (and much of its CPU on loopback).
+
+Replies and failures keep aiosmtplib's shapes (``SMTPResponse``, ``SMTPServerDisconnected``)
+so the classification in ``classify`` is the same for both halves of a session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import aiosmtplib
+from aiosmtplib import SMTPResponse
+
+from mail_proxy.delivery import classify as c
+from mail_proxy.errors import PermanentFailure
+
+# A reply longer than this is not SMTP: the session is dropped instead of buffering forever.
+MAX_REPLY_BYTES = 64 * 1024
+_LINE_ENDINGS = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+_RCPT_OK = (250, 251)
+_EXPECTED = frozenset({250, 251, 354})
+
+
+def data_block(message: bytes) -> bytes:
+    """The message as sent after 354: CRLF line endings, dot-stuffed, terminated."""
+    message = _LINE_ENDINGS.sub(b"\r\n", message)
+    if not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    return _LEADING_DOT.sub(b"..", message) + b".\r\n"
+
+
+@dataclass
+class Outcome:
+    """Per-recipient result of one transaction that reached the end of DATA."""
+
+    accepted: list[str]
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    smtp_code: int = 250
+
+
+class SmtpChannel(asyncio.Protocol):
+    """Commands and replies on one session; one transaction at a time (the pool's lease)."""
+
+    def __init__(self, transport: asyncio.Transport, *, pipelining: bool) -> None:
+        self.transport = transport
+        self.pipelining = pipelining
+        self._buffer = bytearray()
+        self._replies: deque[SMTPResponse] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._lost: BaseException | None = None
+        self._paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self.stage = c.MAIL  # what the reply being waited for answers (error messages)
+
+    @classmethod
+    def take_over(cls, client: aiosmtplib.SMTP) -> SmtpChannel:
+        """Move a connected, idle aiosmtplib session onto a channel."""
+        transport = cast(asyncio.Transport, client.transport)
+        if transport is None or transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        channel = cls(transport, pipelining=client.supports_extension("pipelining"))
+        transport.set_protocol(channel)
+        # The client must not close the transport now that the channel owns it.
+        client.transport = None
+        client.protocol = None
+        return channel
+
+    # -- asyncio.Protocol ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer.extend(data)
+        while True:
+            reply = self._parse_one()
+            if reply is None:
+                break
+            self._replies.append(reply)
+        if len(self._buffer) > MAX_REPLY_BYTES:
+            self._fail(aiosmtplib.SMTPResponseException(-1, "reply too long"))
+            self.transport.abort()
+            return
+        if self._replies:
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self._fail(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        error = aiosmtplib.SMTPServerDisconnected("Connection lost")
+        if exc is not None:
+            error.__cause__ = exc
+        self._fail(error)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # -- state --------------------------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        return self._lost is None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        """Drop the session without QUIT (its state may be unknown)."""
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    # -- commands -----------------------------------------------------------------------
+
+    async def command(self, line: bytes) -> SMTPResponse:
+        """One command and its reply (NOOP, RSET, QUIT)."""
+        self._write(line + b"\r\n")
+        return await self._reply()
+
+    async def transaction(self, mail_from: str, rcpts: list[str], data: bytes) -> Outcome:
+        """MAIL, RCPT..., DATA and the message; raises a classified failure on a refusal.
+
+        Connection errors and timeouts propagate unclassified (the pool knows the host).
+        Every reply that was asked for is read before returning or raising, so a session
+        that stays connected is in a known state: between transactions, or in one that the
+        caller ends with RSET.
+        """
+        envelope = [b"MAIL FROM:<" + _ascii(mail_from) + b">\r\n"]
+        envelope += [b"RCPT TO:<" + _ascii(r) + b">\r\n" for r in rcpts]
+        data_reply: SMTPResponse | None = None
+        self.stage = c.MAIL
+        if self.pipelining:
+            self._write(b"".join(envelope) + b"DATA\r\n")
+            got = await self._replies_until_lost(len(envelope) + 1)
+            mail, replies = got[0], got[1:len(envelope)]
+            if len(got) == len(envelope) + 1:
+                data_reply = got[-1]
+        else:
+            self._write(envelope[0])
+            mail = await self._reply()
+            replies = []
+            if mail.code == 250:
+                self.stage = c.RCPT
+                for line in envelope[1:]:
+                    self._write(line)
+                    replies.append(reply := await self._reply())
+                    if reply.code == 421:
+                        break  # the server is closing the session
+        if mail.code != 250:
+            await self._end_unwanted_data(data_reply)
+            raise c.reply_failure(c.MAIL, mail.code, mail.message)
+        accepted, refused = _sort_recipients(rcpts, replies)
+        closing = next((r for r in replies if r.code == 421), None)
+        if closing is not None:
+            # Never end DATA here: recipients accepted before the 421 would get an empty
+            # message. The session is dropped instead (a throttle failure is "broken").
+            raise c.reply_failure(c.RCPT, 421, closing.message, refused=refused)
+        if len(replies) < len(rcpts) or (self.pipelining and data_reply is None):
+            raise self._lost or aiosmtplib.SMTPServerDisconnected("Connection lost")
+        if not accepted:
+            await self._end_unwanted_data(data_reply)
+            raise c.all_refused_failure(refused)
+        self.stage = c.DATA
+        if data_reply is None:
+            self._write(b"DATA\r\n")
+            data_reply = await self._reply()
+        if data_reply.code != 354:
+            raise c.reply_failure(c.DATA, data_reply.code, data_reply.message, refused=refused)
+        self._write(data_block(data))
+        await self._drain()
+        final = await self._reply()
+        if final.code != 250:
+            raise c.reply_failure(c.DATA, final.code, final.message, refused=refused)
+        return Outcome(accepted=accepted, refused=refused, smtp_code=final.code)
+
+    async def _replies_until_lost(self, count: int) -> list[SMTPResponse]:
+        """Up to ``count`` replies; fewer only when the server hung up after refusing
+        something (its refusal explains the hang-up better than "connection lost")."""
+        got: list[SMTPResponse] = []
+        while len(got) < count:
+            self.stage = c.MAIL if not got else c.RCPT if len(got) < count - 1 else c.DATA
+            try:
+                got.append(await self._reply())
+            except aiosmtplib.SMTPServerDisconnected:
+                if any(r.code not in _EXPECTED for r in got):
+                    return got
+                raise
+        return got
+
+    async def _end_unwanted_data(self, data_reply: SMTPResponse | None) -> None:
+        """A server that said 354 although no recipient was accepted gets an empty message
+        terminator (RFC 2920 §3.1); it has nobody to deliver it to."""
+        if data_reply is not None and data_reply.code == 354:
+            self._write(b".\r\n")
+            await self._reply()
+
+    # -- I/O ----------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if not self.is_connected:
+            raise self._lost or aiosmtplib.SMTPServerDisconnected("Connection lost")
+        self.transport.write(data)
+
+    async def _drain(self) -> None:
+        # A large message may exceed the transport's buffer; wait until it is flushed so
+        # the reply timeout does not run while megabytes are still queued locally.
+        if self._paused and self.is_connected:
+            self._drained = asyncio.get_running_loop().create_future()
+            try:
+                await self._drained
+            finally:
+                self._drained = None
+
+    async def _reply(self) -> SMTPResponse:
+        while not self._replies:
+            if self._lost is not None:
+                raise self._lost
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._replies.popleft()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._lost is None:
+            self._lost = error
+        self._wake()
+
+    def _parse_one(self) -> SMTPResponse | None:
+        """Take one complete (possibly multi-line) reply off the buffer, if there is one."""
+        buf = self._buffer
+        offset = 0
+        lines: list[bytes] = []
+        while True:
+            end = buf.find(b"\n", offset)
+            if end == -1:
+                return None
+            line = bytes(buf[offset:end + 1])
+            offset = end + 1
+            lines.append(line[4:].strip(b" \t\r\n"))
+            if line[3:4] != b"-":
+                break
+        try:
+            code = int(line[:3])
+        except ValueError:
+            code = -1
+        del buf[:offset]
+        if code < 200 or code > 599:
+            self._fail(aiosmtplib.SMTPResponseException(
+                -1, f"malformed SMTP reply: {line[:80].decode('ascii', 'replace')!r}"))
+            self.transport.abort()
+            return None
+        return SMTPResponse(code, b"\n".join(lines).decode("utf-8", "surrogateescape"))
+
+
+def _ascii(address: str) -> bytes:
+    raw = address.encode("ascii")  # validated at enqueue: IDNA domains, ASCII local parts
+    if _CONTROL.search(raw):
+        raise PermanentFailure(f"control character in envelope address {address!r}",
+                               code="invalid_address")
+    return raw
+
+
+def _sort_recipients(rcpts: list[str], replies: list[SMTPResponse]
+                     ) -> tuple[list[str], list[dict[str, Any]]]:
+    accepted: list[str] = []
+    refused: list[dict[str, Any]] = []
+    for rcpt, reply in zip(rcpts, replies, strict=False):
+        if reply.code in _RCPT_OK:
+            accepted.append(rcpt)
+        else:
+            refused.append(c.refused_entry(rcpt, reply.code, reply.message))
+    return accepted, refused
+

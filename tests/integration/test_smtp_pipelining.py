@@ -1,0 +1,212 @@
+"""RFC 2920 pipelining on pooled connections, against a server that proves it.
+
+``BatchingServer`` offers PIPELINING and, as the RFC allows, answers nothing until the DATA
+command has arrived: a client that waits for each reply before the next command would hang
+(and fail on the send timeout). Its replies are scripted per command and per recipient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from mail_proxy.delivery.smtp import SmtpPools, SmtpTarget
+from mail_proxy.delivery.smtp_channel import data_block
+from mail_proxy.errors import PermanentFailure, ThrottleFailure, TransientFailure
+
+pytestmark = pytest.mark.timeout(10)
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Session:
+    commands: list[bytes] = field(default_factory=list)
+    groups: list[list[bytes]] = field(default_factory=list)  # commands answered together
+    bodies: list[bytes] = field(default_factory=list)
+
+
+class BatchingServer:
+    def __init__(self, *, mail: bytes = b"250 OK", rcpt: dict[str, bytes] | None = None,
+                 data: bytes = b"354 go ahead", final: bytes = b"250 2.0.0 queued",
+                 hang_up_after_group: bool = False, greeting_extra: bytes = b"") -> None:
+        self.mail, self.rcpt, self.data, self.final = mail, rcpt or {}, data, final
+        self.hang_up_after_group = hang_up_after_group
+        self.sessions: list[Session] = []
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+
+    async def __aenter__(self) -> BatchingServer:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Batching(self), host=HOST, port=0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+
+class _Batching(asyncio.Protocol):
+    def __init__(self, owner: BatchingServer) -> None:
+        self.owner = owner
+        self.session = Session()
+        owner.sessions.append(self.session)
+        self.buf = b""
+        self.pending: list[bytes] = []
+        self.in_data = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(b"220 batching.test ESMTP\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while not self.transport.is_closing():
+            if self.in_data:
+                end = self.buf.find(b"\r\n.\r\n")
+                if end < 0:
+                    return
+                body, self.buf = self.buf[2:end + 5], self.buf[end + 5:]
+                self.in_data = False
+                if body == b".\r\n":  # the empty message that ends a refused DATA
+                    self.session.commands.append(b"<end of empty data>")
+                    self.transport.write(b"554 5.5.1 no valid recipients\r\n")
+                else:
+                    self.session.bodies.append(body)
+                    self.transport.write(self.owner.final + b"\r\n")
+                continue
+            line, sep, rest = self.buf.partition(b"\r\n")
+            if not sep:
+                return
+            self.buf = rest
+            self.session.commands.append(line)
+            verb = line.split(b" ")[0].upper()
+            if verb == b"EHLO":
+                self.transport.write(b"250-batching.test\r\n250 PIPELINING\r\n")
+            elif verb in (b"RSET", b"NOOP"):
+                self.transport.write(b"250 OK\r\n")
+            elif verb == b"QUIT":
+                self.transport.write(b"221 bye\r\n")
+                self.transport.close()
+            elif verb in (b"MAIL", b"RCPT"):
+                self.pending.append(line)
+            elif verb == b"DATA":
+                self.pending.append(line)
+                self._answer_group()
+
+    def _answer_group(self) -> None:
+        group, self.pending = self.pending, []
+        self.session.groups.append(group)
+        out = []
+        for line in group:
+            if line.startswith(b"MAIL"):
+                out.append(self.owner.mail)
+            elif line.startswith(b"RCPT"):
+                address = line[line.index(b"<") + 1:line.index(b">")].decode()
+                out.append(self.owner.rcpt.get(address, b"250 OK"))
+            else:
+                out.append(self.owner.data)
+                if self.owner.data.startswith(b"354"):
+                    self.in_data = True
+                    self.buf = b"\r\n" + self.buf  # so an empty body also ends on CRLF.CRLF
+        if self.owner.hang_up_after_group:
+            # Answer only up to the first refusal, then hang up (as a server closing with 421).
+            bad = next((i for i, r in enumerate(out) if not r.startswith((b"250", b"354"))), 0)
+            self.transport.write(b"".join(r + b"\r\n" for r in out[:bad + 1]))
+            self.transport.close()
+            return
+        self.transport.write(b"".join(r + b"\r\n" for r in out))
+
+
+@pytest.fixture
+async def pools() -> AsyncIterator[SmtpPools]:
+    p = SmtpPools(ehlo_name="proxy.test", connect_timeout=2, send_timeout=2)
+    yield p
+    await p.close()
+
+
+def target(port: int) -> SmtpTarget:
+    return SmtpTarget(tenant_id="acme", account_id="main", host=HOST, port=port,
+                      tls_mode="none")
+
+
+async def test_envelope_and_data_go_out_as_one_group(pools: SmtpPools) -> None:
+    async with BatchingServer() as srv:
+        result = await pools.send(target(srv.port), "s@acme.test",
+                                  ["a@x.test", "b@x.test"], b"Subject: hi\r\n\r\n.dot\r\n")
+        second = await pools.send(target(srv.port), "s@acme.test", ["c@x.test"], b"x\r\n")
+    assert (result.accepted, result.refused, result.smtp_code) == (["a@x.test", "b@x.test"],
+                                                                   [], 250)
+    assert second.accepted == ["c@x.test"]
+    [session] = srv.sessions  # one pooled connection for both messages
+    assert session.groups[0] == [b"MAIL FROM:<s@acme.test>", b"RCPT TO:<a@x.test>",
+                                 b"RCPT TO:<b@x.test>", b"DATA"]
+    assert session.bodies[0] == b"Subject: hi\r\n\r\n..dot\r\n.\r\n"  # dot-stuffed
+
+
+async def test_some_recipients_refused(pools: SmtpPools) -> None:
+    async with BatchingServer(rcpt={"b@x.test": b"550 5.1.1 no such user"}) as srv:
+        result = await pools.send(target(srv.port), "s@acme.test", ["a@x.test", "b@x.test"],
+                                  b"x\r\n")
+    assert result.accepted == ["a@x.test"]
+    assert result.refused == [{"address": "b@x.test", "smtp_code": 550,
+                               "message": "5.1.1 no such user"}]
+    assert len(srv.sessions[0].bodies) == 1
+
+
+async def test_every_recipient_refused_after_a_354_ends_with_an_empty_message(
+        pools: SmtpPools) -> None:
+    """A server that said 354 although nobody was accepted gets "." (and nobody gets mail);
+    the connection is reset and reused."""
+    async with BatchingServer(rcpt={"a@x.test": b"550 5.1.1 no such user"}) as srv:
+        with pytest.raises(PermanentFailure) as info:
+            await pools.send(target(srv.port), "s@acme.test", ["a@x.test"], b"x\r\n")
+        await pools.send(target(srv.port), "s@acme.test", ["ok@x.test"], b"y\r\n")
+    assert info.value.code == "all_recipients_refused"
+    [session] = srv.sessions
+    assert b"<end of empty data>" in session.commands and b"RSET" in session.commands
+    # The empty DATA ends inside the refused transaction; only the second message has a body.
+    assert session.bodies == [b"y\r\n.\r\n"]
+
+
+async def test_refused_sender_with_a_hang_up_keeps_the_servers_reason(pools: SmtpPools) -> None:
+    async with BatchingServer(mail=b"421 4.7.0 too many connections",
+                              hang_up_after_group=True) as srv:
+        with pytest.raises(ThrottleFailure) as info:
+            await pools.send(target(srv.port), "s@acme.test", ["a@x.test"], b"x\r\n")
+    assert info.value.smtp_code == 421
+    assert "too many connections" in str(info.value)
+
+
+async def test_rcpt_421_never_ends_data_for_the_accepted_recipients(pools: SmtpPools) -> None:
+    async with BatchingServer(rcpt={"b@x.test": b"421 4.4.5 closing"}) as srv:
+        with pytest.raises(ThrottleFailure) as info:
+            await pools.send(target(srv.port), "s@acme.test", ["a@x.test", "b@x.test"],
+                             b"x\r\n")
+    assert info.value.smtp_code == 421
+    assert srv.sessions[0].bodies == []
+    assert b"<end of empty data>" not in srv.sessions[0].commands
+
+
+async def test_data_refused_after_accepted_recipients(pools: SmtpPools) -> None:
+    async with BatchingServer(data=b"452 4.3.1 insufficient storage") as srv:
+        with pytest.raises(TransientFailure) as info:
+            await pools.send(target(srv.port), "s@acme.test", ["a@x.test"], b"x\r\n")
+    assert (info.value.code, info.value.smtp_code) == ("smtp_transient", 452)
+
+
+async def test_a_malformed_reply_drops_the_connection(pools: SmtpPools) -> None:
+    async with BatchingServer(mail=b"hello there") as srv:
+        with pytest.raises(TransientFailure) as info:
+            await pools.send(target(srv.port), "s@acme.test", ["a@x.test"], b"x\r\n")
+    assert info.value.code == "connection_failed"
+    assert pools.stats()[("acme", "main")] == {"idle": 0, "busy": 0}
+
+
+def test_data_block_normalises_line_endings_and_stuffs_dots() -> None:
+    assert data_block(b"a\nb\r.c\r\n.\r\nend") == b"a\r\nb\r\n..c\r\n..\r\nend\r\n.\r\n"
+    assert data_block(b"") == b"\r\n.\r\n"
