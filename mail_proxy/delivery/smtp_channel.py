@@ -36,10 +36,16 @@ _EXPECTED = frozenset({250, 251, 354})
 
 def data_block(message: bytes) -> bytes:
     """The message as sent after 354: CRLF line endings, dot-stuffed, terminated."""
-    message = _LINE_ENDINGS.sub(b"\r\n", message)
+    # Composed messages already use CRLF and rarely have a line starting with ".": three
+    # byte counts and a search are much cheaper than rewriting every message with a regex.
+    lf = message.count(b"\n")
+    if lf != message.count(b"\r\n") or lf != message.count(b"\r"):
+        message = _LINE_ENDINGS.sub(b"\r\n", message)
     if not message.endswith(b"\r\n"):
         message += b"\r\n"
-    return _LEADING_DOT.sub(b"..", message) + b".\r\n"
+    if message.startswith(b".") or b"\n." in message:
+        message = _LEADING_DOT.sub(b"..", message)
+    return message + b".\r\n"
 
 
 @dataclass

@@ -210,3 +210,19 @@ async def test_a_malformed_reply_drops_the_connection(pools: SmtpPools) -> None:
 def test_data_block_normalises_line_endings_and_stuffs_dots() -> None:
     assert data_block(b"a\nb\r.c\r\n.\r\nend") == b"a\r\nb\r\n..c\r\n..\r\nend\r\n.\r\n"
     assert data_block(b"") == b"\r\n.\r\n"
+
+
+def test_data_block_fast_path_matches_the_general_rewrite() -> None:
+    import random
+    import re
+
+    def reference(message: bytes) -> bytes:
+        message = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
+        if not message.endswith(b"\r\n"):
+            message += b"\r\n"
+        return re.sub(rb"(?m)^\.", b"..", message) + b".\r\n"
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        message = bytes(rng.choice(b"\r\n.ab") for _ in range(rng.randrange(12)))
+        assert data_block(message) == reference(message), message
