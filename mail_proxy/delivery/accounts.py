@@ -50,6 +50,9 @@ class AccountConfigs:
         # Throttles this worker just met, kept over reloads until the account row says so
         # too (the row is written in the background, after the next send may start).
         self._local_throttle: dict[tuple[str, str], tuple[int, int]] = {}
+        # Counts the throttles met per account, so that a send can tell whether one began
+        # after it started (pipelined transactions overlap: see Sender._send).
+        self._throttle_epochs: dict[tuple[str, str], int] = {}
 
     async def get(self, tenant_id: str, account_id: str, *,
                   fresh: bool = False) -> AccountConfig | None:
@@ -80,10 +83,14 @@ class AccountConfigs:
                 if tenant_id is None or (key[0] == tenant_id and account_id in (None, key[1])):
                     store.pop(key, None)
 
+    def throttle_epoch(self, key: tuple[str, str]) -> int:
+        return self._throttle_epochs.get(key, 0)
+
     def set_throttle(self, tenant_id: str, account_id: str, level: int, until: int | None) -> None:
         key = (tenant_id, account_id)
         if until is not None:
             self._local_throttle[key] = (level, until)
+            self._throttle_epochs[key] = self._throttle_epochs.get(key, 0) + 1
         config = self._cache.get(key)
         if config is not None:
             config.throttle_level = level

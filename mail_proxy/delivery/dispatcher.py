@@ -226,8 +226,8 @@ class Dispatcher:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
             await transmitted.wait()
-        if not lane.heap and not lane.tasks - {asyncio.current_task()}:
-            self.lanes.pop(lane.key, None)
+        if not lane.tasks - {asyncio.current_task()}:
+            self._forget_if_idle(lane)
 
     async def _send_one(self, lane: Lane, msg: Claimed, transmitted: asyncio.Event) -> None:
         try:
@@ -236,9 +236,17 @@ class Dispatcher:
             transmitted.set()
             self._finished(lane)
 
+    def _forget_if_idle(self, lane: Lane) -> None:
+        # A lane stays while a send of it is in flight: `held` (lease renewal, drain, tests)
+        # counts it until its outcome is recorded.
+        if not lane.heap and not lane.in_flight and self.lanes.get(lane.key) is lane:
+            del self.lanes[lane.key]
+
     def _finished(self, lane: Lane) -> None:
         self._slots.release()
         lane.in_flight -= 1
+        if not lane.tasks:
+            self._forget_if_idle(lane)
         # The send may have deferred its message (a retry) earlier than the remembered
         # next due time: read it again at the next cycle.
         self._next_due = None

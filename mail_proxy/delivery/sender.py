@@ -104,13 +104,22 @@ class Sender:
             await self._rate_limited(msg, config, reservation)
             return
         sent = False
+        late_throttle = False
         try:
             data = await self._compose(msg, config, payload)
             started = time.perf_counter()
+            key = (msg.tenant_id, msg.account_id)
+            epoch = self.configs.throttle_epoch(key)
             try:
-                result = await self.smtp.send(config.target, mail_from, rcpts, data)
+                result = await self.smtp.send(config.target, mail_from, rcpts, data,
+                                              released=transmitted)
             except DeliveryFailure as failure:
-                self._observed(config, failure)
+                # With PIPELINING the next transaction starts before this one's final reply:
+                # a throttle reply to a transaction that was already under way when another
+                # one throttled the account is the same "slow down", not a second one.
+                late_throttle = failure.throttle and self.configs.throttle_epoch(key) != epoch
+                if not late_throttle:
+                    self._observed(config, failure)
                 raise
             else:
                 self._observed(config, None)
@@ -121,7 +130,7 @@ class Sender:
                     time.perf_counter() - started)
             sent = True
         except DeliveryFailure as failure:
-            await self._failed(msg, config, failure, attempted=True)
+            await self._failed(msg, config, failure, attempted=True, escalate=not late_throttle)
             return
         finally:
             await ratelimit.settle(self.core.store, reservation, sent)
@@ -212,12 +221,13 @@ class Sender:
         self._notify(config, msg)
 
     async def _failed(self, msg: Claimed, config: AccountConfig | None,
-                      failure: DeliveryFailure, *, attempted: bool) -> None:
+                      failure: DeliveryFailure, *, attempted: bool,
+                      escalate: bool = True) -> None:
         reportable = config.reportable if config else False
         settings = self.core.settings
         t = now()
         if failure.throttle and config is not None:
-            await self._throttled(msg, config, failure, t)
+            await self._throttled(msg, config, failure, t, escalate=escalate)
             return
         policy = RetryPolicy.from_settings(settings)
         decision = policy.decide(attempts=msg.attempts + 1, created_at=msg.created_at,
@@ -242,17 +252,20 @@ class Sender:
             self._notify(config, msg)
 
     async def _throttled(self, msg: Claimed, config: AccountConfig, failure: DeliveryFailure,
-                         t: int) -> None:
+                         t: int, *, escalate: bool = True) -> None:
         settings = self.core.settings
-        async with self.core.store.transaction() as tx:
-            row = await tx.fetch_one("account_throttle", tenant_id=msg.tenant_id,
-                                     account_id=msg.account_id, now=t,
-                                     base=settings.throttle_base_delay,
-                                     max_delay=settings.throttle_max_delay)
-        level = int(row["throttle_level"]) if row else 1
-        until = int(row["throttle_until"]) if row else t + throttle_delay(
-            1, settings.throttle_base_delay, settings.throttle_max_delay)
-        self.configs.set_throttle(msg.tenant_id, msg.account_id, level, until)
+        if escalate or not config.throttled(t):
+            async with self.core.store.transaction() as tx:
+                row = await tx.fetch_one("account_throttle", tenant_id=msg.tenant_id,
+                                         account_id=msg.account_id, now=t,
+                                         base=settings.throttle_base_delay,
+                                         max_delay=settings.throttle_max_delay)
+            level = int(row["throttle_level"]) if row else 1
+            until = int(row["throttle_until"]) if row else t + throttle_delay(
+                1, settings.throttle_base_delay, settings.throttle_max_delay)
+            self.configs.set_throttle(msg.tenant_id, msg.account_id, level, until)
+        else:  # the pause already set covers this message too
+            until = int(config.throttle_until or t)
         if self.metrics is not None:
             self.metrics.throttled_total.labels(msg.tenant_id, msg.account_id).inc()
         age_limit = settings.max_message_age

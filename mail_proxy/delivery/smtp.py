@@ -150,23 +150,64 @@ class SmtpPools:
         self._health_after = health_check_after
 
     async def send(self, target: SmtpTarget, mail_from: str, rcpts: list[str],
-                   data: bytes) -> SendResult:
-        """One transaction on a pooled connection; raises a classified DeliveryFailure."""
+                   data: bytes, *, released: Callable[[], None] | None = None
+                   ) -> SendResult:
+        """One transaction on a pooled connection; raises a classified DeliveryFailure.
+
+        ``released`` is called once the connection is free for another transaction: with
+        PIPELINING that is as soon as the message is written, before its final reply, so
+        the next message's envelope travels while the server is still accepting this one.
+        """
         if self._closed:
             raise TransientFailure("SMTP pools are shut down", code="connection_failed")
         pool = self._pool_for(target)
         conn = await self._acquire(pool, target)
         reusable = False
+        handed = False
+        over = False  # the transaction reached its final reply (or the session is gone)
+        channel = conn.client
         try:
-            result = await self._transaction(conn, target, mail_from, rcpts, data)
+            try:
+                async with asyncio.timeout(self._send_timeout):
+                    pending = await channel.begin(mail_from, rcpts, data)
+            except DeliveryFailure:
+                raise
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                raise self._classify(exc, target, channel.stage, self._send_timeout) from exc
+            if channel.pipelining:
+                handed = True
+                self._release(pool, conn, reusable=True)
+                if released is not None:
+                    released()
+            over = True
+            try:
+                async with asyncio.timeout(self._send_timeout):
+                    outcome = await channel.finish(pending)
+            except DeliveryFailure as failure:
+                # The transaction is over whatever the reply said (no RSET needed); a server
+                # that asked us to slow down still loses this connection.
+                reusable = failure.code not in _BROKEN_CODES
+                raise
+            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+                if handed:
+                    self._drop_handed(pool, conn)  # no final reply: session state unknown
+                raise self._classify(exc, target, c.DATA, self._send_timeout) from exc
+            except asyncio.CancelledError:
+                if handed:
+                    self._drop_handed(pool, conn)
+                raise
             reusable = True
-            return result
+            return SendResult(accepted=outcome.accepted, refused=outcome.refused,
+                              smtp_code=outcome.smtp_code)
         except DeliveryFailure as failure:
-            if failure.code not in _BROKEN_CODES and conn.client.is_connected:
-                reusable = await self._rset(conn)
+            if not over and failure.code not in _BROKEN_CODES and channel.is_connected:
+                reusable = await self._rset(conn)  # end the half-done transaction
             raise
         finally:
-            self._release(pool, conn, reusable=reusable)
+            if not handed:
+                if reusable and not channel.is_connected:
+                    reusable = False
+                self._release(pool, conn, reusable=reusable)
 
     def stats(self) -> dict[tuple[str, str], dict[str, int]]:
         out: dict[tuple[str, str], dict[str, int]] = {}
@@ -253,6 +294,14 @@ class SmtpPools:
             if not fut.done():
                 pool.busy += 1
                 fut.set_result(None)
+
+    def _drop_handed(self, pool: _Pool, conn: _Conn) -> None:
+        """Close a connection given back before its final reply; if another transaction
+        holds it now, that one fails as "connection lost" and is released as broken."""
+        conn.client.close()
+        if conn in pool.idle:
+            pool.idle.remove(conn)
+            self._fill_waiters(pool)
 
     def _fail_waiters(self, pool: _Pool) -> None:
         while pool.waiters:
@@ -401,18 +450,6 @@ class SmtpPools:
         method = getattr(client, "auth_" + offered[0].replace("-", ""))
         assert target.user is not None and target.password is not None
         await method(target.user, target.password)
-
-    async def _transaction(self, conn: _Conn, target: SmtpTarget, mail_from: str,
-                           rcpts: list[str], data: bytes) -> SendResult:
-        try:
-            async with asyncio.timeout(self._send_timeout):
-                outcome = await conn.client.transaction(mail_from, rcpts, data)
-        except DeliveryFailure:
-            raise
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            raise self._classify(exc, target, conn.client.stage, self._send_timeout) from exc
-        return SendResult(accepted=outcome.accepted, refused=outcome.refused,
-                          smtp_code=outcome.smtp_code)
 
     def _classify(self, exc: BaseException, target: SmtpTarget, stage: str,
                   timeout: float) -> DeliveryFailure:

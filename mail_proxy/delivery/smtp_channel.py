@@ -49,6 +49,15 @@ def data_block(message: bytes) -> bytes:
 
 
 @dataclass
+class Pending:
+    """A transaction whose message is written; ``final`` is the server's last word."""
+
+    accepted: list[str]
+    refused: list[dict[str, Any]]
+    final: asyncio.Future[SMTPResponse]
+
+
+@dataclass
 class Outcome:
     """Per-recipient result of one transaction that reached the end of DATA."""
 
@@ -64,8 +73,11 @@ class SmtpChannel(asyncio.Protocol):
         self.transport = transport
         self.pipelining = pipelining
         self._buffer = bytearray()
-        self._replies: deque[SMTPResponse] = deque()
-        self._waiter: asyncio.Future[None] | None = None
+        self._replies: deque[SMTPResponse] = deque()  # parsed, not yet matched to a command
+        # One future per command written, in write order: replies are matched to commands
+        # by position, so two transactions can overlap (one waiting for its final reply
+        # while the next one's envelope is already on the wire).
+        self._expected: deque[asyncio.Future[SMTPResponse]] = deque()
         self._lost: BaseException | None = None
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -97,8 +109,7 @@ class SmtpChannel(asyncio.Protocol):
             self._fail(aiosmtplib.SMTPResponseException(-1, "reply too long"))
             self.transport.abort()
             return
-        if self._replies:
-            self._wake()
+        self._match()
 
     def eof_received(self) -> bool:
         self._fail(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))
@@ -135,36 +146,48 @@ class SmtpChannel(asyncio.Protocol):
 
     async def command(self, line: bytes) -> SMTPResponse:
         """One command and its reply (NOOP, RSET, QUIT)."""
-        self._write(line + b"\r\n")
-        return await self._reply()
+        [reply] = self._send(line + b"\r\n", 1)
+        return await reply
 
     async def transaction(self, mail_from: str, rcpts: list[str], data: bytes) -> Outcome:
-        """MAIL, RCPT..., DATA and the message; raises a classified failure on a refusal.
+        """A whole transaction: :meth:`begin`, then :meth:`finish`."""
+        return await self.finish(await self.begin(mail_from, rcpts, data))
 
-        Connection errors and timeouts propagate unclassified (the pool knows the host).
-        Every reply that was asked for is read before returning or raising, so a session
-        that stays connected is in a known state: between transactions, or in one that the
-        caller ends with RSET.
+    async def finish(self, pending: Pending) -> Outcome:
+        """Wait for the reply to the end of the message."""
+        final = await pending.final
+        if final.code != 250:
+            raise c.reply_failure(c.DATA, final.code, final.message, refused=pending.refused)
+        return Outcome(accepted=pending.accepted, refused=pending.refused,
+                       smtp_code=final.code)
+
+    async def begin(self, mail_from: str, rcpts: list[str], data: bytes) -> Pending:
+        """MAIL, RCPT..., DATA and the message, up to the wait for the final reply.
+
+        Raises a classified failure on a refusal; connection errors and timeouts propagate
+        unclassified (the pool knows the host). Every reply asked for before the message is
+        read before raising, so a session that stays connected is in a known state: between
+        transactions, or in one that the caller ends with RSET. Once this returns, the
+        session is between transactions as far as the server is concerned, and with
+        PIPELINING the next transaction may be written before this one's final reply.
         """
         envelope = [b"MAIL FROM:<" + _ascii(mail_from) + b">\r\n"]
         envelope += [b"RCPT TO:<" + _ascii(r) + b">\r\n" for r in rcpts]
         data_reply: SMTPResponse | None = None
         self.stage = c.MAIL
         if self.pipelining:
-            self._write(b"".join(envelope) + b"DATA\r\n")
-            got = await self._replies_until_lost(len(envelope) + 1)
+            got = await self._replies_until_lost(
+                self._send(b"".join(envelope) + b"DATA\r\n", len(envelope) + 1))
             mail, replies = got[0], got[1:len(envelope)]
             if len(got) == len(envelope) + 1:
                 data_reply = got[-1]
         else:
-            self._write(envelope[0])
-            mail = await self._reply()
+            mail = await self._send(envelope[0], 1)[0]
             replies = []
             if mail.code == 250:
                 self.stage = c.RCPT
                 for line in envelope[1:]:
-                    self._write(line)
-                    replies.append(reply := await self._reply())
+                    replies.append(reply := await self._send(line, 1)[0])
                     if reply.code == 421:
                         break  # the server is closing the session
         if mail.code != 250:
@@ -183,25 +206,23 @@ class SmtpChannel(asyncio.Protocol):
             raise c.all_refused_failure(refused)
         self.stage = c.DATA
         if data_reply is None:
-            self._write(b"DATA\r\n")
-            data_reply = await self._reply()
+            data_reply = await self._send(b"DATA\r\n", 1)[0]
         if data_reply.code != 354:
             raise c.reply_failure(c.DATA, data_reply.code, data_reply.message, refused=refused)
-        self._write(data_block(data))
+        [final] = self._send(data_block(data), 1)
         await self._drain()
-        final = await self._reply()
-        if final.code != 250:
-            raise c.reply_failure(c.DATA, final.code, final.message, refused=refused)
-        return Outcome(accepted=accepted, refused=refused, smtp_code=final.code)
+        return Pending(accepted=accepted, refused=refused, final=final)
 
-    async def _replies_until_lost(self, count: int) -> list[SMTPResponse]:
-        """Up to ``count`` replies; fewer only when the server hung up after refusing
+    async def _replies_until_lost(self, futures: list[asyncio.Future[SMTPResponse]]
+                                  ) -> list[SMTPResponse]:
+        """The replies in order; fewer only when the server hung up after refusing
         something (its refusal explains the hang-up better than "connection lost")."""
         got: list[SMTPResponse] = []
-        while len(got) < count:
+        count = len(futures)
+        for future in futures:
             self.stage = c.MAIL if not got else c.RCPT if len(got) < count - 1 else c.DATA
             try:
-                got.append(await self._reply())
+                got.append(await future)
             except aiosmtplib.SMTPServerDisconnected:
                 if any(r.code not in _EXPECTED for r in got):
                     return got
@@ -212,15 +233,20 @@ class SmtpChannel(asyncio.Protocol):
         """A server that said 354 although no recipient was accepted gets an empty message
         terminator (RFC 2920 §3.1); it has nobody to deliver it to."""
         if data_reply is not None and data_reply.code == 354:
-            self._write(b".\r\n")
-            await self._reply()
+            await self._send(b".\r\n", 1)[0]
 
     # -- I/O ----------------------------------------------------------------------------
 
-    def _write(self, data: bytes) -> None:
+    def _send(self, data: bytes, replies: int) -> list[asyncio.Future[SMTPResponse]]:
+        """Write and register the replies expected, before any other command can be."""
         if not self.is_connected:
             raise self._lost or aiosmtplib.SMTPServerDisconnected("Connection lost")
         self.transport.write(data)
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(replies)]
+        self._expected.extend(futures)
+        self._match()
+        return futures
 
     async def _drain(self) -> None:
         # A large message may exceed the transport's buffer; wait until it is flushed so
@@ -232,25 +258,21 @@ class SmtpChannel(asyncio.Protocol):
             finally:
                 self._drained = None
 
-    async def _reply(self) -> SMTPResponse:
-        while not self._replies:
-            if self._lost is not None:
-                raise self._lost
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._replies.popleft()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+    def _match(self) -> None:
+        while self._expected and self._replies:
+            future = self._expected.popleft()
+            reply = self._replies.popleft()  # consumed even if its waiter gave up
+            if not future.done():
+                future.set_result(reply)
 
     def _fail(self, error: BaseException) -> None:
         if self._lost is None:
             self._lost = error
-        self._wake()
+        while self._expected:
+            future = self._expected.popleft()
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # nobody may be waiting any more: no "never retrieved"
 
     def _parse_one(self) -> SMTPResponse | None:
         """Take one complete (possibly multi-line) reply off the buffer, if there is one."""

@@ -31,8 +31,13 @@ class Session:
 class BatchingServer:
     def __init__(self, *, mail: bytes = b"250 OK", rcpt: dict[str, bytes] | None = None,
                  data: bytes = b"354 go ahead", final: bytes = b"250 2.0.0 queued",
-                 hang_up_after_group: bool = False, greeting_extra: bytes = b"") -> None:
+                 hang_up_after_group: bool = False, hold_final: bool = False,
+                 finals: list[bytes] | None = None) -> None:
         self.mail, self.rcpt, self.data, self.final = mail, rcpt or {}, data, final
+        # hold_final: the reply to a message waits until the next command arrives, so only a
+        # client that writes the next envelope before reading that reply gets it in time.
+        self.hold_final = hold_final
+        self.finals = list(finals or [])  # replies to the messages, in order, then `final`
         self.hang_up_after_group = hang_up_after_group
         self.sessions: list[Session] = []
         self.port = 0
@@ -57,6 +62,7 @@ class _Batching(asyncio.Protocol):
         self.buf = b""
         self.pending: list[bytes] = []
         self.in_data = False
+        self.held = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -77,12 +83,20 @@ class _Batching(asyncio.Protocol):
                     self.transport.write(b"554 5.5.1 no valid recipients\r\n")
                 else:
                     self.session.bodies.append(body)
-                    self.transport.write(self.owner.final + b"\r\n")
+                    reply = (self.owner.finals.pop(0) if self.owner.finals
+                             else self.owner.final) + b"\r\n"
+                    if self.owner.hold_final:
+                        self.held = reply
+                    else:
+                        self.transport.write(reply)
                 continue
             line, sep, rest = self.buf.partition(b"\r\n")
             if not sep:
                 return
             self.buf = rest
+            if self.held:
+                self.transport.write(self.held)
+                self.held = b""
             self.session.commands.append(line)
             verb = line.split(b" ")[0].upper()
             if verb == b"EHLO":
@@ -146,6 +160,28 @@ async def test_envelope_and_data_go_out_as_one_group(pools: SmtpPools) -> None:
     assert session.groups[0] == [b"MAIL FROM:<s@acme.test>", b"RCPT TO:<a@x.test>",
                                  b"RCPT TO:<b@x.test>", b"DATA"]
     assert session.bodies[0] == b"Subject: hi\r\n\r\n..dot\r\n.\r\n"  # dot-stuffed
+
+
+async def test_next_envelope_goes_out_before_the_final_reply(pools: SmtpPools) -> None:
+    """One connection, three messages: each envelope is written while the previous
+    message's final reply is still outstanding (the server holds it until then)."""
+    async with BatchingServer(hold_final=True, finals=[b"554 5.7.1 rejected as spam"]) as srv:
+        t = SmtpTarget(tenant_id="acme", account_id="main", host=HOST, port=srv.port,
+                       tls_mode="none", max_connections=1)
+        sends = [asyncio.create_task(pools.send(t, "s@acme.test", [f"{n}@x.test"], body))
+                 for n, body in (("a", b"one\r\n"), ("b", b"two\r\n"), ("c", b"three\r\n"))]
+        first, second = await asyncio.gather(*sends[:2], return_exceptions=True)
+        third = sends[2]
+        await asyncio.sleep(0.2)
+        assert not third.done()  # its final reply waits for a next command that never comes
+        await pools.close()  # QUIT is that command
+        result = await third
+    assert isinstance(first, PermanentFailure) and first.smtp_code == 554
+    assert not isinstance(second, BaseException) and second.accepted == ["b@x.test"]
+    assert result.accepted == ["c@x.test"]
+    [session] = srv.sessions
+    assert session.bodies == [b"one\r\n.\r\n", b"two\r\n.\r\n", b"three\r\n.\r\n"]
+    assert session.commands[-1] == b"QUIT"
 
 
 async def test_some_recipients_refused(pools: SmtpPools) -> None:
