@@ -10,6 +10,7 @@ from starlette.requests import Request
 from mail_proxy.api.errors import ApiError
 from mail_proxy.api.state import ApiState
 from mail_proxy.manager.core import ADMIN, Principal
+from mail_proxy.manager.enqueue import collector_paused
 
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}
@@ -42,7 +43,8 @@ async def json_body(request: Request) -> Any:
                        f"the body must be JSON (Content-Type: application/json), not "
                        f"{content_type.split(';')[0]}")
     try:
-        body = json.loads(raw)
+        with collector_paused(len(raw) // 1024):  # a big body is a big batch: see there
+            body = json.loads(raw)
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_json", "the body is not valid UTF-8") from None
     except json.JSONDecodeError as exc:

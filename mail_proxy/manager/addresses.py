@@ -265,6 +265,8 @@ def _parse_list(text: str) -> tuple[Address, ...]:
         raise AddressError(text.strip(), "control characters are not allowed")
     if _COMPLEX.search(text) is None:
         # Most lists are plain ("a@x, Name <b@y>"): no character scanner needed.
+        if "," not in text:  # one address, the commonest of all: no generator either
+            return (_plain_mailbox(text),) if text.strip(" \t") else ()
         return tuple(_plain_mailbox(p) for p in text.split(",") if p.strip(" \t"))
     return tuple(_mailbox(p) for p in _split(text) if p.strip(" \t"))
 
@@ -273,14 +275,18 @@ def _parse_list(text: str) -> tuple[Address, ...]:
 _parse_short = lru_cache(maxsize=8192)(_parse_list)
 
 
+def _parsed(text: str) -> tuple[Address, ...]:
+    return _parse_short(text) if len(text) <= 320 else _parse_list(text)
+
+
 def parse_address_list(text: str) -> list[Address]:
     """Parse an RFC 5322 address list; empty elements (``"a@x, , b@x"``) are skipped."""
-    return list(_parse_short(text) if len(text) <= 320 else _parse_list(text))
+    return list(_parsed(text))
 
 
 def parse_address(text: str) -> Address:
     """Parse a string holding exactly one address."""
-    found = parse_address_list(text)
+    found = _parsed(text)
     if len(found) != 1:
         detail = "exactly one address is required" if found else None
         raise AddressError(text.strip(), detail)
@@ -355,20 +361,21 @@ def address_list_field(entry: dict[str, Any], name: str) -> list[Address]:
         return []
     if isinstance(value, str):
         try:
-            return parse_address_list(value)
+            return list(_parsed(value))
         except AddressError as exc:
             _reject_address(name, exc)
     if not isinstance(value, list):
         _reject(name, f"must be a string or an array of strings, not {json_type(value)}")
     out: list[Address] = []
     for index, item in enumerate(value):
-        field = f"{name}[{index}]"
+        # The field path ("to[1]") is only spelled out for a rejection: this runs for
+        # every recipient of every message of a batch.
         if not isinstance(item, str):
-            _reject(field, f"must be a string, not {json_type(item)}")
+            _reject(f"{name}[{index}]", f"must be a string, not {json_type(item)}")
         try:
-            out.extend(parse_address_list(item))
+            out += _parsed(item)
         except AddressError as exc:
-            _reject_address(field, exc)
+            _reject_address(f"{name}[{index}]", exc)
     return out
 
 

@@ -6,8 +6,11 @@ The write goes through ``store.grouped`` so that concurrent requests share one c
 
 from __future__ import annotations
 
+import gc
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from mail_proxy.errors import BadRequest, FieldError, Forbidden, MailProxyError, ValidationFailed
@@ -25,6 +28,32 @@ TOP_LEVEL = frozenset({"messages", "default_priority", "tenant_id"})
 # A tenant's configuration is re-read at most this often on the enqueue hot path; a
 # deactivated tenant or a deleted account is therefore noticed within this many seconds.
 TENANT_CACHE_SECONDS = 1.0
+
+
+# Below this many messages (or bytes of body) the collector is left alone: see collector_paused.
+PAUSE_GC_FROM = 64
+
+
+@contextmanager
+def collector_paused(size: int) -> Iterator[None]:
+    """Hold off the cyclic garbage collector during one synchronous stretch of work on a
+    big batch (parsing, validating, building rows: never across an ``await``).
+
+    A 1,000-message batch allocates tens of thousands of dicts and lists that all stay
+    alive until the answer is sent. Every 700 allocations the collector scans the young ones
+    again and promotes them, and the promotions soon trigger full collections of the whole
+    heap: measured in-process, that was a third of the time of a 1,000-message request.
+    Nothing here creates reference cycles worth collecting early; reference counting still
+    frees everything as usual, and the collector runs normally once the stretch is over.
+    """
+    if size < PAUSE_GC_FROM or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class QueueFull(MailProxyError):
@@ -139,7 +168,9 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
     ctx = ValidationContext(tenants=tenants, settings=settings, request_tenant_id=request_tenant,
                             key_tenant_id=key_tenant, batch_default_priority=default_priority,
                             now=now())
-    accepted, rejected = validate_batch(entries, ctx, message_id_domain=message_id_domain(settings))
+    with collector_paused(len(entries)):
+        accepted, rejected = validate_batch(entries, ctx,
+                                            message_id_domain=message_id_domain(settings))
     listed = tenant_cache(core).with_suppressions
     if accepted and settings.suppression_enabled and listed & {m.tenant_id for _, m in accepted}:
         accepted = await _drop_suppressed(core, accepted, rejected)
@@ -154,8 +185,15 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
         if audit is not None and settings.command_log_enabled:
             log_row = {"actor": principal.actor, "endpoint": audit,
                        "tenant_id": key_tenant or request_tenant, "payload": body}
+        # Rows are built before the shared transaction is entered: JSON encoding and
+        # encryption are CPU work on the loop, and the writer (and every request grouped
+        # with this one) should not wait for them.
+        t = now()
+        with collector_paused(len(accepted)):
+            rows = [_row(m, t, pec_accounts.get((m.tenant_id, m.account_id), False),
+                         core.keyring) for _, m in accepted]
         stored, late = await core.store.grouped(
-            lambda tx: _store(tx, core, accepted, pec_accounts, rejected, log_row))
+            lambda tx: _store(tx, accepted, rows, rejected, log_row))
         rejected.extend(late)
         rejected.sort(key=lambda r: r["index"])
     if stored:
@@ -217,6 +255,11 @@ async def _drop_suppressed(core: Core, accepted: list[tuple[int, ValidMessage]],
     return kept
 
 
+# json.dumps with keyword arguments builds a new encoder on every call; one encoder with the
+# same options gives the same text.
+_encode_payload = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _row(m: ValidMessage, t: int, is_pec: bool, keyring: Any) -> dict[str, Any]:
     payload = m.payload
     if m.has_secrets:
@@ -230,27 +273,44 @@ def _row(m: ValidMessage, t: int, is_pec: bool, keyring: Any) -> dict[str, Any]:
             "batch_code": m.batch_code, "deferred_ts": m.deferred_ts, "now": t,
             "next_attempt_at": m.deferred_ts if deferred else t,
             "smtp_message_id": m.smtp_message_id, "is_pec": is_pec,
-            "has_secrets": m.has_secrets,
-            "payload": json.dumps(payload, separators=(",", ":"), ensure_ascii=False)}
+            "has_secrets": m.has_secrets, "payload": _encode_payload(payload)}
 
 
-async def _store(tx: Any, core: Core, accepted: list[tuple[int, ValidMessage]],
-                 pec_accounts: dict[tuple[str, str], bool], rejected: list[dict[str, Any]],
-                 log_row: dict[str, Any] | None) -> tuple[int, list[dict[str, Any]]]:
+def _log_values(log_row: dict[str, Any], stored: int, rejected: list[dict[str, Any]]
+                ) -> dict[str, Any]:
+    from mail_proxy.manager.command_log import row_values
+
+    answer = {"ok": True, "queued": stored, "rejected": sorted(rejected, key=lambda r: r["index"])}
+    return row_values(response_status=200, response_body=answer, **log_row)
+
+
+async def _store(tx: Any, accepted: list[tuple[int, ValidMessage]], rows: list[dict[str, Any]],
+                 rejected: list[dict[str, Any]], log_row: dict[str, Any] | None
+                 ) -> tuple[int, list[dict[str, Any]]]:
     """Insert new messages, replace resubmitted ones (T3), refuse processed ones, and
-    write the command-log row of the request when asked to."""
-    t = now()
-    by_tenant: dict[str, list[tuple[int, ValidMessage]]] = {}
-    for index, m in accepted:
-        by_tenant.setdefault(m.tenant_id, []).append((index, m))
+    write the command-log row of the request when asked to.
+
+    ``rows[i]`` is the row of ``accepted[i]``. Almost every enqueue carries only new ids, so
+    that case is tried first: every row inserted at once with the command-log row, in one
+    statement batch, without reading anything. A unique conflict undoes that attempt (under
+    its own savepoint) and the general path below decides message by message.
+    """
+    if await tx.insert_all("message_insert", rows, *(
+            ("command_log_insert", _log_values(log_row, len(rows), rejected))
+            if log_row is not None else ())):
+        return len(rows), []
+    by_tenant: dict[str, list[int]] = {}
+    for position, (_, m) in enumerate(accepted):
+        by_tenant.setdefault(m.tenant_id, []).append(position)
     inserts: list[dict[str, Any]] = []
     late: list[dict[str, Any]] = []
     stored = 0
-    for tenant_id, items in by_tenant.items():
+    for tenant_id, positions in by_tenant.items():
         existing = {r["id"]: r for r in await tx.fetch(
-            "message_statuses", tenant_id=tenant_id, ids=[m.id for _, m in items])}
-        for index, m in items:
-            row = _row(m, t, pec_accounts.get((m.tenant_id, m.account_id), False), core.keyring)
+            "message_statuses", tenant_id=tenant_id, ids=[accepted[i][1].id for i in positions])}
+        for position in positions:
+            index, m = accepted[position]
+            row = rows[position]
             old = existing.get(m.id)
             if old is None:
                 inserts.append(row)
@@ -258,7 +318,7 @@ async def _store(tx: Any, core: Core, accepted: list[tuple[int, ValidMessage]],
             elif old["status"] in ("queued", "deferred", "cancelled"):
                 await tx.execute("message_replace", pk=old["pk"], **row)
                 await tx.execute("event_insert", message_pk=old["pk"], tenant_id=tenant_id,
-                                 event_type="queued", now=t, description=None,
+                                 event_type="queued", now=row["now"], description=None,
                                  metadata=json.dumps({"cause": "resubmitted"}), reportable=False)
                 stored += 1
             else:
@@ -267,10 +327,5 @@ async def _store(tx: Any, core: Core, accepted: list[tuple[int, ValidMessage]],
                                        f"(status {old['status']})"})
     await tx.executemany("message_insert", inserts)
     if log_row is not None and stored:
-        from mail_proxy.manager.command_log import row_values
-
-        answer = {"ok": True, "queued": stored,
-                  "rejected": sorted(rejected + late, key=lambda r: r["index"])}
-        await tx.execute("command_log_insert", **row_values(
-            response_status=200, response_body=answer, **log_row))
+        await tx.execute("command_log_insert", **_log_values(log_row, stored, rejected + late))
     return stored, late

@@ -30,6 +30,11 @@ class Transaction(Protocol):
         """Run ``query`` and, when it changed a row, ``then``; returns the first count."""
         ...
 
+    async def insert_all(self, query: str, rows: list[dict[str, Any]], then: str | None = None,
+                         then_params: dict[str, Any] | None = None) -> bool:
+        """Every row or none (False on a unique conflict, nothing written); then ``then``."""
+        ...
+
 
 class Store(Protocol):
     backend: str  # "sqlite" | "postgresql"

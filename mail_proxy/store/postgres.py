@@ -169,6 +169,32 @@ class _Conn:
         except Exception as exc:
             raise _translate(exc) from exc
 
+    async def insert_all(self, query: str, rows: list[dict[str, Any]],
+                         then: str | None = None,
+                         then_params: dict[str, Any] | None = None) -> bool:
+        """Insert every row, or none of them: False, with nothing written, when one row
+        breaks a unique constraint; otherwise run ``then`` too and return True.
+
+        Under a savepoint, so a conflict leaves the surrounding transaction usable. Enqueue
+        uses it to skip reading which ids exist in the common case (all new).
+        """
+        savepoint = self._conn.transaction()
+        await savepoint.start()
+        try:
+            try:
+                await self.executemany(query, rows)
+            except UniqueViolation:
+                await savepoint.rollback()
+                return False
+            if then is not None:
+                await self.execute(then, **(then_params or {}))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await savepoint.rollback()
+            raise
+        await savepoint.commit()
+        return True
+
 
 class PostgresStore:
     backend = "postgresql"

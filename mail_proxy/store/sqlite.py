@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,8 +27,18 @@ PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL",
            "PRAGMA foreign_keys = ON", "PRAGMA busy_timeout = 5000")
 
 
+_JSON_TYPES = (list, dict, tuple)
+
+
 def _params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: json.dumps(v) if isinstance(v, list | dict | tuple) else v
+    # Most rows hold only scalars (an enqueue of 1,000 messages converts 1,000 of them):
+    # hand those to sqlite3 as they are instead of copying every row.
+    for value in params.values():
+        if isinstance(value, _JSON_TYPES):
+            break
+    else:
+        return params
+    return {k: json.dumps(v) if isinstance(v, _JSON_TYPES) else v
             for k, v in params.items()}
 
 
@@ -71,7 +81,10 @@ class _Conn:
     def defer(self, sql: str) -> None:
         self._pending.append(sql)
 
-    async def _with_pending(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the connection's thread after the deferred statements: one
+        hand-off per call, whatever the call (aiosqlite's own ``execute`` takes a second one
+        to close the cursor)."""
         pending, self._pending = self._pending, []
 
         def run() -> T:
@@ -80,18 +93,14 @@ class _Conn:
                 raw.execute(sql)
             return fn(raw)
 
-        return await self._conn._execute(run)
+        try:
+            return await self._conn._execute(run)
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
 
     async def fetch(self, query: str, **params: Any) -> list[dict[str, Any]]:
         sql, values = self._queries[query], _params(params)
-        rows: Iterable[Any]
-        try:
-            if self._pending:
-                rows = await self._with_pending(lambda raw: raw.execute(sql, values).fetchall())
-            else:
-                rows = await self._conn.execute_fetchall(sql, values)
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+        rows = await self._run(lambda raw: raw.execute(sql, values).fetchall())
         return [dict(r) for r in rows]
 
     async def fetch_one(self, query: str, **params: Any) -> dict[str, Any] | None:
@@ -104,15 +113,7 @@ class _Conn:
 
     async def execute(self, query: str, **params: Any) -> int:
         sql, values = self._queries[query], _params(params)
-        try:
-            if self._pending:
-                return await self._with_pending(lambda raw: _rowcount(raw, sql, values))
-            cursor = await self._conn.execute(sql, values)
-            count = cursor.rowcount
-            await cursor.close()
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
-        return count
+        return await self._run(lambda raw: _rowcount(raw, sql, values))
 
     async def execute_then(self, query: str, params: dict[str, Any], then: str,
                            then_params: dict[str, Any]) -> int:
@@ -120,41 +121,71 @@ class _Conn:
         database thread for both (the dispatcher records every outcome this way)."""
         sql, values = self._queries[query], _params(params)
         sql2, values2 = self._queries[then], _params(then_params)
-        pending, self._pending = self._pending, []
 
         def run(raw: sqlite3.Connection) -> int:
-            for statement in pending:
-                raw.execute(statement)
             count = _rowcount(raw, sql, values)
             if count:
                 raw.execute(sql2, values2).close()
             return count
 
-        try:
-            return await self._conn._execute(run, self._conn._conn)
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+        return await self._run(run)
 
     async def executemany(self, query: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         sql, values = self._queries[query], [_params(r) for r in rows]
-        try:
-            if self._pending:
-                await self._with_pending(lambda raw: raw.executemany(sql, values).close())
-            else:
-                await self._conn.executemany(sql, values)
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+        await self._run(lambda raw: raw.executemany(sql, values).close())
+
+    async def insert_all(self, query: str, rows: list[dict[str, Any]],
+                         then: str | None = None,
+                         then_params: dict[str, Any] | None = None) -> bool:
+        """Insert every row, or none of them: False, with nothing written, when one row
+        breaks a unique constraint; otherwise run ``then`` too and return True.
+
+        Enqueue inserts new messages this way instead of first asking which ids exist: in
+        the common case (all new) the rows and the command-log row cost one hand-off to
+        the database thread, and nothing is read.
+        """
+        sql, values = self._queries[query], [_params(r) for r in rows]
+        then_sql = self._queries[then] if then is not None else None
+        then_values = _params(then_params or {})
+
+        def run(raw: sqlite3.Connection) -> bool:
+            raw.execute("SAVEPOINT insert_all")
+            try:
+                try:
+                    if values:
+                        raw.executemany(sql, values).close()
+                except sqlite3.IntegrityError as exc:
+                    if "UNIQUE" not in str(exc):
+                        raise
+                    fresh = False  # some rows were inserted before the conflict: undone below
+                else:
+                    fresh = True
+                    if then_sql is not None:
+                        raw.execute(then_sql, then_values).close()
+            except BaseException:
+                _undo_savepoint(raw, "insert_all")
+                raise
+            if not fresh:
+                raw.execute("ROLLBACK TO insert_all")
+            raw.execute("RELEASE insert_all")
+            return fresh
+
+        return await self._run(run)
 
     async def raw(self, sql: str) -> None:
-        try:
-            if self._pending:
-                await self._with_pending(lambda raw: raw.execute(sql).close())
-            else:
-                await self._conn.execute(sql)
-        except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+        await self._run(lambda raw: raw.execute(sql).close())
+
+
+def _undo_savepoint(raw: sqlite3.Connection, name: str) -> None:
+    """Roll back and drop a savepoint after an error; the error itself is what counts, so a
+    failure here (SQLite may already have rolled the whole transaction back) is ignored."""
+    try:
+        raw.execute(f"ROLLBACK TO {name}")
+        raw.execute(f"RELEASE {name}")
+    except sqlite3.Error:
+        pass
 
 
 def _rowcount(raw: sqlite3.Connection, sql: str, values: dict[str, Any]) -> int:

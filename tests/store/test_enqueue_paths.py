@@ -1,0 +1,111 @@
+"""The two write paths of add-messages, on SQLite and PostgreSQL.
+
+Enqueue first tries to insert every message at once (``insert_all``: all new ids, the
+common case); a unique conflict undoes that attempt and the general path decides message by
+message (replace a resubmitted one, refuse a processed one). Both must give the same rows,
+the same answer and one command-log row.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mail_proxy.manager.core import ADMIN, Core, now
+from mail_proxy.manager.enqueue import add_messages
+from tests.support import factories as f
+
+AUDIT = "POST /commands/add-messages"
+
+
+async def _send(core: Core, *msgs: dict[str, Any]) -> dict[str, Any]:
+    answer = await add_messages(core, {"tenant_id": "acme", "messages": list(msgs)}, ADMIN,
+                                audit=AUDIT)
+    answer.pop("_recorded", None)
+    return answer
+
+
+async def _log(core: Core) -> list[dict[str, Any]]:
+    return await core.store.fetch("command_log_page", after_id=0, tenant_id=None, since=None,
+                                  until=None, endpoint=None, limit=100)
+
+
+async def _claim(core: Core) -> list[dict[str, Any]]:
+    """Move every queued message of acme/main to 'sending' (a processed status)."""
+    async with core.store.transaction() as tx:
+        return await tx.fetch("claim_account", me="test:1", now=now(), lease=60,
+                              tenant_id="acme", account_id="main", suspended=[], n=100)
+
+
+def _row(i: int, **fields: Any) -> dict[str, Any]:
+    row = {"tenant_id": "acme", "id": f"r-{i}", "account_id": "main", "status": "queued",
+           "priority": 2, "batch_code": None, "deferred_ts": None, "now": 1,
+           "next_attempt_at": 1, "smtp_message_id": f"<{i}@x.test>", "is_pec": 0,
+           "has_secrets": 0, "payload": "{}"}
+    row.update(fields)
+    return row
+
+
+async def test_insert_all_writes_everything_or_nothing(core) -> None:
+    await f.tenant(core)
+    await f.account(core, 2525)
+    log = {"command_ts": 1, "actor": "admin", "endpoint": AUDIT, "tenant_id": "acme",
+           "payload": "{}", "response_status": 200, "response_body": "{}"}
+    async with core.store.transaction() as tx:
+        assert await tx.insert_all("message_insert", [_row(1), _row(2)],
+                                   "command_log_insert", log) is True
+    async with core.store.transaction() as tx:
+        # r-3 is new but r-2 exists: nothing of this call may remain, and the transaction
+        # must still be usable afterwards.
+        assert await tx.insert_all("message_insert", [_row(3), _row(2)],
+                                   "command_log_insert", log) is False
+        assert await tx.insert_all("message_insert", [_row(4)]) is True
+    ids = {r["id"] for r in await core.store.fetch(
+        "message_statuses", tenant_id="acme", ids=["r-1", "r-2", "r-3", "r-4"])}
+    assert ids == {"r-1", "r-2", "r-4"}
+    assert len(await _log(core)) == 1
+
+
+async def test_all_new_messages_take_one_insert_with_the_log_row(core) -> None:
+    await f.tenant(core)
+    await f.account(core, 2525)
+    answer = await _send(core, *[f.message(i) for i in range(3)], {"id": "bad"})
+    assert answer["queued"] == 3
+    assert [r["code"] for r in answer["rejected"]] == ["missing_field"]
+    rows = await _log(core)
+    assert len(rows) == 1
+    assert json.loads(rows[0]["response_body"]) == answer
+
+
+async def test_resubmission_and_processed_ids_take_the_general_path(core) -> None:
+    await f.tenant(core)
+    await f.account(core, 2525)
+    await _send(core, f.message(0))
+    assert [r["id"] for r in await _claim(core)] == ["m-0"]  # m-0 is now being sent
+    await _send(core, f.message(1, subject="first"))
+    answer = await _send(core, f.message(0), f.message(1, subject="second"), f.message(2))
+    assert answer["queued"] == 2
+    assert [(r["index"], r["code"]) for r in answer["rejected"]] == [(0, "already_processed")]
+    m1 = await core.store.fetch_one("message_get", tenant_id="acme", id="m-1")
+    assert m1 is not None and json.loads(m1["payload"])["subject"] == "second"
+    events = await core.store.fetch("message_events", pk=m1["pk"])
+    assert [json.loads(e["metadata"] or "{}").get("cause") for e in events
+            if e["event_type"] == "queued"] == ["resubmitted"]
+    assert await core.store.fetch_one("message_get", tenant_id="acme", id="m-2") is not None
+    last = (await _log(core))[-1]
+    assert json.loads(last["response_body"]) == answer
+    assert len(await _log(core)) == 3  # one row per request, never two
+
+
+async def test_duplicate_ids_across_grouped_requests(core) -> None:
+    """Two concurrent requests with the same id share one transaction on SQLite: the second
+    finds the first's uncommitted row and replaces it, as it would one request later."""
+    import asyncio
+
+    await f.tenant(core)
+    await f.account(core, 2525)
+    first, second = await asyncio.gather(_send(core, f.message(5, subject="a")),
+                                         _send(core, f.message(5, subject="b")))
+    assert first["queued"] == second["queued"] == 1
+    rows = await core.store.fetch("message_statuses", tenant_id="acme", ids=["m-5"])
+    assert len(rows) == 1
