@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import logging.handlers
 import os
@@ -153,6 +154,10 @@ class Worker:
             self.tasks.append(asyncio.create_task(self.reporter.run(), name="reporter"))
         if os.environ.get("MAIL_PROXY_SUPERVISOR_PID"):
             self.tasks.append(asyncio.create_task(self._watch_parent(), name="parent"))
+        # Everything loaded so far (modules, app, caches) lives as long as the worker: keep
+        # it out of the collector's full passes, which otherwise rescan it on busy hours.
+        gc.collect()
+        gc.freeze()
         log.info("mail-proxy %s worker %s listening on http://%s:%s (database %s)",
                  __version__, self.owner, cfg.host, cfg.port, core.store.backend)
 
