@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mail_proxy.manager.core import now
+from mail_proxy.store.base import Step
 from mail_proxy.store.errors import StoreUnavailable
 
 log = logging.getLogger("mail_proxy.delivery")
@@ -21,6 +22,8 @@ log = logging.getLogger("mail_proxy.delivery")
 # would turn a delivered message into a "failure" that is retried and delivered twice.
 WRITE_RETRY_FIRST = 1.0
 WRITE_RETRY_MAX = 30.0
+# Outcomes written in one hand-off at most (keeps one group's transaction short).
+MAX_BATCH = 200
 
 
 @dataclass(frozen=True)
@@ -60,30 +63,36 @@ class Claimed:
 
 
 class Recorder:
+    """Writes outcomes; those arriving while a write is in flight go out together.
+
+    Each outcome is a conditional update plus (when it matched) its event row. Outcomes that
+    pile up while the previous batch is being written are sent to the database thread in one
+    hand-off and one group commit, instead of one hand-off each.
+    """
+
     def __init__(self, store: Any, owner: str) -> None:
         self.store = store
         self.owner = owner
+        self._queue: list[tuple[Step, asyncio.Future[int]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def _write(self, msg: Claimed, query: str, params: dict[str, Any],
                      event: tuple[str, str | None, dict[str, Any]] | None,
                      reportable: bool) -> bool:
         t = params.setdefault("now", now())
         update = {"pk": msg.pk, "me": self.owner, **params}
-
-        async def work(tx: Any) -> bool:
-            if event is None:
-                return bool(await tx.execute(query, **update))
+        step: Step = (query, update, None, None)
+        if event is not None:
             kind, description, metadata = event
             # the event only when the conditional update matched: our lease still held
-            return bool(await tx.execute_then(query, update, "event_insert", {
+            step = (query, update, "event_insert", {
                 "message_pk": msg.pk, "tenant_id": msg.tenant_id, "event_type": kind,
                 "now": t, "description": description, "metadata": json.dumps(metadata),
-                "reportable": reportable}))
-
+                "reportable": reportable})
         delay = WRITE_RETRY_FIRST
         while True:
             try:
-                done = await self.store.grouped(work)
+                done = await self._submit(step)
                 break
             except StoreUnavailable as exc:
                 log.warning("cannot record %s of %s/%s (%s); retrying in %.0f s", query,
@@ -94,6 +103,46 @@ class Recorder:
             log.warning("lease_lost: message %s/%s was recovered by another worker",
                         msg.tenant_id, msg.id)
         return bool(done)
+
+    def _submit(self, step: Step) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append((step, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued())
+        return future
+
+    async def _write_queued(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            if len(batch) == 1:
+                await self._write_one(*batch[0])
+                continue
+            steps = [step for step, _ in batch]
+            try:
+                counts = await self.store.grouped(
+                    lambda tx, steps=steps: tx.execute_then_many(steps))
+            except StoreUnavailable as exc:  # the database itself: every caller retries
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except Exception:
+                for step, future in batch:  # one bad step must not fail the others
+                    await self._write_one(step, future)
+                continue
+            for (_, future), count in zip(batch, counts, strict=True):
+                if not future.done():
+                    future.set_result(count)
+
+    async def _write_one(self, step: Step, future: asyncio.Future[int]) -> None:
+        try:
+            [count] = await self.store.grouped(lambda tx: tx.execute_then_many([step]))
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+        else:
+            if not future.done():
+                future.set_result(count)
 
     async def sent(self, msg: Claimed, *, smtp_code: int, accepted: int,
                    refused: list[dict[str, Any]], reportable: bool,

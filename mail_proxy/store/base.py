@@ -15,6 +15,10 @@ Row = dict[str, Any]
 T = TypeVar("T")
 
 
+# query, its parameters, and what to run when it changed a row (None: nothing)
+Step = tuple[str, dict[str, Any], str | None, dict[str, Any] | None]
+
+
 class Transaction(Protocol):
     async def fetch(self, query: str, **params: Any) -> list[Row]: ...
     async def fetch_one(self, query: str, **params: Any) -> Row | None: ...
@@ -28,6 +32,10 @@ class Transaction(Protocol):
     async def execute_then(self, query: str, params: dict[str, Any], then: str,
                            then_params: dict[str, Any]) -> int:
         """Run ``query`` and, when it changed a row, ``then``; returns the first count."""
+        ...
+
+    async def execute_then_many(self, steps: list[Step]) -> list[int]:
+        """Each step as :meth:`execute_then`, in order; returns the first counts."""
         ...
 
     async def insert_all(self, query: str, rows: list[dict[str, Any]], then: str | None = None,

@@ -27,6 +27,7 @@ import asyncpg
 
 from mail_proxy.errors import SchemaTooNew
 from mail_proxy.store import queries as named
+from mail_proxy.store.base import Step
 from mail_proxy.store.errors import StoreUnavailable, UniqueViolation
 
 T = TypeVar("T")
@@ -158,6 +159,16 @@ class _Conn:
         if count:
             await self.execute(then, **then_params)
         return count
+
+    async def execute_then_many(self, steps: list[Step]) -> list[int]:
+        """:meth:`execute_then` for several steps (``then`` may be None)."""
+        counts = []
+        for query, params, then, then_params in steps:
+            count = await self.execute(query, **params)
+            if count and then is not None:
+                await self.execute(then, **(then_params or {}))
+            counts.append(count)
+        return counts
 
     async def executemany(self, query: str, rows: list[dict[str, Any]]) -> None:
         if not rows:

@@ -69,6 +69,26 @@ async def test_grouped_isolates_a_failing_caller(core) -> None:
     assert row["suspended_batches"] == '["b1"]'
 
 
+async def test_execute_then_many_runs_then_only_where_a_row_changed(core) -> None:
+    await f.tenant(core)
+    await f.account(core, 2525)
+    await f.enqueue(core, f.message(1))
+    pk = (await core.store.fetch("message_statuses", tenant_id="acme", ids=["m-1"]))[0]["pk"]
+    event = {"message_pk": pk, "tenant_id": "acme", "event_type": "sent", "now": 7,
+             "description": None, "metadata": "{}", "reportable": False}
+    steps = [
+        ("tenant_set_suspended", {"id": "acme", "suspended_batches": ["b"], "now": 5},
+         "event_insert", event),
+        ("tenant_set_suspended", {"id": "nobody", "suspended_batches": [], "now": 5},
+         "event_insert", {**event, "event_type": "error"}),
+        ("tenant_set_suspended", {"id": "acme", "suspended_batches": [], "now": 6}, None, None),
+    ]
+    async with core.store.transaction() as tx:
+        assert await tx.execute_then_many(steps) == [1, 0, 1]
+    events = await core.store.fetch("message_events", pk=pk)
+    assert [e["event_type"] for e in events if e["event_ts"] == 7] == ["sent"]
+
+
 async def test_enqueue_send_and_record_outcomes(core, smtp_server) -> None:
     await f.tenant(core)
     await f.account(core, smtp_server.port)

@@ -109,3 +109,70 @@ async def test_duplicate_ids_across_grouped_requests(core) -> None:
     assert first["queued"] == second["queued"] == 1
     rows = await core.store.fetch("message_statuses", tenant_id="acme", ids=["m-5"])
     assert len(rows) == 1
+
+
+async def test_insert_all_of_many_rows_keeps_order_and_values(core) -> None:
+    """1,300 rows: several statements on SQLite (multi-row INSERTs of up to 512 rows)."""
+    await f.tenant(core)
+    await f.account(core, 2525)
+    rows = [_row(i, now=100 + i, next_attempt_at=200 + i, priority=i % 4,
+                 batch_code=None if i % 3 else f"b{i}", payload=json.dumps({"n": i}))
+            for i in range(1300)]
+    async with core.store.transaction() as tx:
+        assert await tx.insert_all("message_insert", rows) is True
+    ids = [r["id"] for r in rows]
+    stored = {r["id"]: r for r in await core.store.fetch("message_statuses", tenant_id="acme",
+                                                           ids=ids)}
+    assert len(stored) == 1300
+    pks = [stored[i]["pk"] for i in ids]
+    assert pks == sorted(pks)  # inserted in the order given: FIFO position follows it
+    for i in (0, 511, 512, 1023, 1299):
+        got = await core.store.fetch_one("message_get", tenant_id="acme", id=f"r-{i}")
+        assert got is not None
+        assert (got["created_at"], got["updated_at"], got["next_attempt_at"], got["priority"],
+                got["batch_code"], json.loads(got["payload"])) == (
+            100 + i, 100 + i, 200 + i, i % 4, None if i % 3 else f"b{i}", {"n": i})
+
+
+async def test_insert_all_conflict_in_a_late_statement_undoes_everything(core) -> None:
+    await f.tenant(core)
+    await f.account(core, 2525)
+    async with core.store.transaction() as tx:
+        assert await tx.insert_all("message_insert", [_row(2000)]) is True
+    rows = [_row(i) for i in range(700)] + [_row(2000)]
+    async with core.store.transaction() as tx:
+        assert await tx.insert_all("message_insert", rows) is False
+    left = await core.store.fetch("message_statuses", tenant_id="acme",
+                                  ids=[r["id"] for r in rows])
+    assert [r["id"] for r in left] == ["r-2000"]
+
+
+def test_multi_row_insert_stays_under_a_low_variable_limit() -> None:
+    """SQLite may be built with SQLITE_MAX_VARIABLE_NUMBER = 999 (the default before 3.32):
+    statements must then carry fewer rows."""
+    import sqlite3
+
+    from mail_proxy.store import queries
+    from mail_proxy.store.sqlite import _multi_row
+
+    multi = _multi_row(queries.load("sqlite")["message_insert"])
+    assert multi is not None
+    raw = sqlite3.connect(":memory:")
+    raw.execute("CREATE TABLE messages (pk INTEGER PRIMARY KEY, tenant_id, id, account_id,"
+                " status, priority, batch_code, deferred_ts, created_at, updated_at,"
+                " next_attempt_at, attempts, smtp_message_id, is_pec, has_secrets, payload)")
+    raw.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)  # 7 rows of 14 parameters
+    multi.run(raw, [_row(i) for i in range(50)])
+    assert [r[0] for r in raw.execute("SELECT id FROM messages ORDER BY pk")] == [
+        f"r-{i}" for i in range(50)]
+    assert raw.execute("SELECT count(*) FROM messages WHERE attempts = 0"
+                       " AND created_at = updated_at").fetchone() == (50,)
+
+
+def test_only_plain_single_row_inserts_are_rewritten() -> None:
+    from mail_proxy.store.sqlite import _multi_row
+
+    assert _multi_row("INSERT INTO t (a, b) VALUES (:a, :b)") is not None
+    assert _multi_row("INSERT INTO t (a) VALUES (:a) ON CONFLICT DO NOTHING") is None
+    assert _multi_row("INSERT INTO t (a) SELECT :a") is None
+    assert _multi_row("INSERT INTO t (a) VALUES (:a) RETURNING pk") is None
