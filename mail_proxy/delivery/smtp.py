@@ -17,13 +17,13 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiosmtplib
 
 from mail_proxy.delivery import classify as c
-from mail_proxy.delivery.smtp_channel import SmtpChannel
+from mail_proxy.delivery.smtp_channel import SendResult, SmtpChannel
 from mail_proxy.delivery.tls import context_for, warn_insecure
 from mail_proxy.errors import DeliveryFailure, PermanentFailure, TransientFailure
 
@@ -35,6 +35,7 @@ _RSET_TIMEOUT = 5.0
 _QUIT_TIMEOUT = 2.0
 # Failures after which the session state is unknown: never reuse the connection.
 _BROKEN_CODES = frozenset({"timeout", "connection_failed", "throttled"})
+__all__ = ["SendResult", "SmtpPools", "SmtpTarget"]
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,6 @@ class SmtpTarget:
                   else hashlib.sha256(self.password.encode("utf-8")).hexdigest())
         return (self.tenant_id, self.account_id, self.host, self.port, self.user, digest,
                 self.tls_mode, self.tls_verify, self.tls_ca_file)
-
-
-@dataclass
-class SendResult:
-    accepted: list[str]
-    refused: list[dict[str, Any]] = field(default_factory=list)
-    smtp_code: int = 250
 
 
 class _Conn:
@@ -197,16 +191,13 @@ class SmtpPools:
                     self._drop_handed(pool, conn)
                 raise
             reusable = True
-            return SendResult(accepted=outcome.accepted, refused=outcome.refused,
-                              smtp_code=outcome.smtp_code)
+            return outcome
         except DeliveryFailure as failure:
             if not over and failure.code not in _BROKEN_CODES and channel.is_connected:
                 reusable = await self._rset(conn)  # end the half-done transaction
             raise
         finally:
             if not handed:
-                if reusable and not channel.is_connected:
-                    reusable = False
                 self._release(pool, conn, reusable=reusable)
 
     def stats(self) -> dict[tuple[str, str], dict[str, int]]:

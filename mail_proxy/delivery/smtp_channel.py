@@ -58,7 +58,7 @@ class Pending:
 
 
 @dataclass
-class Outcome:
+class SendResult:
     """Per-recipient result of one transaction that reached the end of DATA."""
 
     accepted: list[str]
@@ -149,17 +149,13 @@ class SmtpChannel(asyncio.Protocol):
         [reply] = self._send(line + b"\r\n", 1)
         return await reply
 
-    async def transaction(self, mail_from: str, rcpts: list[str], data: bytes) -> Outcome:
-        """A whole transaction: :meth:`begin`, then :meth:`finish`."""
-        return await self.finish(await self.begin(mail_from, rcpts, data))
-
-    async def finish(self, pending: Pending) -> Outcome:
+    async def finish(self, pending: Pending) -> SendResult:
         """Wait for the reply to the end of the message."""
         final = await pending.final
         if final.code != 250:
             raise c.reply_failure(c.DATA, final.code, final.message, refused=pending.refused)
-        return Outcome(accepted=pending.accepted, refused=pending.refused,
-                       smtp_code=final.code)
+        return SendResult(accepted=pending.accepted, refused=pending.refused,
+                          smtp_code=final.code)
 
     async def begin(self, mail_from: str, rcpts: list[str], data: bytes) -> Pending:
         """MAIL, RCPT..., DATA and the message, up to the wait for the final reply.
