@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.integration.test_engine_audit_helpers import make, message, settle
+from tests.integration.test_engine_audit_helpers import deliver, message
 from tests.support import factories as f
 from tests.support.smtp_server import RecordingSmtpServer
 
@@ -32,11 +32,7 @@ async def one(core: Any, port: int, **account: Any) -> dict[str, Any]:
     await f.tenant(core)
     await f.account(core, port, **account)
     await f.enqueue(core, f.message(1))
-    d = make(core, connect_timeout=1, send_timeout=1)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core, connect_timeout=1, send_timeout=1)
     return await message(core, "m-1")
 
 
@@ -115,11 +111,7 @@ async def test_slow_end_of_data_is_bounded_by_the_send_timeout(core) -> None:
         await f.tenant(core)
         await f.account(core, srv.port)
         await f.enqueue(core, f.message(1))
-        d = make(core, connect_timeout=1, send_timeout=5)
-        try:
-            await settle(d)
-        finally:
-            await d.smtp.close()
+        await deliver(core, connect_timeout=1, send_timeout=5)
     msg = await message(core, "m-1")
     assert msg["status"] == "sent", msg["last_error"]
 
@@ -173,11 +165,7 @@ async def test_legacy_use_tls_maps_to_starttls_and_delivers_over_tls(
         answer = await f.enqueue(core, f.message(1, account_id="main"),
                                  f.message(2, account_id="plain"))
         assert answer["queued"] == 2
-        d = make(core)
-        try:
-            await settle(d)
-        finally:
-            await d.smtp.close()
+        await deliver(core)
         by_id = {m.data.split(b"X-Mail-Proxy-ID: ")[1].split(b"\r\n")[0]: m
                  for m in srv.messages}
     assert by_id[b"m-1"].tls is True

@@ -39,6 +39,15 @@ async def settle(d: Dispatcher, timeout: float = 10.0) -> None:
         await asyncio.gather(*list(d.sender._background))
 
 
+async def deliver(core: Core, **pool_timeouts: float) -> None:
+    """A fresh dispatcher runs until nothing is left to do, then closes its connections."""
+    d = make(core, **pool_timeouts)
+    try:
+        await settle(d)
+    finally:
+        await d.smtp.close()
+
+
 async def message(core: Core, message_id: str, tenant_id: str = "acme") -> dict[str, Any]:
     return await get_message(core, tenant_id, message_id)
 

@@ -12,6 +12,7 @@ import pytest
 from mail_proxy.manager import accounts, tenants
 from mail_proxy.manager.core import ADMIN
 from tests.integration.test_engine_audit_helpers import (
+    deliver,
     expire_config_cache,
     make,
     message,
@@ -129,11 +130,7 @@ async def test_error_events_are_reportable_for_a_tenant_with_a_sync_url(
     await f.account(core, smtp_server.port)
     smtp_server.script(data="554 5.7.1 Spam detected")
     await f.enqueue(core, f.message(1))
-    d = make(core)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core)
     rows = await read(sqlite_url, "SELECT e.reportable, m.settled_at FROM message_events e "
                                   "JOIN messages m ON m.pk = e.message_pk "
                                   "WHERE e.event_type = 'error'")

@@ -9,6 +9,7 @@ from mail_proxy.delivery.ratelimit import Limits
 from mail_proxy.manager.core import Core
 from mail_proxy.manager.messages import counts
 from tests.integration.test_engine_audit_helpers import (
+    deliver,
     make,
     message,
     now,
@@ -88,11 +89,7 @@ async def test_reject_behaviour_fails_with_rate_limit_exceeded(core, smtp_server
     await f.account(core, smtp_server.port, limit_per_minute=1, limit_behavior="reject")
     await seed_sends(core, 10)
     await f.enqueue(core, f.message(1))
-    d = make(core)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core)
     msg = await message(core, "m-1")
     assert msg["status"] == "error" and msg["attempts"] == 0
     assert msg["last_error_code"] == "rate_limit_exceeded"
@@ -105,11 +102,7 @@ async def test_tenant_limit_never_rejects_even_for_a_reject_account(core, smtp_s
     await f.account(core, smtp_server.port, limit_per_minute=100, limit_behavior="reject")
     await seed_sends(core, 10)
     await f.enqueue(core, f.message(1))
-    d = make(core)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core)
     msg = await message(core, "m-1")
     assert msg["status"] in ("queued", "deferred") and msg["attempts"] == 0
     assert all(e["metadata"]["code"] != "rate_limit_exceeded" for e in msg["events"])
@@ -120,11 +113,7 @@ async def test_reject_account_waits_queued_on_a_full_tenant_window(core, smtp_se
     await f.account(core, smtp_server.port, limit_per_minute=100, limit_behavior="reject")
     await seed_sends(core, 10)
     await f.enqueue(core, f.message(1))
-    d = make(core)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core)
     msg = await message(core, "m-1")
     assert msg["status"] == "queued" and msg["events"] == []
 
@@ -135,11 +124,7 @@ async def test_per_tenant_limit_spans_two_accounts(core, smtp_server) -> None:
     await f.account(core, smtp_server.port, account_id="a2", max_connections=1)
     await f.enqueue(core, *[f.message(f"a1-{i}", account_id="a1") for i in range(3)],
                     *[f.message(f"a2-{i}", account_id="a2") for i in range(3)])
-    d = make(core)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core)
     assert len(smtp_server.messages) == 3
     state = await counts(core, "acme")
     assert state["sent"] == 3 and state["queued"] + state["deferred"] == 3
@@ -155,11 +140,7 @@ async def test_single_worker_waits_at_the_limit_without_deferral_events(
     smtp_server.script(data_delay=0.05)
     ids = [f"m-{i}" for i in range(8)]
     await f.enqueue(core, *[f.message(i) for i in range(8)])
-    d = make(core)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core)
     state = await counts(core, "acme")
     assert state["sent"] == 3
     assert await sent_events(core, ids) == []

@@ -13,7 +13,14 @@ import pytest
 from mail_proxy.delivery.retry import RetryPolicy
 from mail_proxy.errors import TransientFailure
 from mail_proxy.manager.messages import retry_messages
-from tests.integration.test_engine_audit_helpers import make, message, now, settle, spy_data
+from tests.integration.test_engine_audit_helpers import (
+    deliver,
+    make,
+    message,
+    now,
+    settle,
+    spy_data,
+)
 from tests.support import factories as f
 
 pytestmark = pytest.mark.timeout(30)
@@ -109,11 +116,7 @@ async def test_max_message_age_counts_from_deferred_ts(core, smtp_server) -> Non
     smtp_server.script(data="450 4.7.0 Greylisted")
     await f.enqueue(core, f.message(1, deferred_ts=now() + 200))
     await run_now(core, "m-1")
-    d = make(core)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core)
     msg = await message(core, "m-1")
     # deadline = deferred_ts + 100 = now + 300 > now + 250: still retried
     assert msg["status"] == "deferred" and msg["last_error_code"] == "smtp_transient"
@@ -161,11 +164,7 @@ async def test_bcc_only_in_the_envelope(core, smtp_server) -> None:
     await f.account(core, smtp_server.port)
     await f.enqueue(core, f.message(1, to=["Ann <ann@example.com>"], cc=["cc@example.com"],
                                     bcc=["Hidden <hidden@example.com>", "ANN@example.com"]))
-    d = make(core)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core)
     received = smtp_server.messages[0]
     assert received.rcpt_tos == ["ann@example.com", "cc@example.com", "hidden@example.com"]
     parsed = email.message_from_bytes(received.data)

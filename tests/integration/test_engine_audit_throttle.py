@@ -6,6 +6,7 @@ import pytest
 
 from tests.integration.test_engine_audit_helpers import (
     account_row,
+    deliver,
     make,
     message,
     now,
@@ -114,11 +115,7 @@ async def test_one_connection_while_throttled_then_level_steps_down(core, smtp_s
     await sql(core, "UPDATE accounts SET throttle_level = 2, throttle_until = NULL")
     smtp_server.script(data_delay=0.05)
     await f.enqueue(core, *[f.message(i) for i in range(7)])
-    d = make(core)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core)
     assert len(smtp_server.messages) == 7
     assert smtp_server.peak_connections == 1
     # 7 consecutive successes at 3 per step: 2 -> 1 -> 0 (the 7th changes nothing)
@@ -131,11 +128,7 @@ async def test_unthrottled_account_uses_its_connections(core, smtp_server) -> No
     await f.account(core, smtp_server.port, max_connections=3)
     smtp_server.script(data_delay=0.1)
     await f.enqueue(core, *[f.message(i) for i in range(6)])
-    d = make(core)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core)
     assert smtp_server.peak_connections == 3
 
 
@@ -147,11 +140,7 @@ async def test_a_failure_resets_the_recovery_count(core, smtp_server) -> None:
     # order: m-0, m-1 ok, m-2 refused (550), m-3, m-4 ok -> never 3 successes in a row
     smtp_server.script(rcpt={"rcpt2@example.com": "550 5.1.1 User unknown"})
     await f.enqueue(core, *[f.message(i) for i in range(5)])
-    d = make(core)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core)
     assert (await message(core, "m-2"))["last_error_code"] == "all_recipients_refused"
     assert (await account_row(core))["throttle_level"] == 1
 
@@ -162,11 +151,7 @@ async def test_throttle_past_max_message_age_expires(core, smtp_server) -> None:
     await f.account(core, smtp_server.port)
     smtp_server.script(mail="421 4.7.0 Try again later")
     await f.enqueue(core, f.message(1))
-    d = make(core)
-    try:
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await deliver(core)
     msg = await message(core, "m-1")
     assert msg["status"] == "error" and msg["last_error_code"] == "expired"
     assert msg["attempts"] == 0
