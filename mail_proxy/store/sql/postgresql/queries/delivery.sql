@@ -1,14 +1,19 @@
 -- The dispatcher's queries (delivery.md §2, §6, §7; messages.md §6), PostgreSQL twin of
 -- sqlite/queries/delivery.sql: selections that pick rows for an update lock them with
--- FOR UPDATE SKIP LOCKED, and every update re-checks the status it expects.
+-- FOR UPDATE SKIP LOCKED, and every update re-checks the status it expects. A picking
+-- subquery with a LIMIT sits in a MATERIALIZED CTE: inside `pk IN (...)` the planner may run
+-- it more than once, and each run skips the rows the previous one locked, so an update could
+-- take more rows than its LIMIT (a claim of 5 took 7).
 
 -- name: promote_due
+WITH picked AS MATERIALIZED (
+    SELECT pk FROM messages
+     WHERE status = 'deferred' AND next_attempt_at <= :now
+     ORDER BY next_attempt_at LIMIT 10000
+       FOR UPDATE SKIP LOCKED)
 UPDATE messages SET status = 'queued', updated_at = :now
- WHERE pk IN (SELECT pk FROM messages
-               WHERE status = 'deferred' AND next_attempt_at <= :now
-               ORDER BY next_attempt_at LIMIT 10000
-               FOR UPDATE SKIP LOCKED)
-   AND status = 'deferred';
+  FROM picked
+ WHERE messages.pk = picked.pk AND messages.status = 'deferred';
 
 -- name: next_due_at
 SELECT min(next_attempt_at) AS due FROM messages WHERE status = 'deferred';
@@ -23,38 +28,46 @@ SELECT a.tenant_id, a.id AS account_id, t.suspended_batches
                   AND m.account_id = a.id);
 
 -- name: claim_account
+WITH picked AS MATERIALIZED (
+    SELECT pk FROM messages
+     WHERE status = 'queued' AND tenant_id = :tenant_id AND account_id = :account_id
+       AND (batch_code IS NULL
+            OR batch_code <> ALL(:suspended::text[]))
+     ORDER BY priority, created_at, pk
+     LIMIT :n
+       FOR UPDATE SKIP LOCKED)
 UPDATE messages
    SET status = 'sending', lease_owner = :me, lease_expires_at = :now::bigint + :lease::bigint,
        updated_at = :now
- WHERE pk IN (SELECT pk FROM messages
-               WHERE status = 'queued' AND tenant_id = :tenant_id AND account_id = :account_id
-                 AND (batch_code IS NULL
-                      OR batch_code <> ALL(:suspended::text[]))
-               ORDER BY priority, created_at, pk
-               LIMIT :n
-               FOR UPDATE SKIP LOCKED)
-   AND status = 'queued'
-RETURNING pk, id, tenant_id, account_id, priority, batch_code, created_at, deferred_ts,
-          attempts, smtp_message_id, is_pec, has_secrets, payload;
+  FROM picked
+ WHERE messages.pk = picked.pk AND messages.status = 'queued'
+RETURNING messages.pk, messages.id, messages.tenant_id, messages.account_id,
+          messages.priority, messages.batch_code, messages.created_at, messages.deferred_ts,
+          messages.attempts, messages.smtp_message_id, messages.is_pec, messages.has_secrets,
+          messages.payload;
 
 -- name: claim_immediate
+WITH picked AS MATERIALIZED (
+    SELECT m.pk FROM messages m
+      JOIN tenants t ON t.id = m.tenant_id
+      LEFT JOIN accounts a ON a.tenant_id = m.tenant_id AND a.id = m.account_id
+     WHERE m.status = 'queued' AND m.priority = 0 AND t.active
+       AND t.suspended_batches <> '["*"]'
+       AND (m.batch_code IS NULL
+            OR NOT (t.suspended_batches::jsonb ? m.batch_code))
+       AND (a.throttle_until IS NULL OR a.throttle_until <= :now)
+     ORDER BY m.created_at, m.pk
+     LIMIT :n
+       FOR UPDATE OF m SKIP LOCKED)
 UPDATE messages
    SET status = 'sending', lease_owner = :me, lease_expires_at = :now::bigint + :lease::bigint,
        updated_at = :now
- WHERE pk IN (SELECT m.pk FROM messages m
-                JOIN tenants t ON t.id = m.tenant_id
-                LEFT JOIN accounts a ON a.tenant_id = m.tenant_id AND a.id = m.account_id
-               WHERE m.status = 'queued' AND m.priority = 0 AND t.active
-                 AND t.suspended_batches <> '["*"]'
-                 AND (m.batch_code IS NULL
-                      OR NOT (t.suspended_batches::jsonb ? m.batch_code))
-                 AND (a.throttle_until IS NULL OR a.throttle_until <= :now)
-               ORDER BY m.created_at, m.pk
-               LIMIT :n
-               FOR UPDATE OF m SKIP LOCKED)
-   AND status = 'queued'
-RETURNING pk, id, tenant_id, account_id, priority, batch_code, created_at, deferred_ts,
-          attempts, smtp_message_id, is_pec, has_secrets, payload;
+  FROM picked
+ WHERE messages.pk = picked.pk AND messages.status = 'queued'
+RETURNING messages.pk, messages.id, messages.tenant_id, messages.account_id,
+          messages.priority, messages.batch_code, messages.created_at, messages.deferred_ts,
+          messages.attempts, messages.smtp_message_id, messages.is_pec, messages.has_secrets,
+          messages.payload;
 
 -- name: lease_renew
 UPDATE messages SET lease_expires_at = :now::bigint + :lease::bigint, updated_at = :now
