@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -53,6 +54,7 @@ class Metrics:
     def __init__(self, *, version: str, database: str) -> None:
         disable_created_metrics()  # again, in case some other code re-enabled it
         self.registry = r = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, ...], Any] = {}
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
         GCCollector(registry=r)
@@ -139,6 +141,16 @@ class Metrics:
         self._reported_tenants: set[str] = set()
         self._zero_fixed_label_sets()
         self.set_state("running")
+
+    def child(self, name: str, *labels: str) -> Any:
+        """``getattr(self, name).labels(*labels)``, remembered: the dispatcher touches a
+        few children per message, and prometheus-client's lookup takes a lock each time.
+        Children are never removed from our registry, so a remembered one stays live."""
+        key = (name, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = getattr(self, name).labels(*labels)
+        return found
 
     def _zero_fixed_label_sets(self) -> None:
         # Closed label sets are shown from the first scrape so dashboards never see gaps.

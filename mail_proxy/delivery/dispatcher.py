@@ -39,6 +39,12 @@ class Lane:
     def held(self) -> int:
         return len(self.heap) + self.in_flight
 
+    @property
+    def waiting(self) -> int:
+        """Claimed messages not started yet: what ``batch_size`` bounds (in-flight ones
+        are bounded by the account's connections and the worker's send slots)."""
+        return len(self.heap)
+
 
 class Dispatcher:
     def __init__(self, core: Any, *, owner: str, smtp: Any, fetcher: Any | None = None,
@@ -62,6 +68,9 @@ class Dispatcher:
         self._last_recovery = 0.0
         self._next_due: int | None = None
         self._rate_blocked: dict[tuple[str, str], int] = {}
+        self._more_ready = False
+        self._in_cycle = False
+        self._freed: set[tuple[str, str]] = set()  # lanes at low water during a cycle
         self._renewer: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()  # sends whose outcome is being recorded
 
@@ -80,6 +89,9 @@ class Dispatcher:
         backoff = 1.0
         try:
             while not self._stopping:
+                # Cleared before the cycle reads anything: a wake-up during the cycle (a
+                # send freeing capacity, a new message) is not lost, it starts the next one.
+                self._wake.clear()
                 try:
                     claimed = await self.run_once()
                     backoff = 1.0
@@ -87,16 +99,16 @@ class Dispatcher:
                     raise
                 except Exception as exc:  # database down: keep running, retry with backoff
                     log.error("dispatcher cycle failed (%s); retrying in %.0f s", exc, backoff)
+                    self._wake.clear()
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 30.0)
                     continue
-                if claimed == 0:
+                if claimed == 0 or not self._more_ready:
                     await self._sleep(self.core.settings.send_loop_interval)
         finally:
             self._renewer.cancel()
 
     async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
         except TimeoutError:
@@ -104,6 +116,17 @@ class Dispatcher:
 
     async def run_once(self) -> int:
         """One cycle: promotion, recovery when due, immediate pass, fair pass."""
+        self._in_cycle = True
+        try:
+            return await self._cycle()
+        finally:
+            self._in_cycle = False
+            freed, self._freed = self._freed, set()
+            if any(self._low_water(self.lanes[k]) if k in self.lanes else True
+                   for k in freed):
+                self._wake.set()
+
+    async def _cycle(self) -> int:
         settings = self.core.settings
         if not settings.dispatch_enabled or self._stopping:
             return 0
@@ -151,7 +174,10 @@ class Dispatcher:
             if config is None:
                 continue
             lane = self.lanes.get(key)
-            capacity = config.batch_size - (lane.held if lane else 0)
+            waiting = lane.waiting if lane else 0
+            if waiting > config.batch_size // 2:
+                continue  # well stocked: claim again at low water, in one bigger claim
+            capacity = config.batch_size - waiting
             if capacity <= 0:
                 continue
             # reject accounts: only the tenant's windows (always defer) are pre-checked
@@ -169,16 +195,19 @@ class Dispatcher:
                         continue
             suspended = json.loads(row["suspended_batches"] or "[]")
             plan.append((key[0], key[1], capacity, suspended))
-        claimed: list[Claimed] = []
-        async with store.transaction() as tx:
-            rows = await tx.fetch("claim_immediate", me=self.owner, now=t,
-                                  lease=settings.lease_seconds, n=settings.immediate_batch_size)
-            for tenant_id, account_id, n, suspended in plan:
-                rows += await tx.fetch("claim_account", me=self.owner, now=t,
-                                       lease=settings.lease_seconds, tenant_id=tenant_id,
-                                       account_id=account_id, n=n, suspended=suspended)
-        claimed = [Claimed.from_row(r) for r in rows]
-        return claimed
+        lease = settings.lease_seconds
+        calls = [("claim_immediate", {"me": self.owner, "now": t, "lease": lease,
+                                      "n": settings.immediate_batch_size})]
+        calls += [("claim_account", {"me": self.owner, "now": t, "lease": lease,
+                                     "tenant_id": tenant_id, "account_id": account_id, "n": n,
+                                     "suspended": suspended})
+                  for tenant_id, account_id, n, suspended in plan]
+        found = await store.apply_fetches(calls)  # one transaction, one commit
+        # A full immediate pass may have left priority-0 messages behind: claim again at
+        # once. Accounts were claimed up to their capacity; they ask for more themselves
+        # (a wake-up at low water, see _low_water).
+        self._more_ready = len(found[0]) >= settings.immediate_batch_size
+        return [Claimed.from_row(r) for rows in found for r in rows]
 
     def _resize_slots(self, size: int) -> None:
         if size != self._slot_size:
@@ -251,7 +280,10 @@ class Dispatcher:
         # next due time: read it again at the next cycle.
         self._next_due = None
         if self._low_water(lane):
-            self._wake.set()  # capacity freed: claim more
+            if self._in_cycle:
+                self._freed.add(lane.key)  # the running claim may already refill it
+            else:
+                self._wake.set()  # capacity freed: claim more
 
     def _low_water(self, lane: Lane) -> bool:
         """Wake the claimer only once half the account's batch is free.
@@ -263,7 +295,7 @@ class Dispatcher:
         config = self.configs.cached(lane.key)
         if config is None:
             return True
-        return lane.held <= config.batch_size // 2
+        return lane.waiting <= config.batch_size // 2
 
     async def _renew_loop(self) -> None:
         while True:

@@ -14,6 +14,7 @@ import re
 import secrets
 from datetime import UTC, datetime
 from email.utils import format_datetime, formataddr
+from functools import lru_cache
 from typing import Any
 
 from mail_proxy.delivery.envelope import ascii_domain, split_address
@@ -31,6 +32,7 @@ def _ascii_header(value: str) -> str | None:
     return value.strip()
 
 
+@lru_cache(maxsize=4096)  # senders repeat from message to message
 def _address(value: str) -> str | None:
     name, spec = split_address(value)
     local, at, domain = spec.rpartition("@")
@@ -39,6 +41,11 @@ def _address(value: str) -> str | None:
     if not _SAFE_VALUE.match(name) or not _SAFE_VALUE.match(spec):
         return None
     return formataddr((name, spec)) if name else spec
+
+
+@lru_cache(maxsize=64)  # messages claimed together mostly share their second
+def _date(ts: int) -> str:
+    return format_datetime(datetime.fromtimestamp(ts, UTC))
 
 
 def _address_list(values: Any) -> str | None:
@@ -73,7 +80,7 @@ def build_simple(payload: dict[str, Any], *, client_id: str, smtp_message_id: st
     """Wire bytes of a simple message, or None when the general path is needed."""
     if payload.get("attachments"):
         return None
-    headers = [("Date", format_datetime(datetime.fromtimestamp(date_ts, UTC)))]
+    headers = [("Date", _date(date_ts))]
     sender = _address(payload["from"])
     to = _address_list(payload.get("to"))
     cc = _address_list(payload.get("cc"))

@@ -66,8 +66,8 @@ class Recorder:
     """Writes outcomes; those arriving while a write is in flight go out together.
 
     Each outcome is a conditional update plus (when it matched) its event row. Outcomes that
-    pile up while the previous batch is being written are sent to the database thread in one
-    hand-off and one group commit, instead of one hand-off each.
+    pile up while the previous batch is being written go to the database in one transaction
+    of their own (SQLite: one hand-off to its thread for BEGIN, the statements and COMMIT).
     """
 
     def __init__(self, store: Any, owner: str) -> None:
@@ -119,8 +119,7 @@ class Recorder:
                 continue
             steps = [step for step, _ in batch]
             try:
-                counts = await self.store.grouped(
-                    lambda tx, steps=steps: tx.execute_then_many(steps))
+                counts = await self.store.apply_steps(steps)
             except StoreUnavailable as exc:  # the database itself: every caller retries
                 for _, future in batch:
                     if not future.done():
@@ -136,7 +135,7 @@ class Recorder:
 
     async def _write_one(self, step: Step, future: asyncio.Future[int]) -> None:
         try:
-            [count] = await self.store.grouped(lambda tx: tx.execute_then_many([step]))
+            [count] = await self.store.apply_steps([step])
         except Exception as exc:
             if not future.done():
                 future.set_exception(exc)

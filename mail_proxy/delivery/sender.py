@@ -126,7 +126,7 @@ class Sender:
             finally:
                 transmitted()
             if self.metrics is not None:
-                self.metrics.send_seconds.labels(msg.tenant_id, msg.account_id).observe(
+                self.metrics.child("send_seconds", msg.tenant_id, msg.account_id).observe(
                     time.perf_counter() - started)
             sent = True
         except DeliveryFailure as failure:
@@ -139,7 +139,7 @@ class Sender:
                                  reportable=config.reportable)
         self._count("sent_total", msg)
         if self.metrics is not None:
-            self.metrics.queue_wait_seconds.labels(str(msg.priority)).observe(
+            self.metrics.child("queue_wait_seconds", str(msg.priority)).observe(
                 max(now() - msg.not_before, 0))
         self._notify(config, msg)
 
@@ -319,7 +319,7 @@ class Sender:
 
     def _count(self, name: str, msg: Claimed) -> None:
         if self.metrics is not None:
-            getattr(self.metrics, name).labels(msg.tenant_id, msg.account_id).inc()
+            self.metrics.child(name, msg.tenant_id, msg.account_id).inc()
 
     def _notify(self, config: AccountConfig, msg: Claimed) -> None:
         if config.reportable:

@@ -70,6 +70,20 @@ class Store(Protocol):
         """
         ...
 
+    async def apply_steps(self, steps: list[Step]) -> list[int]:
+        """Steps as :meth:`Transaction.execute_then_many`, in a transaction of their own,
+        committed before returning.
+
+        For a caller that batches its own writes (the outcome recorder): SQLite runs the
+        BEGIN, the steps and the COMMIT in one hand-off to its database thread.
+        """
+        ...
+
+    async def apply_fetches(self, calls: list[tuple[str, dict[str, Any]]]) -> list[list[Row]]:
+        """Run each (query, params) in one transaction of their own, committed before
+        returning; their rows in order (the dispatcher's claims: UPDATE ... RETURNING)."""
+        ...
+
     async def notify(self, payload: str) -> None:
         """Wake dispatchers in other processes (PostgreSQL NOTIFY; no-op on SQLite)."""
         ...

@@ -333,6 +333,15 @@ class PostgresStore:
         async with self.transaction() as tx:
             return await work(tx)
 
+    async def apply_steps(self, steps: list[Step]) -> list[int]:
+        async with self.transaction() as tx:
+            return await tx.execute_then_many(steps)
+
+    async def apply_fetches(self, calls: list[tuple[str, dict[str, Any]]]
+                            ) -> list[list[dict[str, Any]]]:
+        async with self.transaction() as tx:
+            return [await tx.fetch(query, **params) for query, params in calls]
+
     async def notify(self, payload: str) -> None:
         try:
             async with self._require_pool().acquire() as conn:

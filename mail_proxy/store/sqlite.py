@@ -7,6 +7,7 @@ Concurrent :meth:`SqliteStore.grouped` callers share one transaction and one fsy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,8 @@ from mail_proxy.store.base import Step
 from mail_proxy.store.errors import StoreUnavailable, UniqueViolation
 
 T = TypeVar("T")
+# a Step with its SQL looked up and its parameters converted
+_BoundStep = tuple[str, dict[str, Any], str | None, dict[str, Any]]
 PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL",
            "PRAGMA foreign_keys = ON", "PRAGMA busy_timeout = 5000")
 # The writer only (see docs/decisions/performance.md, "WAL checkpoints and page cache"):
@@ -209,20 +212,8 @@ class _Conn:
     async def execute_then_many(self, steps: list[Step]) -> list[int]:
         """:meth:`execute_then` for several steps in one hand-off (``then`` may be None);
         the dispatcher records the outcomes of many sends this way."""
-        work = [(self._queries[query], _params(params),
-                 None if then is None else self._queries[then], _params(then_params or {}))
-                for query, params, then, then_params in steps]
-
-        def run(raw: sqlite3.Connection) -> list[int]:
-            counts = []
-            for sql, values, sql2, values2 in work:
-                count = _rowcount(raw, sql, values)
-                if count and sql2 is not None:
-                    raw.execute(sql2, values2).close()
-                counts.append(count)
-            return counts
-
-        return await self._run(run)
+        work = _bind_steps(self._queries, steps)
+        return await self._run(lambda raw: _run_steps(raw, work))
 
     async def executemany(self, query: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -273,6 +264,22 @@ class _Conn:
 
     async def raw(self, sql: str) -> None:
         await self._run(lambda raw: raw.execute(sql).close())
+
+
+def _bind_steps(queries: dict[str, str], steps: list[Step]) -> list[_BoundStep]:
+    return [(queries[query], _params(params),
+             None if then is None else queries[then], _params(then_params or {}))
+            for query, params, then, then_params in steps]
+
+
+def _run_steps(raw: sqlite3.Connection, work: list[_BoundStep]) -> list[int]:
+    counts = []
+    for sql, values, sql2, values2 in work:
+        count = _rowcount(raw, sql, values)
+        if count and sql2 is not None:
+            raw.execute(sql2, values2).close()
+        counts.append(count)
+    return counts
 
 
 def _undo_savepoint(raw: sqlite3.Connection, name: str) -> None:
@@ -417,6 +424,37 @@ class SqliteStore:
             await self._writer.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # no transaction left to roll back
+
+    async def apply_steps(self, steps: list[Step]) -> list[int]:
+        work = _bind_steps(self._queries, steps)
+        return await self._in_own_transaction(lambda raw: _run_steps(raw, work))
+
+    async def apply_fetches(self, calls: list[tuple[str, dict[str, Any]]]
+                            ) -> list[list[dict[str, Any]]]:
+        work = [(self._queries[query], _params(params)) for query, params in calls]
+        rows = await self._in_own_transaction(
+            lambda raw: [raw.execute(sql, values).fetchall() for sql, values in work])
+        return [[dict(r) for r in found] for found in rows]
+
+    async def _in_own_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """BEGIN, ``fn`` and COMMIT in one hand-off: each hand-off costs the database
+        thread a wait for the interpreter lock while the event loop is busy."""
+        if self._writer is None:
+            raise StoreUnavailable("the database is open read-only")
+
+        def run(raw: sqlite3.Connection) -> T:
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(raw)
+                raw.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    raw.execute("ROLLBACK")
+                raise
+            return result
+
+        async with self._write_lock:
+            return await _Conn(self._writer, self._queries)._run(run)
 
     async def grouped(self, work: Callable[[Any], Awaitable[T]]) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()

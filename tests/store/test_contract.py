@@ -89,6 +89,45 @@ async def test_execute_then_many_runs_then_only_where_a_row_changed(core) -> Non
     assert [e["event_type"] for e in events if e["event_ts"] == 7] == ["sent"]
 
 
+async def test_apply_steps_records_a_batch_of_outcomes_in_one_transaction(core) -> None:
+    """A run of identical outcome steps (SQLite applies it as one bulk update and one
+    multi-row insert) must count and record exactly like the steps one by one: only the
+    messages whose lease is ours change, and only those get their event."""
+    await f.tenant(core)
+    await f.account(core, 2525)
+    await f.enqueue(core, *[f.message(i) for i in range(7)])
+    found = await core.store.apply_fetches([
+        ("claim_immediate", {"me": "w1", "now": now(), "lease": 60, "n": 100}),
+        ("claim_account", {"me": "w1", "now": now(), "lease": 60, "tenant_id": "acme",
+                           "account_id": "main", "n": 5, "suspended": []})])
+    claimed = sorted(r["pk"] for rows in found for r in rows)
+    assert len(claimed) == 5
+    free = [r["pk"] for r in await core.store.fetch("message_statuses", tenant_id="acme",
+                                                    ids=[f"m-{i}" for i in range(7)])
+            if r["pk"] not in claimed]
+
+    def step(pk: int, me: str = "w1") -> tuple:
+        return ("mark_sent", {"pk": pk, "me": me, "now": 9, "smtp_code": 250,
+                              "settled_at": 9, "pec_deadline_at": None},
+                "event_insert", {"message_pk": pk, "tenant_id": "acme", "event_type": "sent",
+                                 "now": 9, "description": None, "metadata": "{}",
+                                 "reportable": False})
+
+    steps = [step(pk) for pk in claimed[:3]] + [step(free[0])] + [step(claimed[3], "w2")] \
+        + [step(claimed[4])] + [("mark_released", {"pk": claimed[4], "me": "w1", "now": 9},
+                                 None, None)]
+    assert await core.store.apply_steps(steps) == [1, 1, 1, 0, 0, 1, 0]
+    rows = {r["pk"]: r for r in await core.store.fetch(
+        "message_statuses", tenant_id="acme", ids=[f"m-{i}" for i in range(7)])}
+    assert sorted(pk for pk, r in rows.items() if r["status"] == "sent") == \
+        sorted([*claimed[:3], claimed[4]])
+    assert rows[claimed[3]]["status"] == "sending" and rows[free[0]]["status"] == "queued"
+    for pk in rows:
+        events = [e["event_type"] for e in await core.store.fetch("message_events", pk=pk)
+                  if e["event_ts"] == 9]
+        assert events == (["sent"] if rows[pk]["status"] == "sent" else [])
+
+
 async def test_enqueue_send_and_record_outcomes(core, smtp_server) -> None:
     await f.tenant(core)
     await f.account(core, smtp_server.port)
