@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from functools import cache
-from itertools import chain
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,10 +22,15 @@ from mail_proxy.errors import SchemaTooNew
 from mail_proxy.store import queries as named
 from mail_proxy.store.base import Step
 from mail_proxy.store.errors import StoreUnavailable, UniqueViolation
+from mail_proxy.store.sqlite_statements import (
+    bind_steps,
+    bind_values,
+    multi_row,
+    rowcount,
+    run_steps,
+)
 
 T = TypeVar("T")
-# a Step with its SQL looked up and its parameters converted
-_BoundStep = tuple[str, dict[str, Any], str | None, dict[str, Any]]
 PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL",
            "PRAGMA foreign_keys = ON", "PRAGMA busy_timeout = 5000")
 # The writer only (see docs/decisions/performance.md, "WAL checkpoints and page cache"):
@@ -43,82 +43,6 @@ PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL",
 #   table has ~10^5 rows; 8 MiB does, for ~10^6.
 WRITER_PRAGMAS = ("PRAGMA wal_autocheckpoint = 10000", "PRAGMA journal_size_limit = 41943040",
                   "PRAGMA cache_size = -8192")
-
-
-_JSON_TYPES = (list, dict, tuple)
-
-
-def _params(params: dict[str, Any]) -> dict[str, Any]:
-    # Most rows hold only scalars (an enqueue of 1,000 messages converts 1,000 of them):
-    # hand those to sqlite3 as they are instead of copying every row.
-    for value in params.values():
-        if isinstance(value, _JSON_TYPES):
-            break
-    else:
-        return params
-    return {k: json.dumps(v) if isinstance(v, _JSON_TYPES) else v
-            for k, v in params.items()}
-
-
-# A plain single-row INSERT: "INSERT INTO t (cols) VALUES (:a, :b, 0, ...)" and nothing else.
-_SINGLE_ROW_INSERT = re.compile(r"(INSERT\s+INTO\s+\w+\s*\([\w\s,]+\)\s*VALUES\s*)"
-                                r"(\([\w\s,:]+\))", re.I)
-_NAMED_PARAM = re.compile(r":(\w+)")
-# Rows per multi-row INSERT statement are powers of two up to this: a batch of any size
-# takes at most a dozen statements, and there are only a dozen distinct statement texts, so
-# they stay in sqlite3's statement cache (preparing a 1,000-row statement costs as much as
-# running it).
-MAX_ROWS_PER_INSERT = 512
-
-
-class _MultiRow:
-    """A single-row INSERT rewritten to insert many rows per statement.
-
-    ``executemany`` runs the statement once per row (a VM reset, a bind of every parameter
-    by name, one step); one statement with many ``VALUES`` tuples binds positionally and
-    steps once, which took inserting 1,000 messages from about 11 to 7 ms.
-    """
-
-    def __init__(self, head: str, row: str, names: list[str]) -> None:
-        self.head, self.row = head, row
-        self.values = itemgetter(*names) if len(names) > 1 else (lambda r: (r[names[0]],))
-        self.width = len(names)
-        self._sql: dict[int, str] = {}
-
-    def sql(self, rows: int) -> str:
-        text = self._sql.get(rows)
-        if text is None:
-            text = self._sql[rows] = self.head + ",".join([self.row] * rows)
-        return text
-
-    def run(self, raw: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
-        # SQLITE_MAX_VARIABLE_NUMBER is 32,766 on SQLite >= 3.32 but 999 before, and may be
-        # lowered at build time: ask the connection.
-        limit = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // self.width
-        chunk = MAX_ROWS_PER_INSERT
-        while chunk > max(limit, 1):
-            chunk //= 2
-        start, total = 0, len(rows)
-        while start < total:
-            while chunk > total - start:
-                chunk //= 2
-            part = rows[start:start + chunk]
-            raw.execute(self.sql(chunk), list(chain.from_iterable(map(self.values, part)))
-                        ).close()
-            start += chunk
-
-
-@cache
-def _multi_row(sql: str) -> _MultiRow | None:
-    """The multi-row form of ``sql``, or None when it is not a plain single-row INSERT."""
-    match = _SINGLE_ROW_INSERT.fullmatch(sql.strip())
-    if match is None:
-        return None
-    names = _NAMED_PARAM.findall(match.group(2))
-    if not names:
-        return None
-    row = re.sub(r"\s+", "", _NAMED_PARAM.sub("?", match.group(2)))
-    return _MultiRow(match.group(1), row, names)
 
 
 def _translate(exc: sqlite3.Error) -> Exception:
@@ -178,7 +102,7 @@ class _Conn:
             raise _translate(exc) from exc
 
     async def fetch(self, query: str, **params: Any) -> list[dict[str, Any]]:
-        sql, values = self._queries[query], _params(params)
+        sql, values = self._queries[query], bind_values(params)
         rows = await self._run(lambda raw: raw.execute(sql, values).fetchall())
         return [dict(r) for r in rows]
 
@@ -191,18 +115,18 @@ class _Conn:
         return None if row is None else next(iter(row.values()))
 
     async def execute(self, query: str, **params: Any) -> int:
-        sql, values = self._queries[query], _params(params)
-        return await self._run(lambda raw: _rowcount(raw, sql, values))
+        sql, values = self._queries[query], bind_values(params)
+        return await self._run(lambda raw: rowcount(raw, sql, values))
 
     async def execute_then(self, query: str, params: dict[str, Any], then: str,
                            then_params: dict[str, Any]) -> int:
         """Run ``query``; when it changed a row, run ``then`` too. One hand-off to the
         database thread for both (the dispatcher records every outcome this way)."""
-        sql, values = self._queries[query], _params(params)
-        sql2, values2 = self._queries[then], _params(then_params)
+        sql, values = self._queries[query], bind_values(params)
+        sql2, values2 = self._queries[then], bind_values(then_params)
 
         def run(raw: sqlite3.Connection) -> int:
-            count = _rowcount(raw, sql, values)
+            count = rowcount(raw, sql, values)
             if count:
                 raw.execute(sql2, values2).close()
             return count
@@ -212,13 +136,13 @@ class _Conn:
     async def execute_then_many(self, steps: list[Step]) -> list[int]:
         """:meth:`execute_then` for several steps in one hand-off (``then`` may be None);
         the dispatcher records the outcomes of many sends this way."""
-        work = _bind_steps(self._queries, steps)
-        return await self._run(lambda raw: _run_steps(raw, work))
+        work = bind_steps(self._queries, steps)
+        return await self._run(lambda raw: run_steps(raw, work))
 
     async def executemany(self, query: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        sql, values = self._queries[query], [_params(r) for r in rows]
+        sql, values = self._queries[query], [bind_values(r) for r in rows]
         await self._run(lambda raw: raw.executemany(sql, values).close())
 
     async def insert_all(self, query: str, rows: list[dict[str, Any]],
@@ -231,10 +155,10 @@ class _Conn:
         the common case (all new) the rows and the command-log row cost one hand-off to
         the database thread, and nothing is read.
         """
-        sql, values = self._queries[query], [_params(r) for r in rows]
-        multi = _multi_row(sql)
+        sql, values = self._queries[query], [bind_values(r) for r in rows]
+        multi = multi_row(sql)
         then_sql = self._queries[then] if then is not None else None
-        then_values = _params(then_params or {})
+        then_values = bind_values(then_params or {})
 
         def run(raw: sqlite3.Connection) -> bool:
             raw.execute("SAVEPOINT insert_all")
@@ -266,22 +190,6 @@ class _Conn:
         await self._run(lambda raw: raw.execute(sql).close())
 
 
-def _bind_steps(queries: dict[str, str], steps: list[Step]) -> list[_BoundStep]:
-    return [(queries[query], _params(params),
-             None if then is None else queries[then], _params(then_params or {}))
-            for query, params, then, then_params in steps]
-
-
-def _run_steps(raw: sqlite3.Connection, work: list[_BoundStep]) -> list[int]:
-    counts = []
-    for sql, values, sql2, values2 in work:
-        count = _rowcount(raw, sql, values)
-        if count and sql2 is not None:
-            raw.execute(sql2, values2).close()
-        counts.append(count)
-    return counts
-
-
 def _undo_savepoint(raw: sqlite3.Connection, name: str) -> None:
     """Roll back and drop a savepoint after an error; the error itself is what counts, so a
     failure here (SQLite may already have rolled the whole transaction back) is ignored."""
@@ -290,13 +198,6 @@ def _undo_savepoint(raw: sqlite3.Connection, name: str) -> None:
         raw.execute(f"RELEASE {name}")
     except sqlite3.Error:
         pass
-
-
-def _rowcount(raw: sqlite3.Connection, sql: str, values: dict[str, Any]) -> int:
-    cursor = raw.execute(sql, values)
-    count = cursor.rowcount
-    cursor.close()
-    return count
 
 
 class SqliteStore:
@@ -426,12 +327,12 @@ class SqliteStore:
             pass  # no transaction left to roll back
 
     async def apply_steps(self, steps: list[Step]) -> list[int]:
-        work = _bind_steps(self._queries, steps)
-        return await self._in_own_transaction(lambda raw: _run_steps(raw, work))
+        work = bind_steps(self._queries, steps)
+        return await self._in_own_transaction(lambda raw: run_steps(raw, work))
 
     async def apply_fetches(self, calls: list[tuple[str, dict[str, Any]]]
                             ) -> list[list[dict[str, Any]]]:
-        work = [(self._queries[query], _params(params)) for query, params in calls]
+        work = [(self._queries[query], bind_values(params)) for query, params in calls]
         rows = await self._in_own_transaction(
             lambda raw: [raw.execute(sql, values).fetchall() for sql, values in work])
         return [[dict(r) for r in found] for found in rows]

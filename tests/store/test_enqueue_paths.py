@@ -153,7 +153,7 @@ def test_multi_row_insert_stays_under_a_low_variable_limit() -> None:
     import sqlite3
 
     from mail_proxy.store import queries
-    from mail_proxy.store.sqlite import _multi_row
+    from mail_proxy.store.sqlite_statements import multi_row as _multi_row
 
     multi = _multi_row(queries.load("sqlite")["message_insert"])
     assert multi is not None
@@ -170,7 +170,7 @@ def test_multi_row_insert_stays_under_a_low_variable_limit() -> None:
 
 
 def test_only_plain_single_row_inserts_are_rewritten() -> None:
-    from mail_proxy.store.sqlite import _multi_row
+    from mail_proxy.store.sqlite_statements import multi_row as _multi_row
 
     assert _multi_row("INSERT INTO t (a, b) VALUES (:a, :b)") is not None
     assert _multi_row("INSERT INTO t (a) VALUES (:a) ON CONFLICT DO NOTHING") is None
