@@ -122,9 +122,9 @@ class Dispatcher:
         finally:
             self._in_cycle = False
             freed, self._freed = self._freed, set()
-            if any(self._low_water(self.lanes[k]) if k in self.lanes else True
-                   for k in freed):
-                self._wake.set()
+            lanes = [self.lanes.get(key) for key in freed]
+            if any(lane is None or self._low_water(lane) for lane in lanes):
+                self._wake.set()  # a lane the cycle did not refill (or that was drained)
 
     async def _cycle(self) -> int:
         settings = self.core.settings
@@ -174,10 +174,9 @@ class Dispatcher:
             if config is None:
                 continue
             lane = self.lanes.get(key)
-            waiting = lane.waiting if lane else 0
-            if waiting > config.batch_size // 2:
-                continue  # well stocked: claim again at low water, in one bigger claim
-            capacity = config.batch_size - waiting
+            if lane is not None and not self._low_water(lane):
+                continue  # well stocked: claimed again at low water, in one bigger claim
+            capacity = config.batch_size - (lane.waiting if lane else 0)
             if capacity <= 0:
                 continue
             # reject accounts: only the tenant's windows (always defer) are pre-checked
@@ -286,11 +285,11 @@ class Dispatcher:
                 self._wake.set()  # capacity freed: claim more
 
     def _low_water(self, lane: Lane) -> bool:
-        """Wake the claimer only once half the account's batch is free.
+        """Half the account's batch or less is waiting: claim for it (and wake for it).
 
-        Waking after every send made each delivered message cost a claim transaction (one
-        fsync) for a single replacement row, competing with the outcome writes for the one
-        writer. The claim rule itself is unchanged: any cycle still claims up to capacity.
+        Claiming whenever a slot freed made each delivered message cost a claim transaction
+        (one fsync) for a single replacement row, competing with the outcome writes for the
+        one writer (docs/decisions/delivery.md, "Claim cadence").
         """
         config = self.configs.cached(lane.key)
         if config is None:

@@ -29,13 +29,9 @@ class Transaction(Protocol):
 
     async def executemany(self, query: str, rows: list[dict[str, Any]]) -> None: ...
 
-    async def execute_then(self, query: str, params: dict[str, Any], then: str,
-                           then_params: dict[str, Any]) -> int:
-        """Run ``query`` and, when it changed a row, ``then``; returns the first count."""
-        ...
-
     async def execute_then_many(self, steps: list[Step]) -> list[int]:
-        """Each step as :meth:`execute_then`, in order; returns the first counts."""
+        """Each step's query, and its ``then`` when the query changed a row, in order;
+        returns the queries' counts (the outcome recorder: status update, then event)."""
         ...
 
     async def insert_all(self, query: str, rows: list[dict[str, Any]], then: str | None = None,

@@ -152,16 +152,8 @@ class _Conn:
         except Exception as exc:
             raise _translate(exc) from exc
 
-    async def execute_then(self, query: str, params: dict[str, Any], then: str,
-                           then_params: dict[str, Any]) -> int:
-        """Run ``query``; when it changed a row, run ``then`` too (same transaction)."""
-        count = await self.execute(query, **params)
-        if count:
-            await self.execute(then, **then_params)
-        return count
-
     async def execute_then_many(self, steps: list[Step]) -> list[int]:
-        """:meth:`execute_then` for several steps (``then`` may be None)."""
+        """Each step's query; its ``then`` (may be None) when the query changed a row."""
         counts = []
         for query, params, then, then_params in steps:
             count = await self.execute(query, **params)

@@ -118,24 +118,9 @@ class _Conn:
         sql, values = self._queries[query], bind_values(params)
         return await self._run(lambda raw: rowcount(raw, sql, values))
 
-    async def execute_then(self, query: str, params: dict[str, Any], then: str,
-                           then_params: dict[str, Any]) -> int:
-        """Run ``query``; when it changed a row, run ``then`` too. One hand-off to the
-        database thread for both (the dispatcher records every outcome this way)."""
-        sql, values = self._queries[query], bind_values(params)
-        sql2, values2 = self._queries[then], bind_values(then_params)
-
-        def run(raw: sqlite3.Connection) -> int:
-            count = rowcount(raw, sql, values)
-            if count:
-                raw.execute(sql2, values2).close()
-            return count
-
-        return await self._run(run)
-
     async def execute_then_many(self, steps: list[Step]) -> list[int]:
-        """:meth:`execute_then` for several steps in one hand-off (``then`` may be None);
-        the dispatcher records the outcomes of many sends this way."""
+        """Each step's query, and its ``then`` (may be None) when the query changed a row,
+        in one hand-off to the database thread."""
         work = bind_steps(self._queries, steps)
         return await self._run(lambda raw: run_steps(raw, work))
 
