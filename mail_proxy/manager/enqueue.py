@@ -192,8 +192,7 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
         with collector_paused(len(accepted)):
             rows = [_row(m, t, pec_accounts.get((m.tenant_id, m.account_id), False),
                          core.keyring) for _, m in accepted]
-        stored, late = await core.store.grouped(
-            lambda tx: _store(tx, accepted, rows, rejected, log_row))
+        stored, late = await _store(core.store, accepted, rows, rejected, log_row)
         rejected.extend(late)
         rejected.sort(key=lambda r: r["index"])
     if stored:
@@ -284,21 +283,29 @@ def _log_values(log_row: dict[str, Any], stored: int, rejected: list[dict[str, A
     return row_values(response_status=200, response_body=answer, **log_row)
 
 
-async def _store(tx: Any, accepted: list[tuple[int, ValidMessage]], rows: list[dict[str, Any]],
-                 rejected: list[dict[str, Any]], log_row: dict[str, Any] | None
-                 ) -> tuple[int, list[dict[str, Any]]]:
+async def _store(store: Any, accepted: list[tuple[int, ValidMessage]],
+                 rows: list[dict[str, Any]], rejected: list[dict[str, Any]],
+                 log_row: dict[str, Any] | None) -> tuple[int, list[dict[str, Any]]]:
     """Insert new messages, replace resubmitted ones (T3), refuse processed ones, and
     write the command-log row of the request when asked to.
 
     ``rows[i]`` is the row of ``accepted[i]``. Almost every enqueue carries only new ids, so
-    that case is tried first: every row inserted at once with the command-log row, in one
-    statement batch, without reading anything. A unique conflict undoes that attempt (under
-    its own savepoint) and the general path below decides message by message.
+    that case is tried first: every row inserted at once with the command-log row, without
+    reading anything, grouped with concurrent requests (on SQLite a whole group of them is
+    one hand-off to the database thread). A unique conflict leaves nothing written, and
+    the general path decides message by message in a transaction of its own.
     """
-    if await tx.insert_all("message_insert", rows, *(
+    if await store.grouped_insert("message_insert", rows, *(
             ("command_log_insert", _log_values(log_row, len(rows), rejected))
             if log_row is not None else ())):
         return len(rows), []
+    return await store.grouped(lambda tx: _store_each(tx, accepted, rows, rejected, log_row))
+
+
+async def _store_each(tx: Any, accepted: list[tuple[int, ValidMessage]],
+                      rows: list[dict[str, Any]], rejected: list[dict[str, Any]],
+                      log_row: dict[str, Any] | None) -> tuple[int, list[dict[str, Any]]]:
+    """The general path of :func:`_store`: read which ids exist, then insert or replace."""
     by_tenant: dict[str, list[int]] = {}
     for position, (_, m) in enumerate(accepted):
         by_tenant.setdefault(m.tenant_id, []).append(position)

@@ -66,6 +66,14 @@ class Store(Protocol):
         """
         ...
 
+    async def grouped_insert(self, query: str, rows: list[dict[str, Any]],
+                             then: str | None = None,
+                             then_params: dict[str, Any] | None = None) -> bool:
+        """:meth:`Transaction.insert_all` as a :meth:`grouped` caller: every row or none
+        (False on a unique conflict, nothing written), then ``then``; committed before
+        returning. SQLite runs a whole group of these in one hand-off to its thread."""
+        ...
+
     async def apply_steps(self, steps: list[Step]) -> list[int]:
         """Steps as :meth:`Transaction.execute_then_many`, in a transaction of their own,
         committed before returning.

@@ -325,6 +325,12 @@ class PostgresStore:
         async with self.transaction() as tx:
             return await work(tx)
 
+    async def grouped_insert(self, query: str, rows: list[dict[str, Any]],
+                             then: str | None = None,
+                             then_params: dict[str, Any] | None = None) -> bool:
+        async with self.transaction() as tx:
+            return await tx.insert_all(query, rows, then, then_params)
+
     async def apply_steps(self, steps: list[Step]) -> list[int]:
         async with self.transaction() as tx:
             return await tx.execute_then_many(steps)

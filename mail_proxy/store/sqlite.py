@@ -21,11 +21,11 @@ import aiosqlite
 from mail_proxy.errors import SchemaTooNew
 from mail_proxy.store import queries as named
 from mail_proxy.store.base import Step
-from mail_proxy.store.errors import StoreUnavailable, UniqueViolation
+from mail_proxy.store.errors import StoreUnavailable
+from mail_proxy.store.sqlite_jobs import InsertAll, run_isolated, translate
 from mail_proxy.store.sqlite_statements import (
     bind_steps,
     bind_values,
-    multi_row,
     rowcount,
     run_steps,
 )
@@ -43,14 +43,6 @@ PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = FULL",
 #   table has ~10^5 rows; 8 MiB does, for ~10^6.
 WRITER_PRAGMAS = ("PRAGMA wal_autocheckpoint = 10000", "PRAGMA journal_size_limit = 41943040",
                   "PRAGMA cache_size = -8192")
-
-
-def _translate(exc: sqlite3.Error) -> Exception:
-    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
-        return UniqueViolation(str(exc))
-    if isinstance(exc, sqlite3.IntegrityError):
-        return exc
-    return StoreUnavailable(f"database error: {exc}")
 
 
 def split_statements(script: str) -> list[str]:
@@ -99,7 +91,7 @@ class _Conn:
         try:
             return await self._conn._execute(run)
         except sqlite3.Error as exc:
-            raise _translate(exc) from exc
+            raise translate(exc) from exc
 
     async def fetch(self, query: str, **params: Any) -> list[dict[str, Any]]:
         sql, values = self._queries[query], bind_values(params)
@@ -140,49 +132,49 @@ class _Conn:
         the common case (all new) the rows and the command-log row cost one hand-off to
         the database thread, and nothing is read.
         """
-        sql, values = self._queries[query], [bind_values(r) for r in rows]
-        multi = multi_row(sql)
-        then_sql = self._queries[then] if then is not None else None
-        then_values = bind_values(then_params or {})
-
-        def run(raw: sqlite3.Connection) -> bool:
-            raw.execute("SAVEPOINT insert_all")
-            try:
-                try:
-                    if values and multi is not None:
-                        multi.run(raw, values)
-                    elif values:
-                        raw.executemany(sql, values).close()
-                except sqlite3.IntegrityError as exc:
-                    if "UNIQUE" not in str(exc):
-                        raise
-                    fresh = False  # some rows were inserted before the conflict: undone below
-                else:
-                    fresh = True
-                    if then_sql is not None:
-                        raw.execute(then_sql, then_values).close()
-            except BaseException:
-                _undo_savepoint(raw, "insert_all")
-                raise
-            if not fresh:
-                raw.execute("ROLLBACK TO insert_all")
-            raw.execute("RELEASE insert_all")
-            return fresh
-
-        return await self._run(run)
+        return await self._run(InsertAll(self._queries, query, rows, then, then_params))
 
     async def raw(self, sql: str) -> None:
         await self._run(lambda raw: raw.execute(sql).close())
 
 
-def _undo_savepoint(raw: sqlite3.Connection, name: str) -> None:
-    """Roll back and drop a savepoint after an error; the error itself is what counts, so a
-    failure here (SQLite may already have rolled the whole transaction back) is ignored."""
-    try:
-        raw.execute(f"ROLLBACK TO {name}")
-        raw.execute(f"RELEASE {name}")
-    except sqlite3.Error:
-        pass
+def _hand_off(conn: aiosqlite.Connection, fn: Callable[[], T]) -> asyncio.Future[T]:
+    """Queue ``fn`` on the connection's thread now, as aiosqlite's ``_execute`` does when
+    it is awaited: the caller gets the future and can let go of its lock first."""
+    if conn._connection is None:
+        raise StoreUnavailable("the database connection is closed")
+    future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    conn._tx.put_nowait((future, fn))
+    return future
+
+
+def _settle(batch: list[_Grouped], error: BaseException | None,
+            done: asyncio.Future[list[tuple[Any, BaseException | None]]] | None) -> None:
+    """Answer the callers of a job group from what the database thread returned."""
+    if error is not None:
+        if isinstance(error, sqlite3.Error):
+            error = translate(error)
+        for _, future, _ in batch:
+            if not future.done():
+                future.set_exception(error)
+        return
+    assert done is not None
+    for (_, future, _), (result, own) in zip(batch, done.result(), strict=True):
+        if future.done():
+            continue
+        if own is not None:
+            future.set_exception(own)
+        else:
+            future.set_result(result)
+
+
+# Job groups queued on the writer's thread at once: one being written, the next waiting
+# behind it, so the thread never waits for the event loop between two commits.
+MAX_GROUPS_IN_FLIGHT = 2
+# a grouped caller: its work on the shared transaction, its future, and, for a plain job
+# (grouped_insert), the function the database thread can run for it directly
+_Grouped = tuple[Callable[[Any], Awaitable[Any]], "asyncio.Future[Any]",
+                 Callable[[sqlite3.Connection], Any] | None]
 
 
 class SqliteStore:
@@ -197,7 +189,7 @@ class SqliteStore:
         self._reader: aiosqlite.Connection | None = None
         self._read: _Conn | None = None
         self._write_lock = asyncio.Lock()
-        self._group_queue: list[tuple[Callable[[Any], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._group_queue: list[_Grouped] = []
         self._group_task: asyncio.Task[None] | None = None
 
     async def _connect(self, *, writer: bool = False) -> aiosqlite.Connection:
@@ -325,10 +317,28 @@ class SqliteStore:
     async def _in_own_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """BEGIN, ``fn`` and COMMIT in one hand-off: each hand-off costs the database
         thread a wait for the interpreter lock while the event loop is busy."""
-        if self._writer is None:
+        future = await self._hand_transaction(fn)
+        try:
+            return await future
+        except sqlite3.Error as exc:
+            raise translate(exc) from exc
+
+    async def _hand_transaction(self, fn: Callable[[sqlite3.Connection], T]
+                                ) -> asyncio.Future[T]:
+        """Queue BEGIN, ``fn`` and COMMIT (or ROLLBACK) as one function on the writer's
+        thread; the future is its result (a raw ``sqlite3.Error`` on failure).
+
+        The write lock is held only while queueing: the thread runs what it is given in
+        order and this transaction is whole, so the next one (or another caller's BEGIN)
+        may queue behind it at once. The thread then goes from one commit to the next
+        instead of idling until the event loop has taken each result.
+        """
+        writer = self._writer
+        if writer is None:
             raise StoreUnavailable("the database is open read-only")
 
-        def run(raw: sqlite3.Connection) -> T:
+        def run() -> T:
+            raw = writer._conn  # only ever touched on aiosqlite's own thread
             raw.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(raw)
@@ -340,54 +350,91 @@ class SqliteStore:
             return result
 
         async with self._write_lock:
-            return await _Conn(self._writer, self._queries)._run(run)
+            return _hand_off(writer, run)
 
     async def grouped(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        return await self._join_group(work, None)
+
+    async def grouped_insert(self, query: str, rows: list[dict[str, Any]],
+                             then: str | None = None,
+                             then_params: dict[str, Any] | None = None) -> bool:
+        job = InsertAll(self._queries, query, rows, then, then_params)
+        return await self._join_group(lambda tx: tx._run(job), job)
+
+    async def _join_group(self, work: Callable[[Any], Awaitable[T]],
+                          job: Callable[[sqlite3.Connection], T] | None) -> T:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._group_queue.append((work, future))
+        self._group_queue.append((work, future, job))
         if self._group_task is None or self._group_task.done():
             self._group_task = asyncio.create_task(self._run_groups())
         return await future
 
     async def _run_groups(self) -> None:
-        while self._group_queue:
-            batch, self._group_queue = self._group_queue, []
-            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            try:
-                async with self.transaction() as tx:
-                    single = len(batch) == 1
-                    for work, future in batch:
-                        # savepoint statements ride along with the next real statement
-                        if not single:
-                            tx.defer("SAVEPOINT grouped")
-                        try:
-                            result = await work(tx)
-                        except Exception as exc:
-                            # The database itself failing (locked, full, I/O) fails the
-                            # whole group: nothing of it was committed or acknowledged.
-                            if single or isinstance(exc, StoreUnavailable):
-                                raise
-                            await tx.raw("ROLLBACK TO grouped")
-                            tx.defer("RELEASE grouped")
-                            outcomes.append((future, None, exc))
-                        else:
-                            if not single:
-                                tx.defer("RELEASE grouped")
-                            outcomes.append((future, result, None))
-            except Exception as exc:
-                failed = {id(f) for f, _, e in outcomes if e is not None}
-                for _, future in batch:
-                    if not future.done():
-                        own = next((e for f, _, e in outcomes if f is future and e), None)
-                        future.set_exception(own if id(future) in failed and own else exc)
+        in_flight: list[asyncio.Future[Any]] = []  # job groups handed to the thread
+        while self._group_queue or in_flight:
+            if not self._group_queue or len(in_flight) >= MAX_GROUPS_IN_FLIGHT:
+                await asyncio.wait(in_flight[:1])  # callers keep arriving meanwhile
+                in_flight = [f for f in in_flight if not f.done()]
                 continue
-            for future, result, error in outcomes:
-                if future.done():
-                    continue
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
+            batch, self._group_queue = self._group_queue, []
+            if all(job is not None for _, _, job in batch):
+                handed = await self._hand_jobs(batch)
+                if handed is not None:
+                    in_flight.append(handed)
+            else:
+                await self._run_works(batch)
+
+    async def _hand_jobs(self, batch: list[_Grouped]) -> asyncio.Future[Any] | None:
+        """A group of plain jobs (concurrent enqueues): BEGIN, every job under its own
+        savepoint, and COMMIT in one hand-off to the database thread, instead of one
+        hand-off per caller plus one for the COMMIT, each waiting for the event loop.
+        The callers are answered when the thread is done (after the commit)."""
+        jobs = [job for _, _, job in batch if job is not None]
+        try:
+            done = await self._hand_transaction(lambda raw: run_isolated(raw, jobs))
+        except Exception as exc:  # read-only, or the connection is closed
+            _settle(batch, exc, None)
+            return None
+        done.add_done_callback(lambda f: _settle(batch, f.exception(), f))
+        return done
+
+    async def _run_works(self, batch: list[_Grouped]) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            async with self.transaction() as tx:
+                single = len(batch) == 1
+                for work, future, _ in batch:
+                    # savepoint statements ride along with the next real statement
+                    if not single:
+                        tx.defer("SAVEPOINT grouped")
+                    try:
+                        result = await work(tx)
+                    except Exception as exc:
+                        # The database itself failing (locked, full, I/O) fails the
+                        # whole group: nothing of it was committed or acknowledged.
+                        if single or isinstance(exc, StoreUnavailable):
+                            raise
+                        await tx.raw("ROLLBACK TO grouped")
+                        tx.defer("RELEASE grouped")
+                        outcomes.append((future, None, exc))
+                    else:
+                        if not single:
+                            tx.defer("RELEASE grouped")
+                        outcomes.append((future, result, None))
+        except Exception as exc:
+            failed = {id(f) for f, _, e in outcomes if e is not None}
+            for _, future, _ in batch:
+                if not future.done():
+                    own = next((e for f, _, e in outcomes if f is future and e), None)
+                    future.set_exception(own if id(future) in failed and own else exc)
+            return
+        for future, result, error in outcomes:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
 
     async def notify(self, payload: str) -> None:
         return None
