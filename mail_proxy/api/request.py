@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from mail_proxy import jsonfast
 from mail_proxy.api.errors import ApiError
 from mail_proxy.api.state import ApiState
 from mail_proxy.manager.core import ADMIN, Principal
@@ -44,9 +45,11 @@ async def json_body(request: Request) -> Any:
                        f"{content_type.split(';')[0]}")
     try:
         with collector_paused(len(raw) // 1024):  # a big body is a big batch: see there
-            body = json.loads(raw)
+            body = jsonfast.loads_strict(raw)
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_json", "the body is not valid UTF-8") from None
+    except jsonfast.NotJsonConstant as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json",
                        f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from mail_proxy.errors import BadRequest, FieldError, Forbidden, MailProxyError, ValidationFailed
+from mail_proxy.jsonfast import dumps_compact
 from mail_proxy.manager.core import Core, Principal, now
 from mail_proxy.manager.validation import (
     TenantInfo,
@@ -254,11 +255,6 @@ async def _drop_suppressed(core: Core, accepted: list[tuple[int, ValidMessage]],
     return kept
 
 
-# json.dumps with keyword arguments builds a new encoder on every call; one encoder with the
-# same options gives the same text.
-_encode_payload = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 def _row(m: ValidMessage, t: int, is_pec: bool, keyring: Any) -> dict[str, Any]:
     payload = m.payload
     if m.has_secrets:
@@ -272,7 +268,7 @@ def _row(m: ValidMessage, t: int, is_pec: bool, keyring: Any) -> dict[str, Any]:
             "batch_code": m.batch_code, "deferred_ts": m.deferred_ts, "now": t,
             "next_attempt_at": m.deferred_ts if deferred else t,
             "smtp_message_id": m.smtp_message_id, "is_pec": is_pec,
-            "has_secrets": m.has_secrets, "payload": _encode_payload(payload)}
+            "has_secrets": m.has_secrets, "payload": dumps_compact(payload)}
 
 
 def _log_values(log_row: dict[str, Any], stored: int, rejected: list[dict[str, Any]]

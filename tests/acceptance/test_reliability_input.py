@@ -39,6 +39,10 @@ def cases() -> list[tuple[str, dict[str, Any], int, str]]:
         ("invalid UTF-8", {"url": post, "content": b'{"tenant_id": "acme\xff\xfe"}',
                            "headers": {"content-type": "application/json"}},
          400, "invalid_json"),
+        ("NaN is not JSON", {"url": post, "content": b'{"tenant_id": "acme", "messages": '
+                                                     b'[{"id": "n", "priority": NaN}]}',
+                             "headers": {"content-type": "application/json"}},
+         400, "invalid_json"),
         ("body not an object", {"url": post, "json": ["a", "b"]}, 400, "invalid_body"),
         ("messages not a list", {"url": post, "json": {"tenant_id": "acme", "messages": 7}},
          422, "validation_error"),
