@@ -17,7 +17,7 @@ import base64
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench import common
 
@@ -73,7 +73,7 @@ async def measure(db_path: Path, key: str, cycles: int) -> dict[str, Any]:
             counting.append(time.perf_counter() - t0)
         # give the claims back so the next size starts from an all-queued table
         async with core.store.transaction() as tx:
-            await tx.raw("UPDATE messages SET status = 'queued', lease_owner = NULL, "
+            await cast(Any, tx).raw("UPDATE messages SET status = 'queued', lease_owner = NULL, "
                          "lease_expires_at = NULL WHERE status = 'sending'")
     finally:
         await core.close()

@@ -129,7 +129,8 @@ def smtp_sink(kind: str = "auto") -> Iterator[Sink]:
             raise RuntimeError("smtp-sink is not installed (apt-get install postfix)")
         # -u: the user to run as when started by root; 1000: listen backlog
         cmd = [SMTP_SINK, "-u", "nobody", f"{HOST}:{port}", "1000"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc: subprocess.Popen[Any] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                                       stderr=subprocess.DEVNULL)
     else:
         proc = subprocess.Popen([sys.executable, "-m", "bench.sink", str(port)], cwd=REPO,
                                 stdout=subprocess.PIPE, text=True)

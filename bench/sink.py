@@ -29,7 +29,7 @@ class SinkProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check
         self.transport = transport  # type: ignore[assignment]
-        transport.write(GREETING)
+        transport.write(GREETING)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None

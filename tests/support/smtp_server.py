@@ -18,7 +18,7 @@ import asyncio
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
@@ -319,7 +319,7 @@ class SinkServer:
         """Called with each message's data (subclasses record more than a count)."""
         self.messages += 1
 
-    async def __aenter__(self) -> SinkServer:
+    async def __aenter__(self) -> Self:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _SinkProtocol(self), host=HOST, port=0,
                                                 backlog=1024)
