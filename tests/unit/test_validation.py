@@ -349,3 +349,15 @@ def test_thousand_messages_speed() -> None:
         best = min(best, time.perf_counter() - start)
     assert len(accepted) == 1000 and not rejected_
     print(f"\nvalidate_batch: 1000 messages in {best * 1000:.1f} ms")
+
+
+def test_generated_message_ids_start_with_the_time_and_end_random() -> None:
+    """Time first keeps the Message-ID index appending at its end; 80 random bits keep ids
+    unguessable."""
+    before = time.time_ns() // 1_000_000
+    ids = [check(msg(id=f"t{i}")).smtp_message_id for i in range(50)]
+    after = time.time_ns() // 1_000_000
+    stamps = [int(i[1:13], 16) for i in ids]
+    assert all(before <= s <= after for s in stamps) and stamps == sorted(stamps)
+    assert len({i[13:33] for i in ids}) == 50
+    assert all(re.fullmatch(r"<[0-9a-f]{32}@mx\.example\.test>", i) for i in ids)
