@@ -111,6 +111,44 @@ def tenant_cache(core: Core) -> _TenantCache:
     return cache
 
 
+class _WaitingCount:
+    """How many messages wait (queued or deferred), for the ``max_queued_messages`` cap.
+
+    Counting them is a scan of the queue: 56 ms per request at 10^6 waiting messages. Far
+    from the cap, a count up to ``FRESH_SECONDS`` old plus what this worker stored since
+    then is used instead (messages only leave the queue meanwhile, except what other
+    instances store); from 90 % of the cap on, every request counts afresh.
+    """
+
+    FRESH_SECONDS = 1.0
+    NEAR = 0.9
+
+    def __init__(self) -> None:
+        self.counted = 0
+        self.at = -1e9
+        self.since = 0  # stored by this worker after the count
+
+    async def check(self, core: Core, adding: int, cap: int) -> None:
+        estimate = self.counted + self.since
+        if (time.monotonic() - self.at > self.FRESH_SECONDS
+                or estimate + adding > cap * self.NEAR):
+            self.counted = int(await core.store.fetch_value("count_waiting") or 0)
+            self.at, self.since = time.monotonic(), 0
+            estimate = self.counted
+        if estimate + adding > cap:
+            raise QueueFull(f"the queue holds {estimate} messages and the limit is {cap}")
+
+    def added(self, stored: int) -> None:
+        self.since += stored
+
+
+def waiting_count(core: Core) -> _WaitingCount:
+    cache = core.caches.get("enqueue_waiting")
+    if cache is None:
+        cache = core.caches["enqueue_waiting"] = _WaitingCount()
+    return cache
+
+
 def _parse_body(body: object, principal: Principal) -> tuple[list[Any], int | None, str | None]:
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object", code="invalid_body")
@@ -176,10 +214,7 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
     if accepted and settings.suppression_enabled and listed & {m.tenant_id for _, m in accepted}:
         accepted = await _drop_suppressed(core, accepted, rejected)
     if accepted and settings.max_queued_messages:
-        waiting = int(await core.store.fetch_value("count_waiting") or 0)
-        if waiting + len(accepted) > settings.max_queued_messages:
-            raise QueueFull(f"the queue holds {waiting} messages and the limit is "
-                            f"{settings.max_queued_messages}")
+        await waiting_count(core).check(core, len(accepted), settings.max_queued_messages)
     stored = 0
     if accepted:
         log_row = None
@@ -196,6 +231,8 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
         stored, late = await _store(core.store, accepted, rows, rejected, log_row)
         rejected.extend(late)
         rejected.sort(key=lambda r: r["index"])
+    if stored and settings.max_queued_messages:
+        waiting_count(core).added(stored)
     if stored:
         for tenant_id in {m.tenant_id for _, m in accepted}:
             core.wake(tenant_id)
