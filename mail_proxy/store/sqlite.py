@@ -141,7 +141,7 @@ class _Conn:
 def _hand_off(conn: aiosqlite.Connection, fn: Callable[[], T]) -> asyncio.Future[T]:
     """Queue ``fn`` on the connection's thread now, as aiosqlite's ``_execute`` does when
     it is awaited: the caller gets the future and can let go of its lock first."""
-    if conn._connection is None:
+    if conn._connection is None or not getattr(conn, "_running", True):
         raise StoreUnavailable("the database connection is closed")
     future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
     conn._tx.put_nowait((future, fn))
