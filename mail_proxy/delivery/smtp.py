@@ -160,10 +160,10 @@ class SmtpPools:
         handed = False
         over = False  # the transaction reached its final reply (or the session is gone)
         channel = conn.client
+        channel.reply_timeout = self._send_timeout
         try:
             try:
-                async with asyncio.timeout(self._send_timeout):
-                    pending = await channel.begin(mail_from, rcpts, data)
+                pending = await channel.begin(mail_from, rcpts, data)
             except DeliveryFailure:
                 raise
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -175,8 +175,7 @@ class SmtpPools:
                     released()
             over = True
             try:
-                async with asyncio.timeout(self._send_timeout):
-                    outcome = await channel.finish(pending)
+                outcome = await channel.finish(pending)
             except DeliveryFailure as failure:
                 # The transaction is over whatever the reply said (no RSET needed); a server
                 # that asked us to slow down still loses this connection.

@@ -82,6 +82,13 @@ class SmtpChannel(asyncio.Protocol):
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self.stage = c.MAIL  # what the reply being waited for answers (error messages)
+        # Every reply must come within reply_timeout (the pool's send_timeout) of its
+        # command being queued, or of the end of a long upload for the final reply. One
+        # timer per session, re-armed only when it fires, instead of a timeout context per
+        # wait: two per message cost about 5 % of the event loop's time under load.
+        self.reply_timeout: float | None = None
+        self._deadlines: deque[float] = deque()  # of the futures in _expected, in order
+        self._timer: asyncio.TimerHandle | None = None
 
     @classmethod
     def take_over(cls, client: aiosmtplib.SMTP) -> SmtpChannel:
@@ -122,6 +129,7 @@ class SmtpChannel(asyncio.Protocol):
         self._fail(error)
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+        self._disarm()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -241,22 +249,34 @@ class SmtpChannel(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(replies)]
         self._expected.extend(futures)
+        if self.reply_timeout is not None:
+            deadline = loop.time() + self.reply_timeout
+            self._deadlines.extend([deadline] * replies)
+            self._arm(loop, deadline)
+        else:
+            self._deadlines.extend([float("inf")] * replies)
         self._match()
         return futures
 
     async def _drain(self) -> None:
-        # A large message may exceed the transport's buffer; wait until it is flushed so
-        # the reply timeout does not run while megabytes are still queued locally.
+        # A large message may exceed the transport's buffer: wait until it is flushed (the
+        # final reply's deadline, set when the message was queued, bounds the upload), then
+        # give the server the whole reply timeout for its answer.
         if self._paused and self.is_connected:
-            self._drained = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self._drained = loop.create_future()
             try:
                 await self._drained
             finally:
                 self._drained = None
+            if self.reply_timeout is not None and self._deadlines:
+                later = loop.time() + self.reply_timeout
+                self._deadlines = deque(max(d, later) for d in self._deadlines)
 
     def _match(self) -> None:
         while self._expected and self._replies:
             future = self._expected.popleft()
+            self._deadlines.popleft()
             reply = self._replies.popleft()  # consumed even if its waiter gave up
             if not future.done():
                 future.set_result(reply)
@@ -264,11 +284,43 @@ class SmtpChannel(asyncio.Protocol):
     def _fail(self, error: BaseException) -> None:
         if self._lost is None:
             self._lost = error
+        self._deadlines.clear()
         while self._expected:
             future = self._expected.popleft()
             if not future.done():
                 future.set_exception(error)
                 future.exception()  # nobody may be waiting any more: no "never retrieved"
+
+    # -- reply deadlines ----------------------------------------------------------------
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        # Deadlines grow (each wait starts later than the ones before it), so a timer already
+        # armed usually fires first, and then re-arms itself for what is left; only a
+        # shorter send_timeout (changed settings) needs it moved.
+        if self._timer is not None and self._timer.when() > deadline:
+            self._disarm()
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._check_deadlines)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_deadlines(self) -> None:
+        self._timer = None
+        due = min(self._deadlines, default=float("inf"))  # a handful at most
+        if due == float("inf"):
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < due:
+            self._timer = loop.call_at(due, self._check_deadlines)
+            return
+        error = TimeoutError(f"no reply from the server within {self.reply_timeout} s")
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(error)
+        self._fail(error)
+        self.transport.abort()
 
     def _parse_one(self) -> SMTPResponse | None:
         """Take one complete (possibly multi-line) reply off the buffer, if there is one."""
