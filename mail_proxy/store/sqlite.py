@@ -148,6 +148,12 @@ def _hand_off(conn: aiosqlite.Connection, fn: Callable[[], T]) -> asyncio.Future
     return future
 
 
+def _error_of(future: asyncio.Future[Any]) -> BaseException | None:
+    if future.cancelled():
+        return StoreUnavailable("the database connection was closed")
+    return future.exception()
+
+
 def _settle(batch: list[_Grouped], error: BaseException | None,
             done: asyncio.Future[list[tuple[Any, BaseException | None]]] | None) -> None:
     """Answer the callers of a job group from what the database thread returned."""
@@ -385,9 +391,9 @@ class SqliteStore:
                 await self._run_works(batch)
 
     async def _hand_jobs(self, batch: list[_Grouped]) -> asyncio.Future[Any] | None:
-        """A group of plain jobs (concurrent enqueues): BEGIN, every job under its own
-        savepoint, and COMMIT in one hand-off to the database thread, instead of one
-        hand-off per caller plus one for the COMMIT, each waiting for the event loop.
+        """A group of plain jobs (concurrent enqueues): BEGIN, the jobs each as if alone
+        (``run_isolated``) and COMMIT in one hand-off to the database thread, instead of
+        one hand-off per caller plus one for the COMMIT, each waiting for the event loop.
         The callers are answered when the thread is done (after the commit)."""
         jobs = [job for _, _, job in batch if job is not None]
         try:
@@ -395,7 +401,7 @@ class SqliteStore:
         except Exception as exc:  # read-only, or the connection is closed
             _settle(batch, exc, None)
             return None
-        done.add_done_callback(lambda f: _settle(batch, f.exception(), f))
+        done.add_done_callback(lambda f: _settle(batch, _error_of(f), f))
         return done
 
     async def _run_works(self, batch: list[_Grouped]) -> None:
