@@ -11,6 +11,7 @@ The sink is Postfix's ``smtp-sink`` when installed (see bench/README.md), else b
 the result says which.
 
     python -m bench.dispatch [--messages 5000] [--connections 1 4] [--sink auto]
+                             [--settings '{"max_concurrent_sends": 60}']
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def worker_run(args: argparse.Namespace, sink: common.Sink, connections: int) ->
         worker = common.WorkerProcess(folder, common.free_port(), common.new_key())
         common.run(common.prepare_instance(
             worker.db_path, worker.key, sink.port, max_connections=connections,
-            settings={"command_log_enabled": not args.no_command_log}))
+            settings={"command_log_enabled": not args.no_command_log, **args.settings}))
         fsync = common.fsync_cost(folder)
         worker.start()
         try:
@@ -131,6 +132,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--no-command-log", action="store_true",
                    help="disable the command log (shows its cost)")
+    p.add_argument("--settings", type=json.loads, default={},
+                   help='runtime settings for the worker, as JSON, e.g. '
+                        '\'{"max_concurrent_sends": 60, "batch_size_per_account": 100}\'')
     p.add_argument("--workdir", default=None)
     p.add_argument("--quick", action="store_true", help="tiny workload (smoke test)")
     args = p.parse_args(argv)

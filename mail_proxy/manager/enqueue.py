@@ -6,6 +6,7 @@ The write goes through ``store.grouped`` so that concurrent requests share one c
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import time
@@ -17,12 +18,12 @@ from mail_proxy.errors import BadRequest, FieldError, Forbidden, MailProxyError,
 from mail_proxy.jsonfast import dumps_compact
 from mail_proxy.manager.core import Core, Principal, now
 from mail_proxy.manager.validation import (
+    BatchValidator,
     TenantInfo,
     ValidationContext,
     ValidMessage,
     message_id_domain,
     parse_priority,
-    validate_batch,
 )
 
 TOP_LEVEL = frozenset({"messages", "default_priority", "tenant_id"})
@@ -33,12 +34,17 @@ TENANT_CACHE_SECONDS = 1.0
 
 # Below this many messages (or bytes of body) the collector is left alone: see collector_paused.
 PAUSE_GC_FROM = 64
+# A big batch is validated and turned into rows this many messages at a time, yielding to
+# the event loop in between (about 3 ms of work each): a 1,000-message request no longer
+# holds up sends and other requests for 30 ms at a stretch.
+YIELD_EVERY = 100
 
 
 @contextmanager
 def collector_paused(size: int) -> Iterator[None]:
-    """Hold off the cyclic garbage collector during one synchronous stretch of work on a
-    big batch (parsing, validating, building rows: never across an ``await``).
+    """Hold off the cyclic garbage collector while a big batch is parsed, validated and
+    turned into rows (the yields between its slices included: a few milliseconds in all,
+    never across a database wait).
 
     A 1,000-message batch allocates tens of thousands of dicts and lists that all stay
     alive until the answer is sent. Every 700 allocations the collector scans the young ones
@@ -207,9 +213,13 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
     ctx = ValidationContext(tenants=tenants, settings=settings, request_tenant_id=request_tenant,
                             key_tenant_id=key_tenant, batch_default_priority=default_priority,
                             now=now())
+    validator = BatchValidator(ctx, message_id_domain=message_id_domain(settings))
     with collector_paused(len(entries)):
-        accepted, rejected = validate_batch(entries, ctx,
-                                            message_id_domain=message_id_domain(settings))
+        for start in range(0, len(entries), YIELD_EVERY):
+            if start:
+                await asyncio.sleep(0)  # let sends and small requests through
+            validator.add(entries[start:start + YIELD_EVERY], start)
+    accepted, rejected = validator.accepted, validator.rejected
     listed = tenant_cache(core).with_suppressions
     if accepted and settings.suppression_enabled and listed & {m.tenant_id for _, m in accepted}:
         accepted = await _drop_suppressed(core, accepted, rejected)
@@ -225,9 +235,13 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
         # encryption are CPU work on the loop, and the writer (and every request grouped
         # with this one) should not wait for them.
         t = now()
+        rows = []
         with collector_paused(len(accepted)):
-            rows = [_row(m, t, pec_accounts.get((m.tenant_id, m.account_id), False),
-                         core.keyring) for _, m in accepted]
+            for start in range(0, len(accepted), YIELD_EVERY):
+                if start:
+                    await asyncio.sleep(0)
+                rows += [_row(m, t, pec_accounts.get((m.tenant_id, m.account_id), False),
+                              core.keyring) for _, m in accepted[start:start + YIELD_EVERY]]
         stored, late = await _store(core.store, accepted, rows, rejected, log_row)
         rejected.extend(late)
         rejected.sort(key=lambda r: r["index"])

@@ -38,8 +38,16 @@ try:  # the attachment module is written separately; keep a thin check until it 
 except ImportError:  # pragma: no cover - depends on the state of the tree
     normalise_attachments = None
 
-__all__ = ["TenantInfo", "ValidMessage", "ValidationContext", "message_id_domain",
-           "parse_priority", "validate_batch", "validate_message"]
+__all__ = [
+    "BatchValidator",
+    "TenantInfo",
+    "ValidMessage",
+    "ValidationContext",
+    "message_id_domain",
+    "parse_priority",
+    "validate_batch",
+    "validate_message",
+]
 
 _FIELDS = frozenset({
     "id", "tenant_id", "account_id", "from", "from_addr", "to", "cc", "bcc", "reply_to",
@@ -433,37 +441,53 @@ def _usable_id(entry: object) -> str | None:
     return None
 
 
-def validate_batch(entries: list[object], ctx: ValidationContext, *, message_id_domain: str,
-                   ) -> tuple[list[tuple[int, ValidMessage]], list[dict[str, Any]]]:
-    """Validate every entry; returns accepted (index, message) pairs and rejection entries.
+class BatchValidator:
+    """Validates the entries of one request, possibly a slice at a time (a big batch yields
+    to the event loop between slices, see ``manager.enqueue``).
 
     Check 19 (duplicate id) counts every earlier entry carrying the id, accepted or not, so
     the outcome of an entry never depends on whether an earlier one happened to be valid.
     """
-    accepted: list[tuple[int, ValidMessage]] = []
-    rejected: list[dict[str, Any]] = []
-    first_seen: dict[tuple[str | None, str], int] = {}
-    for index, entry in enumerate(entries):
-        usable = _usable_id(entry)
-        key = None
-        if usable is not None:
-            assert isinstance(entry, dict)
-            own = entry.get("tenant_id")
-            tenant = own if isinstance(own, str) and own else \
-                ctx.request_tenant_id or ctx.key_tenant_id
-            key = (tenant, usable)
-        try:
-            message = validate_message(entry, index, ctx, message_id_domain=message_id_domain)
-            if key is not None and key in first_seen:
-                _reject("duplicate_id", "id", f"{quote(usable)} is already used by message "
-                        f"{first_seen[key]} of this request")
-        except RejectedMessage as exc:
-            rejected.append(exc.rejection.entry(index, usable))
-        else:
-            accepted.append((index, message))
-        if key is not None:
-            first_seen.setdefault(key, index)
-    return accepted, rejected
+
+    def __init__(self, ctx: ValidationContext, *, message_id_domain: str) -> None:
+        self.ctx = ctx
+        self.message_id_domain = message_id_domain
+        self.accepted: list[tuple[int, ValidMessage]] = []
+        self.rejected: list[dict[str, Any]] = []
+        self._first_seen: dict[tuple[str | None, str], int] = {}
+
+    def add(self, entries: list[object], offset: int = 0) -> None:
+        """Validate ``entries``, the request's entries from index ``offset`` on."""
+        ctx, first_seen = self.ctx, self._first_seen
+        for index, entry in enumerate(entries, offset):
+            usable = _usable_id(entry)
+            key = None
+            if usable is not None:
+                assert isinstance(entry, dict)
+                own = entry.get("tenant_id")
+                tenant = own if isinstance(own, str) and own else \
+                    ctx.request_tenant_id or ctx.key_tenant_id
+                key = (tenant, usable)
+            try:
+                message = validate_message(entry, index, ctx,
+                                           message_id_domain=self.message_id_domain)
+                if key is not None and key in first_seen:
+                    _reject("duplicate_id", "id", f"{quote(usable)} is already used by message "
+                            f"{first_seen[key]} of this request")
+            except RejectedMessage as exc:
+                self.rejected.append(exc.rejection.entry(index, usable))
+            else:
+                self.accepted.append((index, message))
+            if key is not None:
+                first_seen.setdefault(key, index)
+
+
+def validate_batch(entries: list[object], ctx: ValidationContext, *, message_id_domain: str,
+                   ) -> tuple[list[tuple[int, ValidMessage]], list[dict[str, Any]]]:
+    """Validate every entry; returns accepted (index, message) pairs and rejection entries."""
+    validator = BatchValidator(ctx, message_id_domain=message_id_domain)
+    validator.add(entries)
+    return validator.accepted, validator.rejected
 
 
 @lru_cache(maxsize=1)

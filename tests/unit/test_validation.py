@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import mail_proxy.manager.validation as validation
 from mail_proxy.errors import RejectedMessage
 from mail_proxy.manager.validation import (
+    BatchValidator,
     TenantInfo,
     ValidationContext,
     message_id_domain,
@@ -279,6 +280,25 @@ def test_batch_duplicates_first_entry_wins() -> None:
     assert rejected_[1]["field"] == "id"
     assert "field" not in rejected_[3]
     assert len({m.smtp_message_id for _, m in accepted}) == 3
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 100])
+def test_a_batch_validated_in_slices_gives_the_same_answer(size: int) -> None:
+    """Enqueue validates a big batch a slice at a time, yielding in between: duplicate ids
+    across slices and the indexes of rejections must come out as in one pass."""
+    entries: list[object] = [
+        msg(id="a"), msg(id="b", to="bad@@x"), msg(id="a", subject="again"), msg(id="b"),
+        msg(id="a", tenant_id="solo"), 42, msg(id="c"), msg(id="c")]
+    whole = validate_batch(entries, ctx(), message_id_domain=DOMAIN)
+    validator = BatchValidator(ctx(), message_id_domain=DOMAIN)
+    for start in range(0, len(entries), size):
+        validator.add(entries[start:start + size], start)
+
+    def shape(accepted: list, rejected: list) -> tuple[list, list]:
+        return ([(i, m.tenant_id, m.id) for i, m in accepted],
+                [(r["index"], r["id"], r["code"]) for r in rejected])
+
+    assert shape(validator.accepted, validator.rejected) == shape(*whole)
 
 
 @pytest.mark.parametrize(("host", "expected"), [
