@@ -6,6 +6,7 @@
    concurrent enqueues (``SqliteStore.grouped_insert``) and ``grouped`` writers really
    share commits;
 3. throughput with batches of 100 and 1,000 messages;
+4. single-message POST latency while another client streams batches of 1,000;
 and the worker's RSS when idle and at the peak of the load.
 
     python -m bench.enqueue [--requests 1000] [--clients 16] [--quick]
@@ -82,6 +83,40 @@ async def concurrent(port: int, clients: int, per_client: int, offset: int) -> d
     return {"clients": clients, "messages": total, "seconds": round(elapsed, 3),
             "msgs_per_s": round(total / elapsed, 1), "p50_ms": lat["p50_ms"],
             "p99_ms": lat["p99_ms"]}
+
+
+async def singles_under_batches(port: int, singles: int, size: int = 1000) -> dict[str, Any]:
+    """Latency of single-message POSTs (one every 2 ms) while another client posts batches
+    of ``size`` back to back: what a small request waits behind a big one."""
+    done = False
+    streamed = 0
+
+    async def stream() -> None:
+        nonlocal streamed
+        async with common.RawHttp(port) as raw:
+            while not done:
+                b = body([common.message(f"u{streamed}-{i}", 1024) for i in range(size)])
+                status, _ = await raw.post(PATH, b)
+                assert status == 200, status
+                streamed += 1
+
+    streamer = asyncio.create_task(stream())
+    latencies = []
+    try:
+        async with common.RawHttp(port) as raw:
+            for i in range(singles):
+                b = body([common.message(f"us{i}", 1024)])
+                t0 = time.perf_counter()
+                status, _ = await raw.post(PATH, b)
+                latencies.append(time.perf_counter() - t0)
+                assert status == 200, status
+                await asyncio.sleep(0.002)
+    finally:
+        done = True
+        await streamer
+    lat = common.latency_summary(latencies)
+    return {"singles": singles, "batch": size, "batches_streamed": streamed,
+            "p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"], "p99_ms": lat["p99_ms"]}
 
 
 async def batches(port: int, size: int, total: int, offset: str) -> dict[str, Any]:
@@ -178,6 +213,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             b100 = common.run(batches(worker.port, 100, args.batch_total // 2, "b100"))
             b1000 = common.run(batches(worker.port, min(1000, args.batch_total),
                                        args.batch_total, "b1000"))
+            mixed = common.run(singles_under_batches(worker.port, max(args.requests // 4, 20),
+                                                     min(1000, args.batch_total)))
             sampler.stop_flag.set()
             sampler.join()
             rss = {"idle_mb": rss_idle, "peak_under_load_mb": sampler.peak}
@@ -186,6 +223,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         fsync_after = common.fsync_cost(folder)
     return {"fsync_before": fsync, "fsync_after": fsync_after, "single_post": single,
             "concurrent": conc, "grouping": grouping, "batch_100": b100, "batch_1000": b1000,
+            "singles_under_batches": mixed,
             "worker_rss": rss}
 
 
