@@ -11,25 +11,23 @@ Whatever JSON comes in, the only exception that leaves :func:`validate_message` 
 from __future__ import annotations
 
 import math
-import os
 import re
-import socket
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Any, NoReturn
 
 from mail_proxy.errors import RejectedMessage
+from mail_proxy.manager import message_ids
 from mail_proxy.manager.addresses import (
     Address,
     address_field,
     address_list_field,
-    idna_domain,
     json_type,
     quote,
 )
+from mail_proxy.manager.message_ids import message_id_domain
 from mail_proxy.manager.priority import parse_priority, resolve_priority
 
 normalise_attachments: Callable[..., list[dict[str, Any]]] | None
@@ -60,12 +58,9 @@ _CONTENT_TYPES = {"plain": "plain", "text/plain": "plain", "html": "html", "text
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")
 _HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed in a value
-# Printable ASCII without "<", ">" and "@": exactly one "@" separates the two sides.
-_MESSAGE_ID = re.compile(r"<[\x21-\x3b\x3d\x3f\x41-\x7e]+@[\x21-\x3b\x3d\x3f\x41-\x7e]+>")
 _MAX_DEFER_SECONDS = 366 * 86400
 _MAX_HEADERS = 100
 _MAX_ATTACHMENTS = 100
-_FALLBACK_DOMAIN = "mail-proxy.localdomain"
 
 
 @dataclass(frozen=True)
@@ -226,28 +221,14 @@ def _return_path(entry: dict[str, Any]) -> str | None:
     return address.addr_spec
 
 
-def generated_id_prefix() -> str:
-    """The first 12 of the 32 hex digits of a generated Message-ID: the time in ms.
-
-    Messages are found by Message-ID (bounces, PEC receipts), so the database keeps an index
-    on it. Fully random ids landed all over that index, and every batch rewrote a page of it
-    per message; ids that start with the time land together at its end (a 1,000-message
-    insert and its commit went from 21 to 14 ms). The other 80 bits stay random, so an id
-    still cannot be guessed from another.
-    """
-    return f"{time.time_ns() // 1_000_000:012x}"
-
-
 def _message_id(entry: dict[str, Any], domain: str) -> str:
     value = entry.get("message_id")
     if value is None:
-        return f"<{generated_id_prefix()}{os.urandom(10).hex()}@{domain}>"
+        return message_ids.generate(domain)
     if not isinstance(value, str):
         _reject("invalid_field", "message_id", f"must be a string, not {json_type(value)}")
-    text = value.strip()
-    if not text.startswith("<") and not text.endswith(">"):
-        text = f"<{text}>"
-    if len(text) > 250 or _MESSAGE_ID.fullmatch(text) is None:
+    text = message_ids.normalise(value)
+    if text is None:
         _reject("invalid_field", "message_id",
                 f"{quote(value)} is not a Message-ID of the form <left@right>")
     return text
@@ -488,24 +469,3 @@ def validate_batch(entries: list[object], ctx: ValidationContext, *, message_id_
     validator = BatchValidator(ctx, message_id_domain=message_id_domain)
     validator.add(entries)
     return validator.accepted, validator.rejected
-
-
-@lru_cache(maxsize=1)
-def _host_domain() -> str:
-    # getfqdn may wait on DNS; the cache makes that a one-time cost per process.
-    name = socket.getfqdn().strip().rstrip(".")
-    if not name or name.lower() == "localhost" or name.lower().startswith("localhost."):
-        return _FALLBACK_DOMAIN
-    return idna_domain(name) or _FALLBACK_DOMAIN
-
-
-def message_id_domain(settings: Any) -> str:
-    """Right side of generated Message-IDs: setting, else host FQDN, else a fixed name.
-
-    The first call without the setting may block on a DNS lookup; call it once at start-up
-    (e.g. through ``asyncio.to_thread``) so request handlers hit the cache.
-    """
-    configured = getattr(settings, "message_id_domain", None)
-    if isinstance(configured, str) and configured.strip():
-        return configured.strip()
-    return _host_domain()

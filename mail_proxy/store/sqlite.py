@@ -166,12 +166,17 @@ def _settle(batch: list[_Grouped], error: BaseException | None,
         return
     assert done is not None
     for (_, future, _), (result, own) in zip(batch, done.result(), strict=True):
-        if future.done():
-            continue
-        if own is not None:
-            future.set_exception(own)
-        else:
-            future.set_result(result)
+        _answer(future, result, own)
+
+
+def _answer(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    """A grouped caller's result or own error (unless it stopped waiting)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 # Job groups queued on the writer's thread at once: one being written, the next waiting
@@ -435,12 +440,7 @@ class SqliteStore:
                     future.set_exception(own if id(future) in failed and own else exc)
             return
         for future, result, error in outcomes:
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+            _answer(future, result, error)
 
     async def notify(self, payload: str) -> None:
         return None

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import mail_proxy.manager.message_ids as message_ids
 import mail_proxy.manager.validation as validation
 from mail_proxy.errors import RejectedMessage
 from mail_proxy.manager.validation import (
@@ -308,14 +309,14 @@ def test_a_batch_validated_in_slices_gives_the_same_answer(size: int) -> None:
 ])
 def test_message_id_domain(monkeypatch: pytest.MonkeyPatch, host: str, expected: str) -> None:
     # The host lookup is replaced so that the test never asks a DNS server anything.
-    monkeypatch.setattr(validation.socket, "getfqdn", lambda: host)
-    validation._host_domain.cache_clear()
+    monkeypatch.setattr(message_ids.socket, "getfqdn", lambda: host)
+    message_ids._host_domain.cache_clear()
     try:
         assert message_id_domain(RuntimeSettings()) == expected
         assert message_id_domain(RuntimeSettings(message_id_domain="mail.acme.test")) == (
             "mail.acme.test")
     finally:
-        validation._host_domain.cache_clear()
+        message_ids._host_domain.cache_clear()
 
 
 def test_huge_integers_are_rejected_not_crashing() -> None:
