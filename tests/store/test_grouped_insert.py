@@ -138,3 +138,24 @@ async def test_transactions_and_groups_interleave_safely_on_sqlite(sqlite_core) 
     assert results[:40] == [True] * 40
     assert results[40:50] == [1] * 10 and results[50:] == [[1]] * 10
     assert len(await _ids(core)) == 40
+
+
+async def test_a_full_database_fails_the_group_and_recovers_on_sqlite(sqlite_core) -> None:
+    """SQLITE_FULL (here: a page limit) in the middle of a group: every caller is told the
+    store is unavailable, nothing of the group remains, and the next group works."""
+    from mail_proxy.store.errors import StoreUnavailable
+
+    core = sqlite_core
+    await f.tenant(core)
+    await f.account(core, 2525)
+    writer = core.store._writer
+    pages = (await (await writer.execute("PRAGMA page_count")).fetchone())[0]
+    await writer.execute(f"PRAGMA max_page_count = {pages + 2}")
+    big = [[_row(100 + 10 * i + j, payload="x" * 3000) for j in range(10)] for i in range(5)]
+    results = await asyncio.gather(*(_insert(core, f"full{i}", *rows)
+                                     for i, rows in enumerate(big)), return_exceptions=True)
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert await _ids(core) == set() and await _logged(core) == []
+    await writer.execute("PRAGMA max_page_count = 1073741823")
+    assert await _insert(core, "after", _row(1))
+    assert await _ids(core) == {"r-1"} and await _logged(core) == ["after"]
