@@ -90,9 +90,10 @@ async def test_execute_then_many_runs_then_only_where_a_row_changed(core) -> Non
 
 
 async def test_apply_steps_records_a_batch_of_outcomes_in_one_transaction(core) -> None:
-    """A run of identical outcome steps (SQLite applies it as one bulk update and one
-    multi-row insert) must count and record exactly like the steps one by one: only the
-    messages whose lease is ours change, and only those get their event."""
+    """A batch of outcome steps in one transaction (on SQLite, one hand-off to its thread)
+    must count and record exactly like the steps one by one: only the messages whose lease
+    is ours change, and only those get their event; the claims before it take exactly their
+    LIMIT on both backends."""
     await f.tenant(core)
     await f.account(core, 2525)
     await f.enqueue(core, *[f.message(i) for i in range(7)])

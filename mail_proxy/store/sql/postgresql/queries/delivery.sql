@@ -3,17 +3,18 @@
 -- FOR UPDATE SKIP LOCKED, and every update re-checks the status it expects. A picking
 -- subquery with a LIMIT sits in a MATERIALIZED CTE: inside `pk IN (...)` the planner may run
 -- it more than once, and each run skips the rows the previous one locked, so an update could
--- take more rows than its LIMIT (a claim of 5 took 7).
+-- take more rows than its LIMIT (a claim of 5 took 7). The CTE names its column picked_pk
+-- so that every other name in the UPDATE is unambiguously a column of messages.
 
 -- name: promote_due
-WITH picked AS MATERIALIZED (
+WITH picked (picked_pk) AS MATERIALIZED (
     SELECT pk FROM messages
      WHERE status = 'deferred' AND next_attempt_at <= :now
      ORDER BY next_attempt_at LIMIT 10000
        FOR UPDATE SKIP LOCKED)
 UPDATE messages SET status = 'queued', updated_at = :now
   FROM picked
- WHERE messages.pk = picked.pk AND messages.status = 'deferred';
+ WHERE pk = picked_pk AND status = 'deferred';
 
 -- name: next_due_at
 SELECT min(next_attempt_at) AS due FROM messages WHERE status = 'deferred';
@@ -28,7 +29,7 @@ SELECT a.tenant_id, a.id AS account_id, t.suspended_batches
                   AND m.account_id = a.id);
 
 -- name: claim_account
-WITH picked AS MATERIALIZED (
+WITH picked (picked_pk) AS MATERIALIZED (
     SELECT pk FROM messages
      WHERE status = 'queued' AND tenant_id = :tenant_id AND account_id = :account_id
        AND (batch_code IS NULL
@@ -40,14 +41,12 @@ UPDATE messages
    SET status = 'sending', lease_owner = :me, lease_expires_at = :now::bigint + :lease::bigint,
        updated_at = :now
   FROM picked
- WHERE messages.pk = picked.pk AND messages.status = 'queued'
-RETURNING messages.pk, messages.id, messages.tenant_id, messages.account_id,
-          messages.priority, messages.batch_code, messages.created_at, messages.deferred_ts,
-          messages.attempts, messages.smtp_message_id, messages.is_pec, messages.has_secrets,
-          messages.payload;
+ WHERE pk = picked_pk AND status = 'queued'
+RETURNING pk, id, tenant_id, account_id, priority, batch_code, created_at, deferred_ts,
+          attempts, smtp_message_id, is_pec, has_secrets, payload;
 
 -- name: claim_immediate
-WITH picked AS MATERIALIZED (
+WITH picked (picked_pk) AS MATERIALIZED (
     SELECT m.pk FROM messages m
       JOIN tenants t ON t.id = m.tenant_id
       LEFT JOIN accounts a ON a.tenant_id = m.tenant_id AND a.id = m.account_id
@@ -63,11 +62,9 @@ UPDATE messages
    SET status = 'sending', lease_owner = :me, lease_expires_at = :now::bigint + :lease::bigint,
        updated_at = :now
   FROM picked
- WHERE messages.pk = picked.pk AND messages.status = 'queued'
-RETURNING messages.pk, messages.id, messages.tenant_id, messages.account_id,
-          messages.priority, messages.batch_code, messages.created_at, messages.deferred_ts,
-          messages.attempts, messages.smtp_message_id, messages.is_pec, messages.has_secrets,
-          messages.payload;
+ WHERE pk = picked_pk AND status = 'queued'
+RETURNING pk, id, tenant_id, account_id, priority, batch_code, created_at, deferred_ts,
+          attempts, smtp_message_id, is_pec, has_secrets, payload;
 
 -- name: lease_renew
 UPDATE messages SET lease_expires_at = :now::bigint + :lease::bigint, updated_at = :now
