@@ -197,6 +197,21 @@ class WorkerProcess:
         assert self.proc is not None
         return round(psutil.Process(self.proc.pid).memory_info().rss / 2**20, 1)
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the worker so far, all threads."""
+        import psutil
+
+        assert self.proc is not None
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return times.user + times.system
+
+    def thread_cpu_seconds(self) -> dict[int, float]:
+        import psutil
+
+        assert self.proc is not None
+        return {t.id: t.user_time + t.system_time
+                for t in psutil.Process(self.proc.pid).threads()}
+
     def stop(self) -> None:
         if self.profiler is not None:
             self.profiler.send_signal(signal.SIGINT)

@@ -4,6 +4,8 @@ same number of SMTP connections.
 * worker: ``N`` x 1 KB messages posted in batches of 1,000 to one account whose
   ``max_connections`` is ``C``; timed from the first POST until the worker has recorded the
   last message as sent (the sink's 250 reply has then been received);
+* ``cpu_ms_per_msg``: the worker's CPU time (all threads, user and system) over the same
+  span, per message;
 * ceiling: aiosmtplib with ``C`` connections, each sending its share back to back, timed
   until the last 250 reply.
 
@@ -11,14 +13,16 @@ The sink is Postfix's ``smtp-sink`` when installed (see bench/README.md), else b
 the result says which.
 
     python -m bench.dispatch [--messages 5000] [--connections 1 4] [--sink auto]
-                             [--settings '{"max_concurrent_sends": 60}']
+                             [--settings '{"max_concurrent_sends": 60}'] [--split 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import threading
 import time
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -57,13 +61,14 @@ async def raw_ceiling(port: int, total: int, connections: int) -> dict[str, Any]
         for i, data in enumerate(payloads[c]):
             await clients[c].sendmail("sender@acme.test", [f"rcpt{c}-{i}@example.com"], data)
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(pump(c) for c in range(connections)))
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     for client in clients:
         await client.quit()
     return {"messages": total, "seconds": round(elapsed, 3),
-            "msgs_per_s": round(total / elapsed, 1)}
+            "msgs_per_s": round(total / elapsed, 1),
+            "cpu_ms_per_msg": round(cpu * 1000 / total, 3)}
 
 
 async def post_all(port: int, total: int, tag: str) -> float:
@@ -94,9 +99,15 @@ def worker_run(args: argparse.Namespace, sink: common.Sink, connections: int) ->
             idle = worker.rss_mb()
             sampler = RssSampler(worker)
             sampler.start()
+            cpu_before = worker.cpu_seconds()
+            threads_before = worker.thread_cpu_seconds()
             start = common.run(post_all(worker.port, args.messages, f"d{connections}"))
             posted = time.monotonic()
             end = common.wait_sent(worker.db_path, args.messages, timeout=args.timeout)
+            cpu = worker.cpu_seconds() - cpu_before
+            threads = worker.thread_cpu_seconds()
+            busiest = sorted((v - threads_before.get(k, 0.0) for k, v in threads.items()),
+                             reverse=True)
             sampler.stop_flag.set()
             sampler.join()
         finally:
@@ -105,7 +116,55 @@ def worker_run(args: argparse.Namespace, sink: common.Sink, connections: int) ->
     return {"messages": args.messages, "seconds": round(elapsed, 3),
             "msgs_per_s": round(args.messages / elapsed, 1),
             "enqueue_seconds": round(posted - start, 3), "fsync_p50_ms": fsync["p50_ms"],
+            # all threads of the worker, enqueue included: steadier than msgs/s when the
+            # machine drifts, so changes to the per-message cost are compared on this
+            "cpu_ms_per_msg": round(cpu * 1000 / args.messages, 3),
+            # the event loop's thread is the busiest, the database thread next
+            "busiest_threads_ms_per_msg": [round(b * 1000 / args.messages, 3)
+                                           for b in busiest[:3]],
             "rss_idle_mb": idle, "rss_peak_mb": sampler.peak}
+
+
+def split_run(args: argparse.Namespace, sink: common.Sink, connections: int,
+              parts: int) -> dict[str, Any]:
+    """``parts`` independent workers, each on its own SQLite file with its share of the
+    messages and connections, started together: what a second core could add on this
+    machine with no shared database at all (an upper bound for any multi-process design).
+    """
+    total = args.messages // parts * parts
+    with contextlib.ExitStack() as stack:
+        workers = []
+        for _ in range(parts):
+            folder = stack.enter_context(common.workdir(args.workdir))
+            worker = common.WorkerProcess(folder, common.free_port(), common.new_key())
+            common.run(common.prepare_instance(
+                worker.db_path, worker.key, sink.port,
+                max_connections=max(connections // parts, 1),
+                settings={"command_log_enabled": not args.no_command_log, **args.settings}))
+            workers.append(worker)
+            stack.callback(worker.stop)
+            worker.start()
+        time.sleep(0.5)
+        cpu_before = sum(w.cpu_seconds() for w in workers)
+        ends: list[float] = []
+
+        def one(i: int, worker: common.WorkerProcess) -> None:
+            common.run(post_all(worker.port, total // parts, f"s{i}"))
+            ends.append(common.wait_sent(worker.db_path, total // parts, timeout=args.timeout))
+
+        start = time.monotonic()
+        threads = [threading.Thread(target=one, args=(i, w)) for i, w in enumerate(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if len(ends) != parts:
+            raise RuntimeError("a split worker did not finish")
+        cpu = sum(w.cpu_seconds() for w in workers) - cpu_before
+    elapsed = max(ends) - start
+    return {"workers": parts, "messages": total, "seconds": round(elapsed, 3),
+            "msgs_per_s": round(total / elapsed, 1),
+            "cpu_ms_per_msg": round(cpu * 1000 / total, 3)}
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,6 +180,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             out[f"connections_{c}"] = {
                 "raw_before": raw, "raw_after": raw_after, "worker": ours,
                 "ratio_to_ceiling": round(ours["msgs_per_s"] / ceiling, 3)}
+            if args.split > 1 and c >= args.split:
+                split = split_run(args, sink, c, args.split)
+                out[f"connections_{c}"]["split"] = {
+                    **split, "ratio_to_ceiling": round(split["msgs_per_s"] / ceiling, 3)}
     return out
 
 
@@ -135,6 +198,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settings", type=json.loads, default={},
                    help='runtime settings for the worker, as JSON, e.g. '
                         '\'{"max_concurrent_sends": 60, "batch_size_per_account": 100}\'')
+    p.add_argument("--split", type=int, default=1, metavar="N",
+                   help="also run N independent workers (own SQLite each, C/N connections "
+                        "each) to see what more cores could add")
     p.add_argument("--workdir", default=None)
     p.add_argument("--quick", action="store_true", help="tiny workload (smoke test)")
     args = p.parse_args(argv)

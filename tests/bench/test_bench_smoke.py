@@ -39,9 +39,14 @@ def test_all_benchmarks_run_and_report_every_target() -> None:
 
 
 def test_python_sink_counts_messages() -> None:
-    """The fallback sink must really count: a dispatch run against it delivers everything."""
-    result = run_bench("bench.dispatch", "--sink", "python")
+    """The fallback sink must really count: a dispatch run against it delivers everything,
+    also when split over two workers."""
+    result = run_bench("bench.dispatch", "--sink", "python", "--split", "2")
     assert result["sink"] == "python"
     run = result["connections_2"]
     assert run["worker"]["messages"] == result["messages"] == 40
     assert run["worker"]["msgs_per_s"] > 0 and run["raw_before"]["msgs_per_s"] > 0
+    assert run["worker"]["cpu_ms_per_msg"] > 0 and run["raw_before"]["cpu_ms_per_msg"] > 0
+    assert len(run["worker"]["busiest_threads_ms_per_msg"]) >= 2
+    assert run["split"]["workers"] == 2 and run["split"]["messages"] == 40
+    assert run["split"]["msgs_per_s"] > 0
