@@ -6,6 +6,8 @@ same number of SMTP connections.
   last message as sent (the sink's 250 reply has then been received);
 * ``cpu_ms_per_msg``: the worker's CPU time (all threads, user and system) over the same
   span, per message;
+* ``channel_only``: the worker's pipelined SMTP channel driven by a bare loop, same sink
+  and connections (no HTTP, database or bookkeeping): the SMTP share of the worker's cost;
 * ceiling: aiosmtplib with ``C`` connections, each sending its share back to back, timed
   until the last 250 reply.
 
@@ -66,6 +68,45 @@ async def raw_ceiling(port: int, total: int, connections: int) -> dict[str, Any]
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     for client in clients:
         await client.quit()
+    return {"messages": total, "seconds": round(elapsed, 3),
+            "msgs_per_s": round(total / elapsed, 1),
+            "cpu_ms_per_msg": round(cpu * 1000 / total, 3)}
+
+
+async def channel_only(port: int, total: int, connections: int) -> dict[str, Any]:
+    """The worker's own SMTP channel (pipelined) with nothing else around it: the SMTP part
+    of a delivered message's cost, to set against the raw client's and the worker's."""
+    import aiosmtplib
+
+    from mail_proxy.delivery.smtp_channel import Pending, SmtpChannel
+
+    channels = []
+    for _ in range(connections):
+        client = aiosmtplib.SMTP(hostname=common.HOST, port=port, start_tls=False,
+                                 use_tls=False, timeout=30)
+        await client.connect()
+        await client.ehlo()  # PIPELINING is seen in the EHLO reply, as the pool does
+        channels.append(SmtpChannel.take_over(client))
+    payloads = [wire_message(i) for i in range(total)]
+
+    async def pump(c: int) -> None:
+        # like a worker's send loop: the next envelope goes out before the final reply
+        previous: Pending | None = None
+        for i in range(c, total, connections):
+            pending = await channels[c].begin("sender@acme.test", [f"rcpt{i}@example.com"],
+                                              payloads[i])
+            if previous is not None:
+                await channels[c].finish(previous)
+            previous = pending
+        if previous is not None:
+            await channels[c].finish(previous)
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(pump(c) for c in range(connections)))
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    for channel in channels:
+        await channel.command(b"QUIT")
+        channel.close()
     return {"messages": total, "seconds": round(elapsed, 3),
             "msgs_per_s": round(total / elapsed, 1),
             "cpu_ms_per_msg": round(cpu * 1000 / total, 3)}
@@ -175,10 +216,12 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             raw = common.run(raw_ceiling(sink.port, args.messages, c))
             ours = worker_run(args, sink, c)
             raw_after = common.run(raw_ceiling(sink.port, args.messages, c))
+            channel = common.run(channel_only(sink.port, args.messages, c))
             # the ceiling is measured before and after: the machine drifts
             ceiling = max(raw["msgs_per_s"], raw_after["msgs_per_s"])
             out[f"connections_{c}"] = {
                 "raw_before": raw, "raw_after": raw_after, "worker": ours,
+                "channel_only": channel,
                 "ratio_to_ceiling": round(ours["msgs_per_s"] / ceiling, 3)}
             if args.split > 1 and c >= args.split:
                 split = split_run(args, sink, c, args.split)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -32,6 +33,8 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 _RCPT_OK = (250, 251)
 _EXPECTED = frozenset({250, 251, 354})
+# Linux only: elsewhere the channel works the same, without the early acknowledgements.
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 
 def data_block(message: bytes) -> bytes:
@@ -89,6 +92,7 @@ class SmtpChannel(asyncio.Protocol):
         self.reply_timeout: float | None = None
         self._deadlines: deque[float] = deque()  # of the futures in _expected, in order
         self._timer: asyncio.TimerHandle | None = None
+        self._socket: Any = transport.get_extra_info("socket") if _QUICKACK else None
 
     @classmethod
     def take_over(cls, client: aiosmtplib.SMTP) -> SmtpChannel:
@@ -117,6 +121,21 @@ class SmtpChannel(asyncio.Protocol):
             self.transport.abort()
             return
         self._match()
+        if self._expected and self._socket is not None:
+            self._acknowledge_now()
+
+    def _acknowledge_now(self) -> None:
+        # More replies are due and nothing may be written until they come: acknowledge what
+        # arrived at once instead of after the kernel's delayed-ACK timer (40 ms on Linux).
+        # A server that answers a pipelined group in two writes without TCP_NODELAY holds
+        # the second one (Nagle) until its first is acknowledged; with transactions
+        # overlapping (the next envelope written before the last message's final reply)
+        # that stalled a connection for 40 ms every few dozen messages, and left four
+        # connections into Postfix's smtp-sink at 2,800 msgs/s instead of 9,700.
+        try:
+            self._socket.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        except OSError:
+            self._socket = None  # not a TCP socket after all: never try again
 
     def eof_received(self) -> bool:
         self._fail(aiosmtplib.SMTPServerDisconnected("Unexpected EOF received"))

@@ -8,13 +8,17 @@ command has arrived: a client that waits for each reply before the next command 
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import aiosmtplib
 import pytest
 
 from mail_proxy.delivery.smtp import SmtpPools, SmtpTarget
-from mail_proxy.delivery.smtp_channel import data_block
+from mail_proxy.delivery.smtp_channel import SmtpChannel, data_block
 from mail_proxy.errors import PermanentFailure, ThrottleFailure, TransientFailure
 
 pytestmark = pytest.mark.timeout(10)
@@ -32,13 +36,16 @@ class BatchingServer:
     def __init__(self, *, mail: bytes = b"250 OK", rcpt: dict[str, bytes] | None = None,
                  data: bytes = b"354 go ahead", final: bytes = b"250 2.0.0 queued",
                  hang_up_after_group: bool = False, hold_final: bool = False,
-                 finals: list[bytes] | None = None) -> None:
+                 finals: list[bytes] | None = None, group_delay: float = 0.0) -> None:
         self.mail, self.rcpt, self.data, self.final = mail, rcpt or {}, data, final
         # hold_final: the reply to a message waits until the next command arrives, so only a
         # client that writes the next envelope before reading that reply gets it in time.
         self.hold_final = hold_final
         self.finals = list(finals or [])  # replies to the messages, in order, then `final`
         self.hang_up_after_group = hang_up_after_group
+        # the replies to a group come this long after the previous message's final reply,
+        # in a write of their own (as from a server whose input arrived in two reads)
+        self.group_delay = group_delay
         self.sessions: list[Session] = []
         self.port = 0
         self._server: asyncio.base_events.Server | None = None
@@ -133,7 +140,15 @@ class _Batching(asyncio.Protocol):
             self.transport.write(b"".join(r + b"\r\n" for r in out[:bad + 1]))
             self.transport.close()
             return
-        self.transport.write(b"".join(r + b"\r\n" for r in out))
+        answer = b"".join(r + b"\r\n" for r in out)
+        if self.owner.group_delay:
+            asyncio.get_running_loop().call_later(self.owner.group_delay, self._write, answer)
+        else:
+            self.transport.write(answer)
+
+    def _write(self, data: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
 
 @pytest.fixture
@@ -241,6 +256,75 @@ async def test_a_malformed_reply_drops_the_connection(pools: SmtpPools) -> None:
             await pools.send(target(srv.port), "s@acme.test", ["a@x.test"], b"x\r\n")
     assert info.value.code == "connection_failed"
     assert pools.stats()[("acme", "main")] == {"idle": 0, "busy": 0}
+
+
+class RecordingSocket:
+    """The channel's real socket, with every TCP_QUICKACK request noted along with how
+    many replies the channel was still waiting for at that moment."""
+
+    def __init__(self, channel: SmtpChannel, *, fail: bool = False) -> None:
+        self.channel, self.real, self.fail = channel, channel._socket, fail
+        self.waiting_at_ack: list[int] = []
+
+    def setsockopt(self, level: int, option: int, value: Any) -> None:
+        if option == getattr(socket, "TCP_QUICKACK", None):
+            self.waiting_at_ack.append(len(self.channel._expected))
+            if self.fail:
+                raise OSError("not supported here")
+        self.real.setsockopt(level, option, value)
+
+
+async def _channel(port: int) -> SmtpChannel:
+    client = aiosmtplib.SMTP(hostname=HOST, port=port, start_tls=False, use_tls=False,
+                             timeout=2)
+    await client.connect()
+    await client.ehlo()
+    channel = SmtpChannel.take_over(client)
+    assert channel.pipelining
+    return channel
+
+
+async def _overlapping_sends(channel: SmtpChannel, count: int) -> list[int]:
+    """Each envelope written before the previous message's final reply, as the pool does."""
+    codes, previous = [], None
+    for n in range(count):
+        pending = await channel.begin("s@acme.test", [f"{n}@x.test"], b"x\r\n")
+        if previous is not None:
+            codes.append((await channel.finish(previous)).smtp_code)
+        previous = pending
+    assert previous is not None
+    codes.append((await channel.finish(previous)).smtp_code)
+    return codes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_QUICKACK is Linux's")
+async def test_replies_that_leave_more_due_are_acknowledged_at_once() -> None:
+    """With transactions overlapping, a read that leaves replies outstanding asks the kernel
+    to acknowledge it now: a server that answers in two writes under Nagle's algorithm
+    would otherwise hold its second write until the delayed ACK (40 ms on Linux)."""
+    async with BatchingServer(group_delay=0.01) as srv:
+        channel = await _channel(srv.port)
+        spy = RecordingSocket(channel)
+        channel._socket = spy
+        codes = await _overlapping_sends(channel, 20)
+        channel.close()
+    assert codes == [250] * 20
+    # each final reply arrives alone while the next envelope's replies are due: 19 times,
+    # fewer only if a stalled test loop read a final reply and the next group together
+    assert len(spy.waiting_at_ack) >= 10
+    assert all(waiting > 0 for waiting in spy.waiting_at_ack)  # never when nothing is due
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_QUICKACK is Linux's")
+async def test_a_socket_refusing_quickack_is_left_alone_and_sends_go_on() -> None:
+    async with BatchingServer(group_delay=0.01) as srv:
+        channel = await _channel(srv.port)
+        spy = RecordingSocket(channel, fail=True)
+        channel._socket = spy
+        codes = await _overlapping_sends(channel, 5)
+        channel.close()
+    assert codes == [250] * 5
+    assert len(spy.waiting_at_ack) == 1 and channel._socket is None  # asked once, then never
 
 
 def test_data_block_normalises_line_endings_and_stuffs_dots() -> None:
