@@ -63,6 +63,29 @@ def convert(sql: str) -> tuple[str, list[str]]:
     return _TOKEN.sub(sub, sql), names
 
 
+# "INSERT INTO t (cols) VALUES (...)" and nothing else, once converted to $n placeholders.
+_PLAIN_INSERT = re.compile(r"(INSERT\s+INTO\s+\w+\s*\([\w\s,]+\))\s*VALUES\s*\(([^()]*)\)\s*;?",
+                           re.I | re.S)
+_POSITIONAL = re.compile(r"\$(\d+)")
+
+
+def unnest_insert(sql: str, kinds: list[tuple[str, str]]) -> str | None:
+    """The many-rows form of a plain single-row INSERT: one array per parameter, unnested
+    into rows (``INSERT ... SELECT ... FROM unnest($1::text[], ...)``). asyncpg's
+    ``executemany`` runs the statement once per row; this is one statement for the batch
+    (1,000 messages: 26 -> 19 ms when measured in isolation). None when not applicable."""
+    match = _PLAIN_INSERT.fullmatch(sql.strip())
+    if match is None or not kinds or any(kind != "scalar" for _, kind in kinds):
+        return None
+    head, values = match.groups()
+    arrays = ", ".join(f"${i}::{name}[]" for i, (name, _) in enumerate(kinds, 1))
+    columns = ", ".join(f"p{i}" for i in range(1, len(kinds) + 1))
+    row = _POSITIONAL.sub(r"u.p\1", values)
+    # rows keep the batch's order, and so do the primary keys they are given (FIFO ties)
+    return (f"{head} SELECT {row} FROM unnest({arrays}) WITH ORDINALITY AS u({columns}, n) "
+            f"ORDER BY u.n")
+
+
 def parse_url(url: str) -> tuple[str, str | None]:
     """(DSN for asyncpg, schema or None): ``schema``/``options`` leave the query string."""
     parts = urlsplit(url)
@@ -167,8 +190,13 @@ class _Conn:
             return
         try:
             sql, names, kinds = await self._store.prepared(self._conn, query)
-            await self._conn.executemany(sql, [[_coerce(r[n], k) for n, k in zip(
-                names, kinds, strict=True)] for r in rows])
+            bulk = self._store.unnest_form(query, sql, kinds) if len(rows) > 1 else None
+            if bulk is not None:
+                await self._conn.execute(bulk, *[[_coerce(r[n], k) for r in rows]
+                                                 for n, k in zip(names, kinds, strict=True)])
+            else:
+                await self._conn.executemany(sql, [[_coerce(r[n], k) for n, k in zip(
+                    names, kinds, strict=True)] for r in rows])
         except Exception as exc:
             raise _translate(exc) from exc
 
@@ -208,6 +236,7 @@ class PostgresStore:
         self._password = password  # None: the URL's own, else PGPASSWORD (read by asyncpg)
         self._queries = {name: convert(sql) for name, sql in named.load("postgresql").items()}
         self._kinds: dict[str, list[tuple[str, str]]] = {}
+        self._unnest: dict[str, str | None] = {}
         self._pool: Any = None
         self._listener: asyncio.Task[None] | None = None
         self._listen_conn: Any = None
@@ -283,6 +312,12 @@ class PostgresStore:
             kinds = [(t.name, t.kind) for t in stmt.get_parameters()]
             self._kinds[query] = kinds
         return sql, names, kinds
+
+    def unnest_form(self, query: str, sql: str, kinds: list[tuple[str, str]]) -> str | None:
+        """:func:`unnest_insert` of a named query, worked out once."""
+        if query not in self._unnest:
+            self._unnest[query] = unnest_insert(sql, kinds)
+        return self._unnest[query]
 
     def _require_pool(self) -> Any:
         if self._pool is None:

@@ -112,7 +112,8 @@ async def test_duplicate_ids_across_grouped_requests(core) -> None:
 
 
 async def test_insert_all_of_many_rows_keeps_order_and_values(core) -> None:
-    """1,300 rows: several statements on SQLite (multi-row INSERTs of up to 512 rows)."""
+    """1,300 rows: several statements on SQLite (multi-row INSERTs of up to 512 rows), one
+    on PostgreSQL (arrays unnested into rows)."""
     await f.tenant(core)
     await f.account(core, 2525)
     rows = [_row(i, now=100 + i, next_attempt_at=200 + i, priority=i % 4,
@@ -124,6 +125,8 @@ async def test_insert_all_of_many_rows_keeps_order_and_values(core) -> None:
     stored = {r["id"]: r for r in await core.store.fetch("message_statuses", tenant_id="acme",
                                                            ids=ids)}
     assert len(stored) == 1300
+    if core.store.backend == "postgresql":  # one unnest INSERT, not one statement per row
+        assert core.store._unnest.get("message_insert") is not None
     pks = [stored[i]["pk"] for i in ids]
     assert pks == sorted(pks)  # inserted in the order given: FIFO position follows it
     for i in (0, 511, 512, 1023, 1299):
@@ -176,3 +179,29 @@ def test_only_plain_single_row_inserts_are_rewritten() -> None:
     assert _multi_row("INSERT INTO t (a) VALUES (:a) ON CONFLICT DO NOTHING") is None
     assert _multi_row("INSERT INTO t (a) SELECT :a") is None
     assert _multi_row("INSERT INTO t (a) VALUES (:a) RETURNING pk") is None
+
+
+def test_postgresql_batches_become_one_unnest_insert() -> None:
+    """On PostgreSQL a batch is one INSERT ... SELECT FROM unnest(arrays), in the batch's
+    order; only plain single-row INSERTs with scalar parameters are rewritten."""
+    from mail_proxy.store import queries
+    from mail_proxy.store.postgres import convert, unnest_insert
+
+    sql, names = convert(queries.load("postgresql")["message_insert"])
+    kinds = [("text", "scalar")] * len(names)
+    bulk = unnest_insert(sql, kinds)
+    assert bulk is not None and bulk.startswith("INSERT INTO messages (")
+    assert f"${len(names)}::text[]" in bulk and f"${len(names) + 1}" not in bulk
+    assert bulk.endswith("WITH ORDINALITY AS u(" + ", ".join(
+        f"p{i}" for i in range(1, len(names) + 1)) + ", n) ORDER BY u.n")
+    # the same parameter used twice (:now for created_at and updated_at) is one array
+    assert bulk.count(f"u.p{names.index('now') + 1}") == 2
+    plain = "INSERT INTO t (a, b) VALUES ($1, $2)"
+    assert unnest_insert(plain, [("int8", "scalar"), ("bool", "scalar")]) == (
+        "INSERT INTO t (a, b) SELECT u.p1, u.p2 FROM unnest($1::int8[], $2::bool[]) "
+        "WITH ORDINALITY AS u(p1, p2, n) ORDER BY u.n")
+    assert unnest_insert(plain, [("int8", "scalar"), ("_text", "array")]) is None
+    assert unnest_insert(plain + " ON CONFLICT DO NOTHING", [("int8", "scalar")] * 2) is None
+    assert unnest_insert(plain + " RETURNING pk", [("int8", "scalar")] * 2) is None
+    assert unnest_insert("INSERT INTO t (a) SELECT $1", [("int8", "scalar")]) is None
+    assert unnest_insert("INSERT INTO t (a) VALUES (lower($1))", [("text", "scalar")]) is None
