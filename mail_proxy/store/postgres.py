@@ -73,7 +73,8 @@ def unnest_insert(sql: str, kinds: list[tuple[str, str]]) -> str | None:
     """The many-rows form of a plain single-row INSERT: one array per parameter, unnested
     into rows (``INSERT ... SELECT ... FROM unnest($1::text[], ...)``). asyncpg's
     ``executemany`` runs the statement once per row; this is one statement for the batch
-    (1,000 messages: 26 -> 19 ms when measured in isolation). None when not applicable."""
+    (the store's part of a 1,000-message enqueue: 40 -> 23 ms). None when not applicable:
+    array parameters, function calls in the values, ON CONFLICT, RETURNING."""
     match = _PLAIN_INSERT.fullmatch(sql.strip())
     if match is None or not kinds or any(kind != "scalar" for _, kind in kinds):
         return None
