@@ -45,6 +45,13 @@ def wire_message(i: int, size: int = 1024) -> bytes:
     return msg.as_bytes()
 
 
+def rate(messages: int, seconds: float, cpu_seconds: float) -> dict[str, Any]:
+    """The figures every dispatch measurement reports: count, time, rate, CPU per message."""
+    return {"messages": messages, "seconds": round(seconds, 3),
+            "msgs_per_s": round(messages / seconds, 1),
+            "cpu_ms_per_msg": round(cpu_seconds * 1000 / messages, 3)}
+
+
 async def raw_ceiling(port: int, total: int, connections: int) -> dict[str, Any]:
     import aiosmtplib
 
@@ -68,9 +75,7 @@ async def raw_ceiling(port: int, total: int, connections: int) -> dict[str, Any]
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     for client in clients:
         await client.quit()
-    return {"messages": total, "seconds": round(elapsed, 3),
-            "msgs_per_s": round(total / elapsed, 1),
-            "cpu_ms_per_msg": round(cpu * 1000 / total, 3)}
+    return rate(total, elapsed, cpu)
 
 
 async def channel_only(port: int, total: int, connections: int) -> dict[str, Any]:
@@ -107,9 +112,7 @@ async def channel_only(port: int, total: int, connections: int) -> dict[str, Any
     for channel in channels:
         await channel.command(b"QUIT")
         channel.close()
-    return {"messages": total, "seconds": round(elapsed, 3),
-            "msgs_per_s": round(total / elapsed, 1),
-            "cpu_ms_per_msg": round(cpu * 1000 / total, 3)}
+    return rate(total, elapsed, cpu)
 
 
 async def post_all(port: int, total: int, tag: str) -> float:
@@ -154,12 +157,10 @@ def worker_run(args: argparse.Namespace, sink: common.Sink, connections: int) ->
         finally:
             worker.stop()
     elapsed = end - start
-    return {"messages": args.messages, "seconds": round(elapsed, 3),
-            "msgs_per_s": round(args.messages / elapsed, 1),
+    # CPU: all threads of the worker, enqueue included; steadier than msgs/s when the
+    # machine drifts, so changes to the per-message cost are compared on it
+    return {**rate(args.messages, elapsed, cpu),
             "enqueue_seconds": round(posted - start, 3), "fsync_p50_ms": fsync["p50_ms"],
-            # all threads of the worker, enqueue included: steadier than msgs/s when the
-            # machine drifts, so changes to the per-message cost are compared on this
-            "cpu_ms_per_msg": round(cpu * 1000 / args.messages, 3),
             # the event loop's thread is the busiest, the database thread next
             "busiest_threads_ms_per_msg": [round(b * 1000 / args.messages, 3)
                                            for b in busiest[:3]],
@@ -203,9 +204,7 @@ def split_run(args: argparse.Namespace, sink: common.Sink, connections: int,
             raise RuntimeError("a split worker did not finish")
         cpu = sum(w.cpu_seconds() for w in workers) - cpu_before
     elapsed = max(ends) - start
-    return {"workers": parts, "messages": total, "seconds": round(elapsed, 3),
-            "msgs_per_s": round(total / elapsed, 1),
-            "cpu_ms_per_msg": round(cpu * 1000 / total, 3)}
+    return {"workers": parts, **rate(total, elapsed, cpu)}
 
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
