@@ -10,9 +10,9 @@ import asyncio
 import gc
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from mail_proxy.errors import BadRequest, FieldError, Forbidden, MailProxyError, ValidationFailed
 from mail_proxy.jsonfast import dumps_compact
@@ -26,6 +26,7 @@ from mail_proxy.manager.validation import (
     parse_priority,
 )
 
+T = TypeVar("T")
 TOP_LEVEL = frozenset({"messages", "default_priority", "tenant_id"})
 # A tenant's configuration is re-read at most this often on the enqueue hot path; a
 # deactivated tenant or a deleted account is therefore noticed within this many seconds.
@@ -38,6 +39,15 @@ PAUSE_GC_FROM = 64
 # the event loop in between (about 3 ms of work each): a 1,000-message request no longer
 # holds up sends and other requests for 30 ms at a stretch.
 YIELD_EVERY = 100
+
+
+async def _slices(items: list[T]) -> AsyncIterator[tuple[int, list[T]]]:
+    """``(start, slice)`` of YIELD_EVERY items, with a turn of the event loop in between so
+    that sends and small requests get through."""
+    for start in range(0, len(items), YIELD_EVERY):
+        if start:
+            await asyncio.sleep(0)
+        yield start, items[start:start + YIELD_EVERY]
 
 
 @contextmanager
@@ -215,10 +225,8 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
                             now=now())
     validator = BatchValidator(ctx, message_id_domain=message_id_domain(settings))
     with collector_paused(len(entries)):
-        for start in range(0, len(entries), YIELD_EVERY):
-            if start:
-                await asyncio.sleep(0)  # let sends and small requests through
-            validator.add(entries[start:start + YIELD_EVERY], start)
+        async for start, part in _slices(entries):
+            validator.add(part, start)
     accepted, rejected = validator.accepted, validator.rejected
     listed = tenant_cache(core).with_suppressions
     if accepted and settings.suppression_enabled and listed & {m.tenant_id for _, m in accepted}:
@@ -237,11 +245,9 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
         t = now()
         rows = []
         with collector_paused(len(accepted)):
-            for start in range(0, len(accepted), YIELD_EVERY):
-                if start:
-                    await asyncio.sleep(0)
+            async for _, part in _slices(accepted):
                 rows += [_row(m, t, pec_accounts.get((m.tenant_id, m.account_id), False),
-                              core.keyring) for _, m in accepted[start:start + YIELD_EVERY]]
+                              core.keyring) for _, m in part]
         stored, late = await _store(core.store, accepted, rows, rejected, log_row)
         rejected.extend(late)
         rejected.sort(key=lambda r: r["index"])
