@@ -226,8 +226,12 @@ class Dispatcher:
         limit = 3
         if config is not None and config.target is not None:
             limit = 1 if config.throttle_level > 0 else config.target.max_connections
-        # Send tasks never outnumber the account's connections (delivery.md §3).
-        for _ in range(min(limit - len(lane.tasks), len(lane.heap))):
+        # Send tasks never outnumber the account's connections (delivery.md §3). A loop
+        # that found the heap empty has returned, but leaves `lane.tasks` only when its
+        # done-callback runs, later: counting it would start no loop for these messages,
+        # and the lane would hold them (their leases renewed) with nothing sending.
+        running = sum(1 for task in lane.tasks if not task.done())
+        for _ in range(min(limit - running, len(lane.heap))):
             task = asyncio.create_task(self._work(lane))
             lane.tasks.add(task)
             task.add_done_callback(lane.tasks.discard)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 
-from mail_proxy.delivery.dispatcher import Dispatcher
+from mail_proxy.delivery.dispatcher import Dispatcher, Lane
 from mail_proxy.delivery.smtp import SmtpPools
 from mail_proxy.manager.messages import counts, get_message
 from tests.support import factories as f
@@ -28,6 +29,28 @@ async def test_messages_are_delivered_once_and_marked_sent(core, smtp_server) ->
     msg = await get_message(core, "acme", "m-3")
     assert msg["status"] == "sent" and msg["attempts"] == 1
     assert [e["event_type"] for e in msg["events"]] == ["sent"]
+    await dispatcher.smtp.close()
+
+
+async def test_a_claim_landing_as_the_last_send_loop_returns_is_still_sent(core,
+                                                                          smtp_server) -> None:
+    """A send loop that found its lane empty has returned, but stays in ``lane.tasks``
+    until its done-callback runs; a claim resuming in between must still start a loop."""
+    await f.tenant(core)
+    await f.account(core, smtp_server.port, max_connections=1)
+    await f.enqueue(core, *[f.message(i) for i in range(3)])
+    dispatcher = make_dispatcher(core)
+
+    async def returned() -> None:
+        return None
+
+    loop_that_returned = asyncio.create_task(returned())
+    await loop_that_returned
+    # in the lane's task set, as between its return and its done-callback
+    dispatcher.lanes[("acme", "main")] = Lane(("acme", "main"), tasks={loop_that_returned})
+    assert await dispatcher.run_once() == 3
+    await drive(dispatcher, timeout=3)
+    assert (await counts(core, "acme"))["sent"] == 3
     await dispatcher.smtp.close()
 
 
