@@ -146,6 +146,11 @@ class Dispatcher:
             return 0
         for msg in claimed:
             self._enqueue(msg)
+        for lane in list(self.lanes.values()):
+            if lane.heap:
+                # No-op when the lane's loops are running; otherwise held messages would
+                # wait (their leases renewed) for a claim that never comes at low water.
+                self._spawn(lane)
         return len(claimed)
 
     async def _promote(self, t: int) -> None:

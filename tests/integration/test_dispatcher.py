@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import email
+import heapq
 
 from mail_proxy.delivery.dispatcher import Dispatcher, Lane
 from mail_proxy.delivery.smtp import SmtpPools
+from mail_proxy.manager.core import now
 from mail_proxy.manager.messages import counts, get_message
 from tests.support import factories as f
 from tests.support.dispatching import drive
@@ -49,6 +51,23 @@ async def test_a_claim_landing_as_the_last_send_loop_returns_is_still_sent(core,
     # in the lane's task set, as between its return and its done-callback
     dispatcher.lanes[("acme", "main")] = Lane(("acme", "main"), tasks={loop_that_returned})
     assert await dispatcher.run_once() == 3
+    await drive(dispatcher, timeout=3)
+    assert (await counts(core, "acme"))["sent"] == 3
+    await dispatcher.smtp.close()
+
+
+async def test_a_lane_left_without_send_loops_is_restarted_by_the_next_cycle(
+        core, smtp_server) -> None:
+    """The safety net behind the case above: held messages never wait for a claim."""
+    await f.tenant(core)
+    await f.account(core, smtp_server.port, max_connections=1)
+    await f.enqueue(core, *[f.message(i) for i in range(3)])
+    dispatcher = make_dispatcher(core)
+    lane = Lane(("acme", "main"))
+    for msg in await dispatcher._claim(now()):  # claimed, but no loop started
+        heapq.heappush(lane.heap, (msg.order, msg))
+    dispatcher.lanes[lane.key] = lane
+    assert len(lane.heap) == 3 and not lane.tasks
     await drive(dispatcher, timeout=3)
     assert (await counts(core, "acme"))["sent"] == 3
     await dispatcher.smtp.close()
