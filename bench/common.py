@@ -186,7 +186,8 @@ class WorkerProcess:
         if out and shutil.which("py-spy"):
             # profile the worker for the whole benchmark: BENCH_PYSPY=/tmp/flame.svg
             self.profiler = subprocess.Popen(
-                ["py-spy", "record", "-o", out, "--pid", str(self.proc.pid), "-r", "200",
+                ["py-spy", "record", "-o", out, "--pid", str(self.proc.pid),
+                 "-r", os.environ.get("BENCH_PYSPY_RATE", "200"),
                  *os.environ.get("BENCH_PYSPY_ARGS", "").split()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)

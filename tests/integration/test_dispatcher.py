@@ -175,3 +175,32 @@ async def test_missing_attachment_fails_permanently_naming_it(core, smtp_server,
     assert smtp_server.messages == []
     await dispatcher.smtp.close()
     await fetcher.close()
+
+
+async def test_two_dispatchers_on_one_database_deliver_everything_once(core,
+                                                                      smtp_server) -> None:
+    """Two running workers sharing the queue, one connection each: lanes drain and refill
+    all the time."""
+    await f.tenant(core)
+    await f.account(core, smtp_server.port, max_connections=1, batch_size=4)
+    total = 300
+    for start in range(0, total, 100):
+        await f.enqueue(core, *[f.message(i) for i in range(start, start + 100)])
+    workers = [make_dispatcher(core, "test:1:aaaa"), make_dispatcher(core, "test:2:bbbb")]
+    loops = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        async with asyncio.timeout(30):
+            while True:  # the sends are the workers' own; the test can only poll
+                if (await counts(core, "acme"))["sent"] >= total:
+                    break
+                await asyncio.sleep(0.05)
+    finally:
+        for w in workers:
+            await w.drain(5)
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        for w in workers:
+            await w.smtp.close()
+    ids = [email.message_from_bytes(m.data)["X-Mail-Proxy-ID"] for m in smtp_server.messages]
+    assert sorted(ids) == sorted(f"m-{i}" for i in range(total))
