@@ -258,19 +258,26 @@ class Dispatcher:
                 finally:
                     self._finished(lane)
                 continue
-            transmitted = asyncio.Event()
+            # a bare future, not an asyncio.Event: one per message, and the Event's
+            # pure-Python wait showed in profiles of the send loop
+            transmitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             task = asyncio.create_task(self._send_one(lane, msg, transmitted))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
-            await transmitted.wait()
+            await transmitted
         if not lane.tasks - {asyncio.current_task()}:
             self._forget_if_idle(lane)
 
-    async def _send_one(self, lane: Lane, msg: Claimed, transmitted: asyncio.Event) -> None:
+    async def _send_one(self, lane: Lane, msg: Claimed,
+                        transmitted: asyncio.Future[None]) -> None:
+        def release() -> None:
+            if not transmitted.done():
+                transmitted.set_result(None)
+
         try:
-            await self.sender.send(msg, transmitted=transmitted.set)
+            await self.sender.send(msg, transmitted=release)
         finally:
-            transmitted.set()
+            release()
             self._finished(lane)
 
     def _forget_if_idle(self, lane: Lane) -> None:

@@ -8,11 +8,11 @@ was lost (another worker recovered the message): it is logged as ``lease_lost`` 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+from mail_proxy.jsonfast import dumps_compact
 from mail_proxy.manager.core import now
 from mail_proxy.store.base import Step
 from mail_proxy.store.errors import StoreUnavailable
@@ -87,7 +87,7 @@ class Recorder:
             # the event only when the conditional update matched: our lease still held
             step = (query, update, "event_insert", {
                 "message_pk": msg.pk, "tenant_id": msg.tenant_id, "event_type": kind,
-                "now": t, "description": description, "metadata": json.dumps(metadata),
+                "now": t, "description": description, "metadata": dumps_compact(metadata),
                 "reportable": reportable})
         delay = WRITE_RETRY_FIRST
         while True:
