@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -50,6 +51,10 @@ def fill(db_path: Path, start: int, stop: int) -> float:
         conn.execute("ANALYZE")
     finally:
         conn.close()
+    # The load skipped fsync: a million rows leave hundreds of MB dirty in the page cache,
+    # and every durable commit timed next would wait behind their writeback (the claim
+    # cycle's commit measured 0.86 ms instead of 0.24 ms right after such a load).
+    os.sync()
     return time.perf_counter() - t0
 
 
