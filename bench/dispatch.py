@@ -15,7 +15,7 @@ The sink is Postfix's ``smtp-sink`` when installed (see bench/README.md), else b
 the result says which.
 
     python -m bench.dispatch [--messages 5000] [--connections 1 4] [--sink auto]
-                             [--settings '{"max_concurrent_sends": 60}'] [--split 2]
+                             [--settings '{"max_concurrent_sends": 60}'] [--split 2 [--shared]]
 """
 
 from __future__ import annotations
@@ -207,6 +207,31 @@ def split_run(args: argparse.Namespace, sink: common.Sink, connections: int,
     return {"workers": parts, **rate(total, elapsed, cpu)}
 
 
+def shared_run(args: argparse.Namespace, sink: common.Sink, connections: int,
+               parts: int) -> dict[str, Any]:
+    """``parts`` workers on one SQLite file (C/N connections each), all messages posted to
+    the first: what a second process adds when it shares the queue, as several instances
+    would. Each commit then waits for SQLite's file lock, whose busy handler polls with
+    sleeps. Also a stress test: it found claimed messages stranded in a lane once.
+    """
+    with common.workdir(args.workdir) as folder:
+        key = common.new_key()
+        workers = [common.WorkerProcess(folder, common.free_port(), key) for _ in range(parts)]
+        common.run(common.prepare_instance(
+            workers[0].db_path, key, sink.port, max_connections=max(connections // parts, 1),
+            settings={"command_log_enabled": not args.no_command_log, **args.settings}))
+        with contextlib.ExitStack() as stack:
+            for worker in workers:
+                stack.callback(worker.stop)
+                worker.start()
+            time.sleep(0.5)
+            cpu_before = sum(w.cpu_seconds() for w in workers)
+            start = common.run(post_all(workers[0].port, args.messages, "sh"))
+            end = common.wait_sent(workers[0].db_path, args.messages, timeout=args.timeout)
+            cpu = sum(w.cpu_seconds() for w in workers) - cpu_before
+    return {"workers": parts, **rate(args.messages, end - start, cpu)}
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"messages": args.messages}
     with common.smtp_sink(args.sink) as sink:
@@ -226,6 +251,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 split = split_run(args, sink, c, args.split)
                 out[f"connections_{c}"]["split"] = {
                     **split, "ratio_to_ceiling": round(split["msgs_per_s"] / ceiling, 3)}
+                if args.shared:
+                    shared = shared_run(args, sink, c, args.split)
+                    out[f"connections_{c}"]["split_shared"] = {
+                        **shared, "ratio_to_ceiling": round(shared["msgs_per_s"] / ceiling, 3)}
     return out
 
 
@@ -243,6 +272,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", type=int, default=1, metavar="N",
                    help="also run N independent workers (own SQLite each, C/N connections "
                         "each) to see what more cores could add")
+    p.add_argument("--shared", action="store_true",
+                   help="with --split: also run the N workers on one shared SQLite file")
     p.add_argument("--workdir", default=None)
     p.add_argument("--quick", action="store_true", help="tiny workload (smoke test)")
     args = p.parse_args(argv)

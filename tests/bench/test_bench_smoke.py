@@ -40,8 +40,8 @@ def test_all_benchmarks_run_and_report_every_target() -> None:
 
 def test_python_sink_counts_messages() -> None:
     """The fallback sink must really count: a dispatch run against it delivers everything,
-    also when split over two workers."""
-    result = run_bench("bench.dispatch", "--sink", "python", "--split", "2")
+    also when split over two workers, with their own databases or one shared."""
+    result = run_bench("bench.dispatch", "--sink", "python", "--split", "2", "--shared")
     assert result["sink"] == "python"
     run = result["connections_2"]
     assert run["worker"]["messages"] == result["messages"] == 40
@@ -50,3 +50,5 @@ def test_python_sink_counts_messages() -> None:
     assert len(run["worker"]["busiest_threads_ms_per_msg"]) >= 2
     assert run["split"]["workers"] == 2 and run["split"]["messages"] == 40
     assert run["split"]["msgs_per_s"] > 0
+    assert run["split_shared"]["workers"] == 2 and run["split_shared"]["messages"] == 40
+    assert run["split_shared"]["msgs_per_s"] > 0
