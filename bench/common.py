@@ -141,6 +141,20 @@ def smtp_sink(kind: str = "auto") -> Iterator[Sink]:
         stop_process(proc)
 
 
+@contextmanager
+def delayed(sink: Sink, rtt_ms: float) -> Iterator[Sink]:
+    """``sink`` behind bench/delay.py: every round trip to it takes ``rtt_ms`` more."""
+    port = free_port()
+    proc: subprocess.Popen[Any] = subprocess.Popen(
+        [sys.executable, "-m", "bench.delay", str(port), str(sink.port), str(rtt_ms / 2)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_port(port)
+        yield Sink(f"{sink.kind}, {rtt_ms:g} ms round trip", port, proc)
+    finally:
+        stop_process(proc)
+
+
 def new_key() -> str:
     return base64.b64encode(os.urandom(32)).decode()
 

@@ -16,6 +16,10 @@ the result says which.
 
     python -m bench.dispatch [--messages 5000] [--connections 1 4] [--sink auto]
                              [--settings '{"max_concurrent_sends": 60}'] [--split 2 [--shared]]
+                             [--rtt-ms 2]
+
+``--rtt-ms`` puts bench/delay.py between every client and the sink: loopback hides what
+pipelining saves (one round trip per message instead of four).
 """
 
 from __future__ import annotations
@@ -234,7 +238,10 @@ def shared_run(args: argparse.Namespace, sink: common.Sink, connections: int,
 
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"messages": args.messages}
-    with common.smtp_sink(args.sink) as sink:
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(common.smtp_sink(args.sink))
+        if args.rtt_ms:
+            sink = stack.enter_context(common.delayed(sink, args.rtt_ms))
         out["sink"] = sink.kind
         for c in args.connections:
             raw = common.run(raw_ceiling(sink.port, args.messages, c))
@@ -272,6 +279,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", type=int, default=1, metavar="N",
                    help="also run N independent workers (own SQLite each, C/N connections "
                         "each) to see what more cores could add")
+    p.add_argument("--rtt-ms", type=float, default=0.0, metavar="MS",
+                   help="put a relay in front of the sink that adds MS to every round trip "
+                        "(bench/delay.py): a network instead of loopback")
     p.add_argument("--shared", action="store_true",
                    help="with --split: also run the N workers on one shared SQLite file")
     p.add_argument("--workdir", default=None)

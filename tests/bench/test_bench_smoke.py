@@ -52,3 +52,16 @@ def test_python_sink_counts_messages() -> None:
     assert run["split"]["msgs_per_s"] > 0
     assert run["split_shared"]["workers"] == 2 and run["split_shared"]["messages"] == 40
     assert run["split_shared"]["msgs_per_s"] > 0
+
+
+def test_dispatch_through_a_delayed_relay() -> None:
+    """bench/delay.py relays everything in order: every message arrives, and the sink is
+    named with the round trip it was measured through."""
+    result = run_bench("bench.dispatch", "--sink", "python", "--rtt-ms", "2")
+    assert result["sink"] == "python, 2 ms round trip"
+    run = result["connections_2"]
+    for part in ("raw_before", "worker", "channel_only"):
+        assert run[part]["messages"] == 40 and run[part]["msgs_per_s"] > 0
+    # the relay really delays: aiosmtplib waits for four replies per message, 20 messages
+    # per connection, so no less than 20 x 4 x 2 ms (a floor, not a timing expectation)
+    assert run["raw_before"]["seconds"] >= 0.16
