@@ -355,6 +355,17 @@ class RawHttp:
         return status, await self.reader.readexactly(length)
 
 
+async def serve_until_stopped(server: asyncio.AbstractServer) -> None:
+    """For the helper processes (sink, relay): say ``ready``, serve until SIGTERM/SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("ready", flush=True)
+    await stop.wait()
+    server.close()
+
+
 def run(coro: Any) -> Any:
     """asyncio.run, on uvloop when installed (the client must not be the bottleneck)."""
     try:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import signal
 import sys
 from typing import Any
+
+from bench.common import run, serve_until_stopped
 
 
 class _Leg(asyncio.Protocol):
@@ -88,22 +89,12 @@ async def serve(listen_port: int, target_port: int, delay: float) -> None:
         return leg
 
     server = await loop.create_server(accepted, "127.0.0.1", listen_port, backlog=1000)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print("ready", flush=True)
-    await stop.wait()
-    server.close()
+    await serve_until_stopped(server)
 
 
 def main() -> None:
     listen_port, target_port, one_way_ms = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(serve(listen_port, target_port, one_way_ms / 1000))
-    else:
-        uvloop.run(serve(listen_port, target_port, one_way_ms / 1000))
+    run(serve(listen_port, target_port, one_way_ms / 1000))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ It understands exactly what the benchmarks send: EHLO/HELO, MAIL, RCPT, DATA, RS
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
+
+from bench.common import run, serve_until_stopped
 
 GREETING = b"220 sink.bench ESMTP\r\n"
 EHLO = b"250-sink.bench\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n"
@@ -73,23 +74,12 @@ class SinkProtocol(asyncio.Protocol):
 async def serve(port: int) -> int:
     loop = asyncio.get_running_loop()
     server = await loop.create_server(SinkProtocol, host="127.0.0.1", port=port, backlog=1024)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print("ready", flush=True)
-    await stop.wait()
-    server.close()
+    await serve_until_stopped(server)
     return SinkProtocol.counter[0]
 
 
 def main() -> None:
-    port = int(sys.argv[1])
-    try:
-        import uvloop
-
-        count = uvloop.run(serve(port))
-    except ImportError:
-        count = asyncio.run(serve(port))
+    count = run(serve(int(sys.argv[1])))
     print(f"count {count}", flush=True)
 
 
