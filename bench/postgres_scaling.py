@@ -7,9 +7,9 @@ time the queue took to fill (add-messages in-process, batches of 1,000, four at 
 reported too.
 
     python bench/postgres_scaling.py [--messages 5000] [--workers 1,2,3]
-        [--url postgresql://postgres@127.0.0.1:5432/test]
+        [--url postgresql://postgres@127.0.0.1:5432/test] [--quick]
 
-Prints one JSON document (machine-readable) and a table.
+Prints one ``BENCH-JSON {...}`` line, like the other benchmarks, and a table.
 """
 
 from __future__ import annotations
@@ -64,9 +64,13 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--workers", default="1,2,3")
     parser.add_argument("--url", default=pg.BASE_URL)
+    parser.add_argument("--quick", action="store_true", help="tiny workload (smoke test)")
     args = parser.parse_args()
+    if args.quick:
+        args.messages, args.workers = 100, "1,2"
     results = [await run(int(n), args.messages, args.url) for n in args.workers.split(",")]
-    print(json.dumps({"benchmark": "postgres_scaling", "results": results}, indent=2))
+    print("BENCH-JSON " + json.dumps({"bench": "postgres_scaling", "results": results}),
+          flush=True)
     print(f"{'workers':>7} {'messages':>8} {'seconds':>8} {'msg/s':>8} {'dups':>5} "
           f"{'enqueue msg/s':>13}")
     for r in results:

@@ -6,6 +6,7 @@ end and prints its JSON with the fields run_all and docs/performance.md rely on.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -65,3 +66,15 @@ def test_dispatch_through_a_delayed_relay() -> None:
     # the relay really delays: aiosmtplib waits for four replies per message, 20 messages
     # per connection, so no less than 20 x 4 x 2 ms (a floor, not a timing expectation)
     assert run["raw_before"]["seconds"] >= 0.16
+
+
+def test_postgres_scaling_delivers_everything_once() -> None:
+    from tests.store import pg
+
+    if not asyncio.run(pg.reachable()):
+        pytest.skip(f"no PostgreSQL server at {pg.BASE_URL}")
+    result = run_bench("bench.postgres_scaling", timeout=120)
+    assert [r["workers"] for r in result["results"]] == [1, 2]
+    for r in result["results"]:
+        assert r["complete"] and r["delivered"] == r["messages"] == 100
+        assert r["duplicates"] == 0 and r["per_second"] > 0
