@@ -134,12 +134,18 @@ async def post_all(port: int, total: int, tag: str) -> float:
     return start
 
 
+def prepare(args: argparse.Namespace, worker: common.WorkerProcess, sink: common.Sink,
+            connections: int) -> None:
+    """The worker's database: one account on the sink, the benchmark's runtime settings."""
+    common.run(common.prepare_instance(
+        worker.db_path, worker.key, sink.port, max_connections=connections,
+        settings={"command_log_enabled": not args.no_command_log, **args.settings}))
+
+
 def worker_run(args: argparse.Namespace, sink: common.Sink, connections: int) -> dict[str, Any]:
     with common.workdir(args.workdir) as folder:
         worker = common.WorkerProcess(folder, common.free_port(), common.new_key())
-        common.run(common.prepare_instance(
-            worker.db_path, worker.key, sink.port, max_connections=connections,
-            settings={"command_log_enabled": not args.no_command_log, **args.settings}))
+        prepare(args, worker, sink, connections)
         fsync = common.fsync_cost(folder)
         worker.start()
         try:
@@ -183,10 +189,7 @@ def split_run(args: argparse.Namespace, sink: common.Sink, connections: int,
         for _ in range(parts):
             folder = stack.enter_context(common.workdir(args.workdir))
             worker = common.WorkerProcess(folder, common.free_port(), common.new_key())
-            common.run(common.prepare_instance(
-                worker.db_path, worker.key, sink.port,
-                max_connections=max(connections // parts, 1),
-                settings={"command_log_enabled": not args.no_command_log, **args.settings}))
+            prepare(args, worker, sink, max(connections // parts, 1))
             workers.append(worker)
             stack.callback(worker.stop)
             worker.start()
@@ -221,9 +224,7 @@ def shared_run(args: argparse.Namespace, sink: common.Sink, connections: int,
     with common.workdir(args.workdir) as folder:
         key = common.new_key()
         workers = [common.WorkerProcess(folder, common.free_port(), key) for _ in range(parts)]
-        common.run(common.prepare_instance(
-            workers[0].db_path, key, sink.port, max_connections=max(connections // parts, 1),
-            settings={"command_log_enabled": not args.no_command_log, **args.settings}))
+        prepare(args, workers[0], sink, max(connections // parts, 1))  # one file for all
         with contextlib.ExitStack() as stack:
             for worker in workers:
                 stack.callback(worker.stop)
@@ -254,14 +255,15 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 "raw_before": raw, "raw_after": raw_after, "worker": ours,
                 "channel_only": channel,
                 "ratio_to_ceiling": round(ours["msgs_per_s"] / ceiling, 3)}
+            variants: list[tuple[str, Any]] = []
             if args.split > 1 and c >= args.split:
-                split = split_run(args, sink, c, args.split)
-                out[f"connections_{c}"]["split"] = {
-                    **split, "ratio_to_ceiling": round(split["msgs_per_s"] / ceiling, 3)}
+                variants.append(("split", split_run))
                 if args.shared:
-                    shared = shared_run(args, sink, c, args.split)
-                    out[f"connections_{c}"]["split_shared"] = {
-                        **shared, "ratio_to_ceiling": round(shared["msgs_per_s"] / ceiling, 3)}
+                    variants.append(("split_shared", shared_run))
+            for name, variant in variants:
+                result = variant(args, sink, c, args.split)
+                out[f"connections_{c}"][name] = {
+                    **result, "ratio_to_ceiling": round(result["msgs_per_s"] / ceiling, 3)}
     return out
 
 

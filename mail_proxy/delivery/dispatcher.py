@@ -40,6 +40,13 @@ class Lane:
         return len(self.heap) + self.in_flight
 
     @property
+    def running(self) -> int:
+        """Send loops still working. A loop that found the heap empty has returned but
+        leaves ``tasks`` only when its done-callback runs, a loop iteration later; counted
+        as running, it once left a claim that landed in between with no loop at all."""
+        return sum(1 for task in self.tasks if not task.done())
+
+    @property
     def waiting(self) -> int:
         """Claimed messages not started yet: what ``batch_size`` bounds (in-flight ones
         are bounded by the account's connections and the worker's send slots)."""
@@ -231,12 +238,8 @@ class Dispatcher:
         limit = 3
         if config is not None and config.target is not None:
             limit = 1 if config.throttle_level > 0 else config.target.max_connections
-        # Send tasks never outnumber the account's connections (delivery.md §3). A loop
-        # that found the heap empty has returned, but leaves `lane.tasks` only when its
-        # done-callback runs, later: counting it would start no loop for these messages,
-        # and the lane would hold them (their leases renewed) with nothing sending.
-        running = sum(1 for task in lane.tasks if not task.done())
-        for _ in range(min(limit - running, len(lane.heap))):
+        # Send tasks never outnumber the account's connections (delivery.md §3).
+        for _ in range(min(limit - lane.running, len(lane.heap))):
             task = asyncio.create_task(self._work(lane))
             lane.tasks.add(task)
             task.add_done_callback(lane.tasks.discard)
