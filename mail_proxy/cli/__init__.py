@@ -12,6 +12,18 @@ import sys
 
 def run(argv: list[str]) -> int:
     """Run one command line (without the program name); return the exit code."""
+    for position, arg in enumerate(argv, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            # bytes that are not UTF-8 reach us as lone surrogates (PEP 383), which no
+            # database can store: say which argument, instead of failing deep inside
+            from mail_proxy.cli.application import EXIT_USAGE, print_error
+
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            print_error(f"argument {position} ({shown!r}) is not UTF-8 text",
+                        "check the terminal's encoding (locale) or the bytes passed")
+            return EXIT_USAGE
     if argv[:1] == ["--version"]:
         from mail_proxy import __version__
 

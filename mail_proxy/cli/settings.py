@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from mail_proxy.cli.application import EXIT_USAGE, AppContext, CliExit, out, print_json, table
+from mail_proxy.jsonfast import loads_strict
 
 app = typer.Typer(rich_markup_mode=None, help="Runtime and process settings.",
                   no_args_is_help=True, add_completion=False)
@@ -29,7 +30,7 @@ def parse_value(text: str, default: Any) -> Any:
     """JSON when it parses (``true``, ``5``, ``[60,300]``), else the string; a list setting
     also takes ``60,300``."""
     try:
-        return json.loads(text)
+        return loads_strict(text)
     except ValueError:
         pass
     if isinstance(default, list):

@@ -6,7 +6,6 @@ The body handed to ``manager.tenants`` is exactly what ``POST /tenant`` or
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from mail_proxy.cli.application import EXIT_USAGE, CliExit, err, out, print_json
 from mail_proxy.cli.asking import Asker, confirm_write
 from mail_proxy.cli.database import FLAG_NAMES, Session, logged, with_core
 from mail_proxy.cli.dataview import record_table, secret_value
+from mail_proxy.jsonfast import loads_strict
 
 FLAG_NAMES.update({
     "id": "tenant id", "name": "--name", "client_base_url": "--base-url",
@@ -113,7 +113,7 @@ def _body(v: FlagValues, *, rate_base: dict[str, Any] | None = None) -> dict[str
         body["rate_limits"] = merged
     if v.large_file_config is not None:
         try:
-            body["large_file_config"] = json.loads(v.large_file_config) \
+            body["large_file_config"] = loads_strict(v.large_file_config) \
                 if v.large_file_config.strip() else None
         except ValueError:
             raise CliExit(EXIT_USAGE, "--large-file-config: not valid JSON") from None

@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from mail_proxy.errors import BadRequest
+from mail_proxy.jsonfast import dumps_lenient
 from mail_proxy.manager.core import Core, now
 from mail_proxy.manager.fields import INT64_MAX, MAX_EPOCH
 
@@ -52,12 +53,12 @@ def clean(value: Any) -> Any:
 def _capped_json(value: Any) -> str | None:
     if value is None:
         return None
-    text = json.dumps(clean(value), ensure_ascii=False, default=str)
-    size = len(text.encode("utf-8"))
-    if size <= CAP_BYTES:
-        return text
-    head = text.encode("utf-8")[: CAP_BYTES - 256].decode("utf-8", errors="ignore")
-    return json.dumps({"truncated": True, "size_bytes": size, "text": head})
+    # orjson: with the standard library this was a twentieth of a single-message enqueue
+    raw = dumps_lenient(clean(value))
+    if len(raw) <= CAP_BYTES:
+        return raw.decode()
+    head = raw[: CAP_BYTES - 256].decode("utf-8", errors="ignore")
+    return json.dumps({"truncated": True, "size_bytes": len(raw), "text": head})
 
 
 async def record(core: Core, *, actor: str, endpoint: str, tenant_id: str | None,

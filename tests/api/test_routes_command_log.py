@@ -46,3 +46,4 @@ async def test_admin_rows_and_filters(live: LiveServer, client: Any) -> None:
                               headers=admin)
     assert export.json()["truncated"] is False
     assert export.json()["commands"][-1]["endpoint"] == "POST /suppressions"
+

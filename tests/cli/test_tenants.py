@@ -62,6 +62,19 @@ def test_validation_and_missing_values(cli: Any, instance: ProcessConfig) -> Non
     assert "Traceback" not in r.err
 
 
+def test_arguments_that_are_not_utf8_are_refused_by_position(cli: Any,
+                                                              instance: ProcessConfig) -> None:
+    """Bytes that are not UTF-8 arrive as lone surrogates (PEP 383); stored, they failed
+    deep in the database driver as "unexpected UnicodeEncodeError"."""
+    r = cli("main", "tenants", "add", "acme", "--name", "bad\udcffname", "--no-api-key")
+    assert r.code == 2
+    assert r.err.startswith("error: argument 6 ('bad\ufffdname') is not UTF-8 text\n")
+    assert cli("main", "tenants", "list").out.count("acme") == 0
+    r = cli("main", "tenants", "add", "acme", "--large-file-config", '{"a": "\\ud800"}',
+            "--no-api-key")
+    assert (r.code, r.err) == (2, "error: --large-file-config: not valid JSON\n")
+
+
 def test_api_keys_signing_secret_and_command_log(cli: Any, instance: ProcessConfig) -> None:
     r = cli("main", "tenants", "add", "acme", "--no-api-key", "--base-url",
             "https://a.test", "--generate-signing-secret")
