@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mail_proxy.api.request import api_state
+from mail_proxy.jsonfast import loads_strict
 from mail_proxy.manager import command_log
 
 log = logging.getLogger("mail_proxy.api")
@@ -36,8 +37,8 @@ async def _payload(request: Request) -> dict[str, Any]:
     if body is _UNSET:
         raw = request.scope.get("mp_raw")
         try:
-            body = (json.loads(raw) if raw.strip() else {}) if raw is not None else None
-        except ValueError:  # not JSON: the params still tell
+            body = (loads_strict(raw) if raw.strip() else {}) if raw is not None else None
+        except ValueError:  # not usable JSON (loads_strict raises nothing else): the params tell
             body = None
     payload: dict[str, Any] = dict(body) if isinstance(body, dict) else (
         {} if body is None else {"body": body})

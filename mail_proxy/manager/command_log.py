@@ -30,10 +30,15 @@ SECRET_KEYS = frozenset({
 
 
 BATCH_RECORDED = 20
+MAX_DEPTH = 32
 
 
-def clean(value: Any) -> Any:
-    """A copy of ``value`` with secrets masked and big base64 content elided."""
+def clean(value: Any, depth: int = 0) -> Any:
+    """A copy of ``value`` with secrets masked and big base64 content elided; what lies
+    deeper than ``MAX_DEPTH`` is recorded as a note (no request needs that many levels, and
+    the recursion must end well before the interpreter's limit)."""
+    if depth >= MAX_DEPTH and isinstance(value, dict | list):
+        return f"<nested deeper than {MAX_DEPTH} levels>"
     if isinstance(value, dict):
         out: dict[Any, Any] = {}
         for key, item in value.items():
@@ -43,10 +48,10 @@ def clean(value: Any) -> Any:
                     key == "storage_path" or item.startswith("base64:")):
                 out[key] = f"base64:<elided {len(item)} bytes>"
             else:
-                out[key] = clean(item)
+                out[key] = clean(item, depth + 1)
         return out
     if isinstance(value, list):
-        return [clean(item) for item in value]
+        return [clean(item, depth + 1) for item in value]
     return value
 
 

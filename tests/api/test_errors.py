@@ -34,6 +34,21 @@ async def test_text_that_is_not_unicode_is_invalid_json(live: LiveServer, client
     assert check.json()["tenant"]["name"] == "ACME \U0001F600"
 
 
+async def test_json_python_cannot_hold_is_invalid_json(live: LiveServer, client: Any) -> None:
+    """Nesting past the parser's recursion and numbers past int or float range once
+    answered 500 (RecursionError, ValueError), from the handler or from the command log."""
+    own = admin(live, **{"Content-Type": "application/json"})
+    for body in (b'{"large_file_config": ' + b'{"a": ' * 5_000 + b"1" + b"}" * 5_001,
+                 b"[" * 100_000 + b"]" * 100_000,
+                 b'{"name": ' + b"9" * 5_000 + b"}", b'{"name": 1e400}'):
+        answer = await client.patch("/tenant/acme", content=body, headers=own)
+        assert (answer.status_code, answer.json()["code"]) == (400, "invalid_json"), body[:40]
+    # deep, but within what the parser reads: the usual field-by-field answer
+    deep = b'{"large_file_config": ' + b'{"a": ' * 600 + b"1" + b"}" * 601
+    answer = await client.patch("/tenant/acme", content=deep, headers=own)
+    assert (answer.status_code, answer.json()["code"]) == (422, "validation_error")
+
+
 async def test_wrong_content_type(live: LiveServer, client: Any) -> None:
     answer = await client.post("/tenant", content=b"id=x", headers=admin(
         live, **{"Content-Type": "text/plain"}))

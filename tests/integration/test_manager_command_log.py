@@ -129,3 +129,20 @@ async def test_big_batches_are_recorded_with_their_first_messages(core: Core) ->
     payload = (await command_log.list_commands(core))["commands"][0]["payload"]
     assert [m["id"] for m in payload["messages"]] == [f"m{i}" for i in range(20)]
     assert payload["messages_omitted"] == 980
+
+
+async def test_deep_payloads_are_recorded_down_to_a_bound(core: Core) -> None:
+    """Masking walks the payload recursively: past 32 levels it records a note instead of
+    going on towards the interpreter's recursion limit."""
+    deep: object = {"token": "secret"}
+    for _ in range(200):
+        deep = {"a": deep}
+    await log(core, payload={"id": "x", "deep": deep, "list": [[[["ok"]]]]})
+    [row] = (await command_log.list_commands(core))["commands"][-1:]
+    payload = row["payload"]
+    assert payload["list"] == [[[["ok"]]]]
+    level = payload["deep"]
+    for _ in range(31):
+        level = level["a"]
+    assert level == "<nested deeper than 32 levels>"
+    assert "secret" not in json.dumps(payload)

@@ -75,3 +75,19 @@ def test_loads_strict_reads_utf8_only() -> None:
         jsonfast.loads_strict(b'{"s": "\xed\xa0\x80"}')  # an encoded surrogate
     with pytest.raises(UnicodeDecodeError):
         jsonfast.loads_strict('{"s": "x"}'.encode("utf-16"))
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"n": ' + b"9" * 5_000 + b"}", "more than 4,300 digits"),
+    (b'{"n": -' + b"9" * 5_000 + b"}", "more than 4,300 digits"),
+    (b'{"n": 1e400}', "1e400 is too large"),
+    (b'{"n": -2.5E+999}', "too large")])
+def test_loads_strict_names_what_python_cannot_hold(raw: bytes, reason: str) -> None:
+    with pytest.raises(jsonfast.NotUsableJson, match=reason):
+        jsonfast.loads_strict(raw)
+
+
+def test_loads_strict_keeps_numbers_python_can_hold() -> None:
+    raw = b'[' + b"9" * 4_300 + b', -1.5e300, 0.1, -0, 12]'
+    assert jsonfast.loads_strict(raw) == json.loads(raw)
