@@ -205,16 +205,21 @@ class SqliteStore:
 
     async def _connect(self, *, writer: bool = False) -> aiosqlite.Connection:
         if self.readonly:
-            uri = self._uri + "?mode=ro"
-            conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
-            await conn.execute("PRAGMA busy_timeout = 1000")
+            conn = await aiosqlite.connect(self._uri + "?mode=ro", uri=True,
+                                           isolation_level=None)
+            pragmas: tuple[str, ...] = ("PRAGMA busy_timeout = 1000",)
         else:
             conn = await aiosqlite.connect(self.path, isolation_level=None)
-            for pragma in PRAGMAS:
+            pragmas = PRAGMAS + (WRITER_PRAGMAS if writer else ())
+        try:
+            for pragma in pragmas:
                 await conn.execute(pragma)
-            if writer:
-                for pragma in WRITER_PRAGMAS:
-                    await conn.execute(pragma)
+        except BaseException:
+            # A file that opens but is not a database (or is damaged) fails here: the
+            # connection's thread must stop too, or the process could never exit.
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await conn.close()
+            raise
         conn.row_factory = sqlite3.Row
         return conn
 

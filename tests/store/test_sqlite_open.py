@@ -1,0 +1,40 @@
+"""Opening a SQLite file that is not a usable database: a clear error, and nothing left
+running (each aiosqlite connection has a thread that keeps the process alive until closed)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from mail_proxy.store.errors import StoreUnavailable
+from mail_proxy.store.sqlite import SqliteStore
+
+
+def _damaged(path: Path) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 200)
+    with open(path, "r+b") as f:
+        f.seek(2 * 1024)
+        f.write(os.urandom(4 * 1024))
+
+
+@pytest.mark.parametrize("content", ["damaged", "not a database"])
+async def test_a_bad_file_is_refused_and_leaves_no_thread(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "db.sqlite"
+    if content == "damaged":
+        _damaged(path)
+    else:
+        path.write_bytes(b"these are not the pages of a database\n" * 200)
+    before = set(threading.enumerate())
+    store = SqliteStore(str(path))
+    with pytest.raises(StoreUnavailable, match=f"cannot open SQLite database {path}"):
+        await store.open()
+    left = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    for thread in left:
+        thread.join(timeout=5)  # a stopping thread ends at once
+    assert not [t for t in left if t.is_alive()]
