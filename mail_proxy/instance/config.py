@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -280,28 +281,34 @@ def create_instance(name: str, host: str, port: int | None,
     folder = paths.instance_dir(name)
     if (folder / "config.toml").exists():
         raise ConfigurationError(f"instance '{name}' already exists")
-    paths.make_private_dir(folder)
-    paths.check_private(folder)
     password = None
-    if db_url:
+    if db_url:  # checked before anything is written: a refused URL leaves no folder
         db_url, password = split_password(check_db_url(db_url))
     else:
         db_url = "sqlite://" + str(folder / "mail_service.db")
-    if port is None:
-        port = choose_port(host, exclude=name)
-    for sub in ("logs", "cache"):
-        paths.make_private_dir(folder / sub)
-    if key_file is not None:
-        copy_key_file(key_file, folder)  # joining a shared database: its existing ring
-    else:
-        create_key_file(folder)
-    paths.write_private(folder / "api_token", new_admin_token() + "\n")
-    if password:
-        paths.write_private(folder / "db_password", password + "\n")
-    # config.toml last: its presence is what makes the folder an instance
-    write_toml(folder, {"name": name, "host": host, "port": port, "db_url": db_url,
-                        "log_level": "info", "log_format": "text", "shutdown_timeout": 30,
-                        "db_pool_size": 10})
+    existed = folder.exists()
+    paths.make_private_dir(folder)
+    try:
+        paths.check_private(folder)
+        if port is None:
+            port = choose_port(host, exclude=name)
+        for sub in ("logs", "cache"):
+            paths.make_private_dir(folder / sub)
+        if key_file is not None:
+            copy_key_file(key_file, folder)  # joining a shared database: its existing ring
+        else:
+            create_key_file(folder)
+        paths.write_private(folder / "api_token", new_admin_token() + "\n")
+        if password:
+            paths.write_private(folder / "db_password", password + "\n")
+        # config.toml last: its presence is what makes the folder an instance
+        write_toml(folder, {"name": name, "host": host, "port": port, "db_url": db_url,
+                            "log_level": "info", "log_format": "text", "shutdown_timeout": 30,
+                            "db_pool_size": 10})
+    except BaseException:
+        if not existed:  # half an instance (say, an unreadable --key-file) is not kept
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return resolve_process_config(name, host=host, port=port)
 
 

@@ -95,6 +95,7 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
           db: str | None = None, wait: float = 15.0, foreground: bool = False,
           key_file: Path | None = None, out: Say, err: Say) -> int:
     folder = paths.instance_dir(name)
+    created = False
     if (folder / "config.toml").is_file():
         paths.existing_instance(name)
         if db or key_file:
@@ -113,11 +114,22 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
         config = create_instance(name, host or DEFAULT_HOST, port, db, key_file=key_file)
         out(f"Created instance '{name}' in {config.folder}")
         out(f"Admin token (stored in {folder / 'api_token'}): {config.api_token}")
+        created = True
     if not port_free(config.host, config.port):
         raise OperationFailed(f"port {config.port} on {config.host} is in use")
     from mail_proxy.instance.preflight import preflight
+    from mail_proxy.store.errors import StoreUnavailable
 
-    preflight(config)
+    try:
+        preflight(config)
+    except StoreUnavailable as exc:
+        if created:
+            # --db applies only when creating: a new instance whose database cannot be
+            # opened is not kept, so that the corrected command can simply run again
+            shutil.rmtree(folder, ignore_errors=True)
+            exc.hint = (f"instance '{name}' was not kept; correct --db (or start the "
+                        "database) and run the same command again")
+        raise
     if foreground:
         from mail_proxy.instance.supervisor import run_supervisor
 

@@ -198,3 +198,24 @@ def test_stop_timeout_force_restart_and_serve_refusal(
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("mail-proxy 'demo' is running at")
     assert record()["supervisor_pid"] != first
+
+
+def test_a_new_instance_that_cannot_be_made_or_reach_its_database_is_not_kept(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """--db and --key-file apply only when creating: an instance left behind by a failed
+    creation would refuse the corrected command ("'demo' exists")."""
+    nothing_listens = free_port()
+    r = run_cli("start", "demo", "--db", f"postgresql://postgres@127.0.0.1:{nothing_listens}/x",
+                "--port", str(free_port()))
+    assert r.returncode == 1
+    assert "error: cannot open PostgreSQL database" in r.stderr
+    assert r.stderr.endswith("hint: instance 'demo' was not kept; correct --db (or start the "
+                             "database) and run the same command again\n")
+    assert not paths.instance_dir("demo").exists()
+    r = run_cli("start", "demo", "--db", "mysql://x")
+    assert (r.returncode, paths.instance_dir("demo").exists()) == (2, False)
+    r = run_cli("start", "demo", "--key-file", "/nonexistent/encryption.key")
+    assert (r.returncode, paths.instance_dir("demo").exists()) == (2, False)
+    assert "cannot read key file" in r.stderr
+    assert run_cli("start", "demo", "--wait", "10").returncode == 0  # the name is free
+    assert record()["state"] == "RUNNING"
