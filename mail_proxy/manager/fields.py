@@ -131,7 +131,9 @@ def host(value: Any) -> str:
     literal = value[1:-1] if value.startswith("[") and value.endswith("]") else value
     try:
         ipaddress.ip_address(literal)
-        return value
+        # stored without brackets: "[::1]" is how URLs and SMTP write an address, but a
+        # socket connects to "::1" (with brackets the name lookup fails)
+        return literal
     except ValueError:
         pass
     if not _HOST.match(value):
