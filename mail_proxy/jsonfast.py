@@ -20,6 +20,8 @@ import orjson
 
 _MAX_INT_DIGITS = sys.get_int_max_str_digits() or 4300
 _INFINITIES = (float("inf"), float("-inf"))
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # an escaped half of a UTF-16 pair
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 # ASCII: also writes lone surrogates, which have no UTF-8 form
 _lenient = json.JSONEncoder(separators=(",", ":"), default=str).encode
@@ -78,10 +80,6 @@ def loads_strict(data: bytes | str) -> Any:
         raise NotUnicodeText("a string holds a lone UTF-16 surrogate (an escape such as "
                              "\\ud800 without its pair), which is not Unicode text")
     return value
-
-
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _holds_lone_surrogate(value: Any) -> bool:
