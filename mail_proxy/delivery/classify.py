@@ -37,10 +37,24 @@ _AUTH_REFUSED = frozenset({530, 534, 535, 538})
 _ENHANCED = re.compile(r"^\d\.\d{1,3}\.\d{1,3}\b")
 
 
+def server_text(message: str) -> str:
+    """The server's words on one line, as text any database can store.
+
+    Replies arrive as bytes, which aiosmtplib and the channel decode as UTF-8 with surrogate
+    escapes; a server that writes Latin-1 (older European MTAs do: "Empf\xe4nger") would
+    leave lone surrogates in the text, and the outcome carrying it could not be written.
+    Such a reply is read as Latin-1 instead.
+    """
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError:
+        message = message.encode("utf-8", "surrogateescape").decode("latin-1")
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def reply_text(code: int, message: str) -> str:
     """``<code> <enhanced code> <server text>`` on one line, whatever the server sent."""
-    flat = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    return f"{code} {flat}".strip()
+    return f"{code} {server_text(message)}".strip()
 
 
 def is_throttle(code: int, message: str) -> bool:
@@ -72,8 +86,7 @@ def reply_failure(stage: str, code: int, message: str, *, user: str | None = Non
 
 def refused_entry(address: str, code: int, message: str) -> dict[str, Any]:
     """One item of ``refused_recipients`` (messages.md §7.1)."""
-    flat = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    return {"address": address, "smtp_code": code, "message": flat}
+    return {"address": address, "smtp_code": code, "message": server_text(message)}
 
 
 def all_refused_failure(refused: list[dict[str, Any]]) -> DeliveryFailure:

@@ -403,3 +403,22 @@ def test_data_block_fast_path_matches_the_general_rewrite() -> None:
     for _ in range(2000):
         message = bytes(rng.choice(b"\r\n.ab") for _ in range(rng.randrange(12)))
         assert data_block(message) == reference(message), message
+
+
+async def test_replies_in_latin1_are_read_as_text_a_database_can_store(pools: SmtpPools
+                                                                        ) -> None:
+    """Replies are decoded as UTF-8 with surrogate escapes; Latin-1 text ("Empf\\xe4nger")
+    left lone surrogates in the failure, whose outcome then could not be written."""
+    async with BatchingServer(rcpt={"a@x.test": b"550 5.1.1 Empf\xe4nger unbekannt",
+                                    "b@x.test": b"550 5.1.1 Empf\xe4nger unbekannt"}) as srv:
+        with pytest.raises(PermanentFailure) as info:
+            await pools.send(target(srv.port), "s@acme.test", ["a@x.test", "b@x.test"],
+                             b"x\r\n")
+    failure = info.value
+    assert failure.code == "all_recipients_refused"
+    assert [r["message"] for r in failure.refused] == ["5.1.1 Empfänger unbekannt"] * 2
+    failure.message.encode("utf-8")  # storable: no lone surrogate left
+    async with BatchingServer(data=b"554 5.7.1 Nachricht abgelehnt: \xfcberpr\xfcfen") as srv:
+        with pytest.raises(PermanentFailure) as info:
+            await pools.send(target(srv.port), "s@acme.test", ["a@x.test"], b"x\r\n")
+    assert info.value.message == "554 5.7.1 Nachricht abgelehnt: überprüfen"
