@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 
 from mail_proxy import __version__
+from mail_proxy.jsonfast import loads_strict
 from mail_proxy.reports import signing
 
 log = logging.getLogger("mail_proxy.reports")
@@ -88,7 +88,9 @@ def _number(value: Any) -> int | None:
 
 def parse_answer(raw: bytes, where: str) -> Answer:
     try:
-        data = json.loads(raw) if raw.strip() else None
+        # strict: a client's answer nested past the parser's recursion, or holding ids that
+        # are not Unicode text, must read as "not JSON", not stop the reporter
+        data = loads_strict(raw) if raw.strip() else None
     except ValueError:
         data = None
         log.warning("report answer from tenant %s is not JSON; acknowledging the call "
