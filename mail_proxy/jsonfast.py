@@ -27,7 +27,11 @@ _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _lenient = json.JSONEncoder(separators=(",", ":"), default=str).encode
 
 
-class NotJsonConstant(ValueError):
+class RefusedJson(ValueError):
+    """A body that parses, or would, but cannot be taken as it is (the three below)."""
+
+
+class NotJsonConstant(RefusedJson):
     """NaN, Infinity or -Infinity in a body: JavaScript, not JSON."""
 
 
@@ -35,7 +39,7 @@ def _refuse(name: str) -> Any:
     raise NotJsonConstant(f"{name} is not a JSON value")
 
 
-class NotUsableJson(ValueError):
+class NotUsableJson(RefusedJson):
     """JSON that Python cannot hold faithfully: integers with more digits than an int may have
     (4,300), numbers beyond a double's range, arrays and objects nested deeper than the
     parser's recursion allows."""
@@ -48,7 +52,7 @@ def _float(text: str) -> float:
     return value
 
 
-class NotUnicodeText(ValueError):
+class NotUnicodeText(RefusedJson):
     """A string escapes half of a UTF-16 surrogate pair: not Unicode text, and nothing
     (UTF-8, SQLite, PostgreSQL) can store it."""
 
@@ -70,7 +74,7 @@ def loads_strict(data: bytes | str) -> Any:
         value = json.loads(text, parse_constant=_refuse, parse_float=_float)
     except RecursionError:
         raise NotUsableJson("arrays or objects are nested too deeply") from None
-    except (json.JSONDecodeError, NotJsonConstant, NotUsableJson):
+    except (json.JSONDecodeError, RefusedJson):
         raise
     except ValueError:  # the one other: int() of more digits than Python converts
         raise NotUsableJson(f"a number has more than {_MAX_INT_DIGITS:,} digits") from None

@@ -48,7 +48,7 @@ async def json_body(request: Request) -> Any:
             body = jsonfast.loads_strict(raw)
     except UnicodeDecodeError:
         raise ApiError(400, "invalid_json", "the body is not valid UTF-8") from None
-    except (jsonfast.NotJsonConstant, jsonfast.NotUnicodeText, jsonfast.NotUsableJson) as exc:
+    except jsonfast.RefusedJson as exc:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json",
