@@ -168,10 +168,16 @@ class WorkerProcess:
     key: str
     proc: subprocess.Popen[Any] | None = None
     profiler: subprocess.Popen[Any] | None = None
+    db_url: str | None = None  # a PostgreSQL URL instead of the SQLite file
 
     @property
     def db_path(self) -> Path:
         return self.folder / "mail_service.db"
+
+    @property
+    def database(self) -> str:
+        """The database as ``Core.open`` and ``wait_sent`` take it."""
+        return self.db_url or f"sqlite://{self.db_path}"
 
     @property
     def url(self) -> str:
@@ -179,7 +185,11 @@ class WorkerProcess:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({"GMP_DB_PATH": str(self.db_path), "GMP_API_TOKEN": TOKEN,
+        env.pop("GMP_DB_URL", None)
+        env.pop("GMP_DB_PATH", None)
+        database = {"GMP_DB_URL": self.db_url} if self.db_url else \
+            {"GMP_DB_PATH": str(self.db_path)}
+        env.update({**database, "GMP_API_TOKEN": TOKEN,
                     "MAIL_PROXY_ENCRYPTION_KEY": self.key, "GMP_PORT": str(self.port),
                     "GMP_HOST": HOST, "GMP_INSTANCE": "bench", "GMP_LOG_LEVEL": "warning",
                     "MAIL_PROXY_HOME": str(self.folder / "home"),
@@ -244,7 +254,7 @@ def workdir(base: str | None = None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-async def prepare_instance(db_path: Path, key: str, smtp_port: int, *,
+async def prepare_instance(database: Path | str, key: str, smtp_port: int, *,
                            max_connections: int = 3, batch_size: int | None = None,
                            accounts: int = 1, settings: dict[str, Any] | None = None) -> None:
     """Create tenant ``acme`` and accounts ``main``, ``a1``... through the manager layer."""
@@ -254,7 +264,8 @@ async def prepare_instance(db_path: Path, key: str, smtp_port: int, *,
     from mail_proxy.manager.instance import patch_settings
     from mail_proxy.security.crypto import KeyRing
 
-    core = await Core.open(f"sqlite://{db_path}", KeyRing([base64.b64decode(key)]))
+    url = f"sqlite://{database}" if isinstance(database, Path) else database
+    core = await Core.open(url, KeyRing([base64.b64decode(key)]))
     try:
         if settings:
             await patch_settings(core, settings)
@@ -305,9 +316,14 @@ def fsync_cost(folder: Path, commits: int = 100) -> dict[str, float]:
     return {"p50_ms": s["p50_ms"], "p95_ms": s["p95_ms"], "mean_ms": s["mean_ms"], "n": s["n"]}
 
 
-def wait_sent(db_path: Path, total: int, timeout: float) -> float:
-    """Poll (read-only, outside the worker) until ``total`` messages are sent; monotonic end."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+def wait_sent(database: Path | str, total: int, timeout: float) -> float:
+    """Poll (read-only, outside the worker) until ``total`` messages are sent; monotonic end.
+
+    ``database`` is the SQLite file or a PostgreSQL URL (``?schema=`` honoured)."""
+    if isinstance(database, str) and database.startswith("postgres"):
+        return run(_wait_sent_pg(database, total, timeout))
+    path = str(database).removeprefix("sqlite://")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -319,6 +335,52 @@ def wait_sent(db_path: Path, total: int, timeout: float) -> float:
             time.sleep(0.01)
     finally:
         conn.close()
+
+
+async def _wait_sent_pg(url: str, total: int, timeout: float) -> float:
+    import asyncpg
+
+    base, schema = split_schema(url)
+    conn = await asyncpg.connect(base, server_settings={"search_path": schema})
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            n = await conn.fetchval("SELECT count(*) FROM messages WHERE status = 'sent'")
+            if n >= total:
+                return time.monotonic()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {n} of {total} messages sent after {timeout} s")
+            await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
+
+
+def split_schema(url: str) -> tuple[str, str]:
+    """``postgresql://...?schema=s`` -> (the URL without it, ``s``)."""
+    base, _, query = url.partition("?")
+    params = [p for p in query.split("&") if p]
+    schema = next((p.split("=", 1)[1] for p in params if p.startswith("schema=")), "public")
+    rest = "&".join(p for p in params if not p.startswith("schema="))
+    return (f"{base}?{rest}" if rest else base), schema
+
+
+@contextmanager
+def pg_schema(base: str) -> Iterator[str]:
+    """A fresh schema on the PostgreSQL server at ``base``, dropped afterwards: its URL."""
+    import asyncpg
+
+    schema = f"mp_bench_{os.urandom(5).hex()}"
+    sep = "&" if "?" in base else "?"
+    try:
+        yield f"{base}{sep}schema={schema}"
+    finally:
+        async def drop() -> None:
+            conn = await asyncpg.connect(base, timeout=5)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await conn.close()
+        run(drop())
 
 
 class RawHttp:

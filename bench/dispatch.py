@@ -16,7 +16,7 @@ the result says which.
 
     python -m bench.dispatch [--messages 5000] [--connections 1 4] [--sink auto]
                              [--settings '{"max_concurrent_sends": 60}'] [--split 2 [--shared]]
-                             [--rtt-ms 2]
+                             [--rtt-ms 2] [--db-url postgresql://...]
 
 ``--rtt-ms`` puts bench/delay.py between every client and the sink: loopback hides what
 pipelining saves (one round trip per message instead of four).
@@ -138,13 +138,16 @@ def prepare(args: argparse.Namespace, worker: common.WorkerProcess, sink: common
             connections: int) -> None:
     """The worker's database: one account on the sink, the benchmark's runtime settings."""
     common.run(common.prepare_instance(
-        worker.db_path, worker.key, sink.port, max_connections=connections,
+        worker.db_url or worker.db_path, worker.key, sink.port, max_connections=connections,
         settings={"command_log_enabled": not args.no_command_log, **args.settings}))
 
 
 def worker_run(args: argparse.Namespace, sink: common.Sink, connections: int) -> dict[str, Any]:
-    with common.workdir(args.workdir) as folder:
-        worker = common.WorkerProcess(folder, common.free_port(), common.new_key())
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(common.workdir(args.workdir))
+        db_url = stack.enter_context(common.pg_schema(args.db_url)) if args.db_url else None
+        worker = common.WorkerProcess(folder, common.free_port(), common.new_key(),
+                                      db_url=db_url)
         prepare(args, worker, sink, connections)
         fsync = common.fsync_cost(folder)
         worker.start()
@@ -157,7 +160,8 @@ def worker_run(args: argparse.Namespace, sink: common.Sink, connections: int) ->
             threads_before = worker.thread_cpu_seconds()
             start = common.run(post_all(worker.port, args.messages, f"d{connections}"))
             posted = time.monotonic()
-            end = common.wait_sent(worker.db_path, args.messages, timeout=args.timeout)
+            end = common.wait_sent(worker.db_url or worker.db_path, args.messages,
+                                   timeout=args.timeout)
             cpu = worker.cpu_seconds() - cpu_before
             threads = worker.thread_cpu_seconds()
             busiest = sorted((v - threads_before.get(k, 0.0) for k, v in threads.items()),
@@ -169,7 +173,7 @@ def worker_run(args: argparse.Namespace, sink: common.Sink, connections: int) ->
     elapsed = end - start
     # CPU: all threads of the worker, enqueue included; steadier than msgs/s when the
     # machine drifts, so changes to the per-message cost are compared on it
-    return {**rate(args.messages, elapsed, cpu),
+    return {**rate(args.messages, elapsed, cpu), "database": "postgresql" if db_url else "sqlite",
             "enqueue_seconds": round(posted - start, 3), "fsync_p50_ms": fsync["p50_ms"],
             # the event loop's thread is the busiest, the database thread next
             "busiest_threads_ms_per_msg": [round(b * 1000 / args.messages, 3)
@@ -286,6 +290,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         "(bench/delay.py): a network instead of loopback")
     p.add_argument("--shared", action="store_true",
                    help="with --split: also run the N workers on one shared SQLite file")
+    p.add_argument("--db-url", default=None, metavar="URL",
+                   help="run the worker on this PostgreSQL server (a fresh schema, dropped "
+                        "afterwards) instead of SQLite, e.g. "
+                        "postgresql://postgres@127.0.0.1:5432/test")
     p.add_argument("--workdir", default=None)
     p.add_argument("--quick", action="store_true", help="tiny workload (smoke test)")
     args = p.parse_args(argv)

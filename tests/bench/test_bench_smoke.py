@@ -78,3 +78,29 @@ def test_postgres_scaling_delivers_everything_once() -> None:
     for r in result["results"]:
         assert r["complete"] and r["delivered"] == r["messages"] == 100
         assert r["duplicates"] == 0 and r["per_second"] > 0
+
+
+def test_dispatch_on_postgresql() -> None:
+    """``--db-url``: the same dispatch run with the worker on PostgreSQL (a schema of its
+    own, dropped afterwards), so the two backends are compared under one sink and hour."""
+    import asyncpg
+
+    from tests.store import pg
+
+    if not asyncio.run(pg.reachable()):
+        pytest.skip(f"no PostgreSQL server at {pg.BASE_URL}")
+
+    async def bench_schemas() -> int:
+        conn = await asyncpg.connect(pg.BASE_URL)
+        try:
+            return int(await conn.fetchval(
+                "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'mp_bench_%'"))
+        finally:
+            await conn.close()
+
+    before = asyncio.run(bench_schemas())
+    result = run_bench("bench.dispatch", "--sink", "python", "--db-url", pg.BASE_URL)
+    worker = result["connections_2"]["worker"]
+    assert worker["database"] == "postgresql"
+    assert worker["messages"] == 40 and worker["msgs_per_s"] > 0
+    assert asyncio.run(bench_schemas()) == before
