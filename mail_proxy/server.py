@@ -138,9 +138,11 @@ class Worker:
         import uvicorn
 
         sock = _bind(cfg.host, cfg.port)
+        from mail_proxy.api.http_protocol import protocol_class
+
         server_config = uvicorn.Config(create_app(self.api), log_config=None, access_log=False,
                                        lifespan="off", timeout_graceful_shutdown=5,
-                                       server_header=False)
+                                       server_header=False, http=protocol_class())
         self.server = _QuietServer(server_config)
         self.tasks = [asyncio.create_task(self.server.serve(sockets=[sock]), name="http"),
                       asyncio.create_task(self.dispatcher.run(), name="dispatcher"),

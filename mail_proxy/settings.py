@@ -197,11 +197,17 @@ class _Bad(Exception):
         self.message = message
 
 
+def bound_text(bound: float) -> str:
+    """A range bound as written in the docs: 1073741824, not 1.07374e+09."""
+    return str(int(bound)) if float(bound).is_integer() else repr(float(bound))
+
+
 def _range(value: float, low: float | None, high: float | None) -> None:
     if (low is not None and value < low) or (high is not None and value > high):
         if high is None:
-            raise _Bad("out_of_range", f"must be at least {low:g}")
-        raise _Bad("out_of_range", f"must be between {low:g} and {high:g}")
+            raise _Bad("out_of_range", f"must be at least {bound_text(low or 0)}")
+        raise _Bad("out_of_range",
+                   f"must be between {bound_text(low or 0)} and {bound_text(high)}")
 
 
 def _int(value: Any) -> int:

@@ -55,6 +55,8 @@ async def patch_account(request: Request) -> Response:
     tenant_id = tenant_scope(who, _query_tenant(request))
     assert tenant_id is not None
     body = await json_object(request)
+    if isinstance(body.get("tenant_id"), str):
+        tenant_scope(who, body["tenant_id"])  # another tenant's id from a tenant key: 403
     _check_unknown(who, body)
     account = await manager.patch_account(api_state(request).core, tenant_id,
                                           request.path_params["id"], body, who)

@@ -90,6 +90,9 @@ def create_app(api: ApiState, *, lifespan: Any = None) -> Starlette:
     app = Starlette(routes=build_routes(ROUTES),
                     exception_handlers={HTTPException: _http_error, Exception: _http_error},
                     lifespan=lifespan)
+    # "/status/" is not "/status": a JSON 404 (api.md §1.3), not a redirect built from the
+    # request's Host header that a client must follow (and re-POST) to get anywhere
+    app.router.redirect_slashes = False
     app.state.api = api
     app.state.rate_limiter = RateLimiter()
     app.add_middleware(ApiMiddleware, api=api)

@@ -28,6 +28,8 @@ async def add_messages(request: Request) -> Response:
     state = api_state(request)
     who = await principal(request)
     body = await json_object(request)
+    if "tenant_id" in request.query_params:  # api.md §1.1: query or body, both must agree
+        body = {**body, "tenant_id": scalar(request, body, "tenant_id")}
     answer = await enqueue.add_messages(state.core, body, who,
                                         audit="POST /commands/add-messages")
     if answer.pop("_recorded", False):
@@ -49,7 +51,9 @@ async def cleanup_messages(request: Request) -> Response:
     state, body, tenant_id = await _command(request, tenant_required=False)
     age = scalar(request, body, "older_than_seconds")
     if isinstance(age, str):
-        age = int(age) if age.strip().isdigit() else -1
+        # ASCII digits only, and not more than an int64 has: anything else is refused below
+        text = age.strip()
+        age = int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else -1
     return JSONResponse(await manager.cleanup_messages(state.core, tenant_id, age))
 
 

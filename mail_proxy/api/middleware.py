@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
@@ -11,6 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mail_proxy.api.errors import ApiError, error_response
 
+log = logging.getLogger("mail_proxy.api")
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 # Routes that keep answering while the worker drains (api.md §3).
 DRAIN_EXEMPT = frozenset({"/health", "/status", "/metrics"})
@@ -63,9 +65,18 @@ class ApiMiddleware:
                     return
             await self.app(scope, _limited(receive, limit), send_with_id)
         finally:
+            route = scope.get("mp_route", "unmatched")
+            status = status_holder["status"]
+            # Refused and failed requests at info, so the id a client got back can be found
+            # in the log; every request only at debug: an access log at info would write
+            # thousands of lines a second under load. The route template, never the raw
+            # path, is logged: it holds no client text to forge log lines with.
+            level = logging.INFO if status >= 400 else logging.DEBUG
+            if log.isEnabledFor(level):
+                log.log(level, "%s %s -> %d in %.1f ms, request_id=%s", scope.get("method"),
+                        route, status, (time.perf_counter() - started) * 1000, request_id)
             metrics = self.api.metrics
             if metrics is not None:
-                route = scope.get("mp_route", "unmatched")
                 metrics.http_requests_total.labels(route, str(status_holder["status"])).inc()
                 if route == "/commands/add-messages":
                     metrics.enqueue_seconds.observe(time.perf_counter() - started)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -15,6 +16,9 @@ from mail_proxy.manager.enqueue import collector_paused
 
 _TRUE = {"true", "1"}
 _FALSE = {"false", "0"}
+# What a query parameter's integer may look like: ASCII digits and an optional minus sign.
+# Python's int() also reads "1_0", "+5", " 7 " and full-width digits, which no client means.
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def api_state(request: Request) -> ApiState:
@@ -92,20 +96,31 @@ def int_param(request: Request, name: str, default: int | None = None,
     value = request.query_params.get(name)
     if value is None:
         return default
-    try:
-        number = int(value)
-    except ValueError:
+    if not _INTEGER.fullmatch(value):
         raise ApiError(400, "invalid_parameter", f"'{name}' must be an integer",
-                       detail={"parameter": name}) from None
+                       detail={"parameter": name})
+    # int() refuses more than 4,300 digits: a number that long is out of any range anyway
+    number = int(value) if len(value) <= 40 else (-1 if value[0] == "-" else 1) * 10**40
     if (low is not None and number < low) or (high is not None and number > high):
         raise ApiError(400, "invalid_parameter",
                        f"'{name}' must be between {low} and {high}", detail={"parameter": name})
     return number
 
 
+def _one_header(request: Request, name: str) -> str | None:
+    """A credential header's value, trimmed of the spaces HTTP allows around it; a header
+    repeated with different values is refused: a proxy in front that keeps the last one
+    would authenticate someone else than this server, which keeps the first."""
+    values = {v.strip(" \t") for v in request.headers.getlist(name)}
+    if len(values) > 1:
+        raise ApiError(400, "conflicting_credentials",
+                       f"the {name} header is given more than once with different values")
+    return values.pop() if values else None
+
+
 def bearer(request: Request) -> str | None:
-    token = request.headers.get("x-api-token")
-    auth = request.headers.get("authorization")
+    token = _one_header(request, "x-api-token") or None
+    auth = _one_header(request, "authorization")
     from_auth = None
     if auth:
         scheme, _, value = auth.partition(" ")

@@ -58,5 +58,5 @@ ROUTES = [
     ("/command-log/export", ["GET"], command_log.export_commands),
     ("/suppressions", ["GET"], suppressions.list_suppressions),
     ("/suppressions", ["POST"], suppressions.add_suppression),
-    ("/suppressions/{address}", ["DELETE"], suppressions.remove_suppression),
+    ("/suppressions/{address:path}", ["DELETE"], suppressions.remove_suppression),
 ]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from mail_proxy.errors import BadRequest, FieldError, Forbidden, ValidationFailed
+from mail_proxy.settings import bound_text
 
 Check = Callable[[Any], Any]
 INT64_MAX = 2**63 - 1
@@ -102,7 +103,7 @@ def number(low: float, high: float) -> Check:
                 or not math.isfinite(value):
             raise Bad("invalid_type", "must be a number")
         if not low <= value <= high:
-            raise Bad("out_of_range", f"must be between {low:g} and {high:g}")
+            raise Bad("out_of_range", f"must be between {bound_text(low)} and {bound_text(high)}")
         return float(value)
     return run
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from mail_proxy.errors import BadRequest, NotFound
 from mail_proxy.manager.core import Core, now
+from mail_proxy.manager.fields import INT64_MAX, MAX_EPOCH
 
 STATUSES = ("queued", "deferred", "sending", "sent", "error", "cancelled")
 MAX_IDS = 1000
@@ -25,7 +26,7 @@ def decode_cursor(cursor: str) -> int:
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise BadRequest("'cursor' cannot be decoded", code="invalid_parameter",
                          detail={"parameter": "cursor"}) from exc
-    if not isinstance(pk, int) or isinstance(pk, bool):
+    if not isinstance(pk, int) or isinstance(pk, bool) or not 0 <= pk <= INT64_MAX:
         raise BadRequest("'cursor' cannot be decoded", code="invalid_parameter",
                          detail={"parameter": "cursor"})
     return pk
@@ -69,16 +70,32 @@ async def list_messages(core: Core, *, tenant_id: str | None, status: str | None
             "messages": [record(r) for r in rows]}
 
 
-def _public_payload(payload: dict[str, Any]) -> dict[str, Any]:
+def _public_auth(core: Core, stored: object) -> dict[str, Any]:
+    """An attachment's ``auth`` as shown (api.md §5.2): its method, and whether a secret is
+    stored, never the secret. Messages with secrets keep ``auth`` encrypted, so it is
+    decrypted here; a value that cannot be (key gone) still says a secret is stored."""
+    auth = stored
+    if isinstance(stored, str):
+        from mail_proxy.security.crypto import DecryptError, SecretUnavailable
+
+        try:
+            auth = core.keyring.decrypt_json(stored)
+        except (DecryptError, SecretUnavailable):
+            return {"method": "unknown", "has_secret": True}
+    if not isinstance(auth, dict):
+        return {"method": "unknown", "has_secret": True}
+    method = auth.get("method")
+    secret = any(value for key, value in auth.items() if key != "method")
+    return {"method": method if isinstance(method, str) else "unknown", "has_secret": secret}
+
+
+def _public_payload(core: Core, payload: dict[str, Any]) -> dict[str, Any]:
     out = dict(payload)
     attachments = []
     for att in payload.get("attachments") or []:
         att = dict(att)
         if att.get("auth"):
-            method = "unknown"
-            if isinstance(att["auth"], dict):
-                method = att["auth"].get("method", "unknown")
-            att["auth"] = {"method": method, "has_secret": True}
+            att["auth"] = _public_auth(core, att["auth"])
         path = att.get("storage_path") or ""
         if att.get("fetch_mode") == "base64" and len(path) > 256:
             att["storage_path"] = f"base64:<elided {len(path)} bytes>"
@@ -93,7 +110,7 @@ async def get_message(core: Core, tenant_id: str, message_id: str) -> dict[str, 
         raise NotFound(f"message '{message_id}' does not exist", code="message_not_found",
                        detail={"tenant_id": tenant_id, "id": message_id})
     out = record(row)
-    out["payload"] = _public_payload(json.loads(row["payload"]))
+    out["payload"] = _public_payload(core, json.loads(row["payload"]))
     events = await core.store.fetch("message_events", pk=row["pk"])
     for event in events:
         event["metadata"] = json.loads(event["metadata"]) if event["metadata"] else None
@@ -178,8 +195,8 @@ async def cleanup_messages(core: Core, tenant_id: str | None,
                            older_than_seconds: int | None = None) -> dict[str, Any]:
     age = core.settings.report_retention_seconds if older_than_seconds is None \
         else older_than_seconds
-    if isinstance(age, bool) or not isinstance(age, int) or age < 0:
-        raise BadRequest("'older_than_seconds' must be an integer >= 0",
+    if isinstance(age, bool) or not isinstance(age, int) or not 0 <= age <= MAX_EPOCH:
+        raise BadRequest(f"'older_than_seconds' must be an integer from 0 to {MAX_EPOCH}",
                          code="invalid_parameter", detail={"parameter": "older_than_seconds"})
     removed = 0
     while True:

@@ -1,0 +1,69 @@
+"""The HTTP/1.1 protocol the worker serves with: uvicorn's httptools one, with a bounded head.
+
+httptools has no limit on the size of a request's head and gathers a header value by
+repeated concatenation: one unauthenticated request with a 160 MB header held the event
+loop (API, dispatch, reports) for 19 s, and a bigger one got the worker killed by its
+supervisor. The head (request line and headers) is therefore counted as it arrives and a
+request whose head passes MAX_HEAD_BYTES is answered 431 and its connection closed before
+the parser sees more of it. h11, uvicorn's fallback, bounds the head itself.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# nginx allows 4 x 8 KiB of header lines by default, Apache 8 KiB per line: 64 KiB in all
+# is far above anything a client of this API sends (a token, a content type, a request id).
+MAX_HEAD_BYTES = 64 * 1024
+_ENDS = (b"\r\n\r\n", b"\n\n")
+
+
+def _refusal() -> bytes:
+    body = json.dumps({"ok": False, "code": "headers_too_large",
+                       "error": f"the request line and headers exceed {MAX_HEAD_BYTES} bytes"}
+                      ).encode()
+    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"content-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"connection: close\r\n\r\n" + body)
+
+
+def protocol_class() -> Any:
+    """The class for ``uvicorn.Config(http=...)``."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # httptools not installed: h11 limits the head on its own
+        return "h11"
+
+    class BoundedHeadProtocol(HttpToolsProtocol):
+        _in_head = True
+        _head_bytes = 0
+        _tail = b""  # the last bytes seen, for a terminator split between two reads
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head and self._head_too_large(data):
+                self.transport.write(_refusal())
+                self.transport.close()
+                return
+            super().data_received(data)
+
+        def _head_too_large(self, data: bytes) -> bool:
+            seen = self._tail + data
+            ends = [i + len(end) for end in _ENDS if (i := seen.find(end)) != -1]
+            if ends:  # the head ends in this read: count only up to its end
+                return self._head_bytes + min(ends) - len(self._tail) > MAX_HEAD_BYTES
+            self._head_bytes += len(data)
+            self._tail = seen[-3:]
+            return self._head_bytes > MAX_HEAD_BYTES
+
+        def on_headers_complete(self) -> None:
+            self._in_head = False
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            # the next request on this connection starts with a fresh count
+            self._in_head, self._head_bytes, self._tail = True, 0, b""
+            super().on_message_complete()
+
+    return BoundedHeadProtocol
