@@ -16,6 +16,7 @@ from mail_proxy.errors import FieldError, ValidationFailed
 
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
                         r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PRIORITY_LABELS = {"immediate": 0, "high": 1, "medium": 2, "low": 3}
 SECRET_SETTINGS = frozenset({"bounce_imap_password"})
 
@@ -259,11 +260,15 @@ def normalise_setting(name: str, value: Any) -> Any:
         return list(value)
     if not isinstance(value, str):
         raise _Bad("invalid_type", "must be a string")
-    if kind == "host?" and not _HOST_NAME.match(value):
+    # These end up in headers, SMTP commands and links: a line break or another control
+    # character (Python's "$" lets a final newline through) must not get that far.
+    if _CONTROL.search(value):
+        raise _Bad("invalid_value", "must not contain line breaks or control characters")
+    if kind == "host?" and not _HOST_NAME.fullmatch(value):
         raise _Bad("invalid_value", f"{value!r} is not a valid host name")
-    if kind == "url?" and not re.match(r"^https?://[^\s/]+", value):
+    if kind == "url?" and not re.fullmatch(r"https?://[^\s/]+\S*", value):
         raise _Bad("invalid_value", "must be an absolute http or https URL")
-    if kind == "address?" and not re.match(r"^[^\s@<>]+@[^\s@<>]+$", value):
+    if kind == "address?" and not re.fullmatch(r"[^\s@<>]+@[^\s@<>]+", value):
         raise _Bad("invalid_address", f"{value!r} is not a bare e-mail address")
     if kind == "str" and not value:
         raise _Bad("invalid_value", "must not be empty")

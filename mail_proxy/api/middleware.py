@@ -32,7 +32,7 @@ class ApiMiddleware:
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         # A request id only has to be unique, not unguessable: the interpreter's generator
         # (reseeded in forked children) spares a getrandom() system call per request.
-        request_id = given if _REQUEST_ID.match(given) else f"{random.getrandbits(64):016x}"
+        request_id = given if _REQUEST_ID.fullmatch(given) else f"{random.getrandbits(64):016x}"
         scope["request_id"] = request_id
         status_holder = {"status": 500}
 

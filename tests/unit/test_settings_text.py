@@ -1,0 +1,27 @@
+"""Text settings end up in Message-IDs, SMTP commands, IMAP commands and links: a final
+newline (which Python's ``$`` lets through) or any other control character is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from mail_proxy.errors import ValidationFailed
+from mail_proxy.settings import normalise_setting, validate_changes
+
+GOOD = {"message_id_domain": "mail.acme.test", "bounce_imap_host": "imap.acme.test",
+        "bounce_return_path": "bounces@acme.test",
+        "public_base_url": "https://files.acme.test/dl", "bounce_imap_folder": "INBOX"}
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+@pytest.mark.parametrize("suffix", ["\n", "\r\n", "\x00", "\x1b[31m"])
+def test_control_characters_are_refused(name: str, suffix: str) -> None:
+    assert normalise_setting(name, GOOD[name]) == GOOD[name]
+    with pytest.raises(Exception, match="control characters"):
+        normalise_setting(name, GOOD[name] + suffix)
+
+
+def test_a_patch_names_the_setting() -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        validate_changes({}, {"bounce_return_path": "b@acme.test\n"})
+    assert [f.field for f in caught.value.fields] == ["bounce_return_path"]
