@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from mail_proxy.store.base import Store, Transaction
-from mail_proxy.store.errors import StoreUnavailable, UniqueViolation
+from mail_proxy.store.errors import RowsMissing, StoreUnavailable, UniqueViolation
 
 
 def backend_of(url: str) -> str:
@@ -44,5 +44,5 @@ def open_store(url: str, *, pool_size: int = 10, password: str | None = None) ->
     return SqliteStore(sqlite_path(url))
 
 
-__all__ = ["Store", "StoreUnavailable", "Transaction", "UniqueViolation", "backend_of",
-           "open_store", "redact_url", "sqlite_path"]
+__all__ = ["RowsMissing", "Store", "StoreUnavailable", "Transaction", "UniqueViolation",
+           "backend_of", "open_store", "redact_url", "sqlite_path"]

@@ -11,12 +11,17 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
+from mail_proxy.store.errors import RowsMissing
+
 Row = dict[str, Any]
 T = TypeVar("T")
 
 
 # query, its parameters, and what to run when it changed a row (None: nothing)
 Step = tuple[str, dict[str, Any], str | None, dict[str, Any] | None]
+# A query and its parameters, run in an insert's transaction before it: any row it returns
+# names something the insert depends on that is gone, and vetoes the insert (RowsMissing).
+Guard = tuple[str, dict[str, Any]]
 
 
 class Transaction(Protocol):
@@ -35,8 +40,10 @@ class Transaction(Protocol):
         ...
 
     async def insert_all(self, query: str, rows: list[dict[str, Any]], then: str | None = None,
-                         then_params: dict[str, Any] | None = None) -> bool:
-        """Every row or none (False on a unique conflict, nothing written); then ``then``."""
+                         then_params: dict[str, Any] | None = None, guard: Guard | None = None
+                         ) -> bool:
+        """Every row or none (False on a unique conflict, nothing written); then ``then``.
+        With ``guard``, nothing is written either when it returns rows (RowsMissing)."""
         ...
 
 
@@ -68,10 +75,16 @@ class Store(Protocol):
 
     async def grouped_insert(self, query: str, rows: list[dict[str, Any]],
                              then: str | None = None,
-                             then_params: dict[str, Any] | None = None) -> bool:
+                             then_params: dict[str, Any] | None = None,
+                             guard: Guard | None = None) -> bool:
         """:meth:`Transaction.insert_all` as a :meth:`grouped` caller: every row or none
         (False on a unique conflict, nothing written), then ``then``; committed before
-        returning. SQLite runs a whole group of these in one hand-off to its thread."""
+        returning. SQLite runs a whole group of these in one hand-off to its thread.
+
+        ``guard`` runs first, in the same transaction; when it returns rows nothing is
+        written and :class:`~mail_proxy.store.errors.RowsMissing` carries them. What it
+        found must still be there at the commit: SQLite's single writer sees to that, on
+        PostgreSQL the guard's SQL locks it (``FOR KEY SHARE``)."""
         ...
 
     async def apply_steps(self, steps: list[Step]) -> list[int]:
@@ -93,3 +106,11 @@ class Store(Protocol):
         ...
 
     async def schema_version(self) -> int: ...
+
+
+async def check_guard(tx: Transaction, guard: Guard) -> None:
+    """Run ``guard`` in ``tx``; RowsMissing with its rows when it returns any."""
+    query, params = guard
+    missing = await tx.fetch(query, **params)
+    if missing:
+        raise RowsMissing(missing)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mail_proxy.errors import StorageError
 
 
@@ -12,3 +14,16 @@ class StoreUnavailable(StorageError):
 class UniqueViolation(StorageError):
     code = "conflict"
     status = 409
+
+
+class RowsMissing(Exception):
+    """A guarded insert's guard query returned rows: what the insert depends on is gone
+    (deleted by a concurrent transaction), and nothing was written.
+
+    Not a StorageError: the caller turns it into its own answer, and one that escapes is a
+    bug.
+    """
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(rows)} row(s) the insert depends on are missing")
+        self.rows = rows

@@ -27,7 +27,7 @@ import asyncpg
 
 from mail_proxy.errors import SchemaTooNew
 from mail_proxy.store import queries as named
-from mail_proxy.store.base import Step
+from mail_proxy.store.base import Guard, Step, check_guard
 from mail_proxy.store.errors import StoreUnavailable, UniqueViolation
 
 T = TypeVar("T")
@@ -203,9 +203,12 @@ class _Conn:
 
     async def insert_all(self, query: str, rows: list[dict[str, Any]],
                          then: str | None = None,
-                         then_params: dict[str, Any] | None = None) -> bool:
+                         then_params: dict[str, Any] | None = None,
+                         guard: Guard | None = None) -> bool:
         """Insert every row, or none of them: False, with nothing written, when one row
-        breaks a unique constraint; otherwise run ``then`` too and return True.
+        breaks a unique constraint; otherwise run ``then`` too and return True. A
+        ``guard`` returning rows raises RowsMissing before anything is written; the rows
+        it read stay locked until the commit (its SQL says how).
 
         Under a savepoint, so a conflict leaves the surrounding transaction usable. Enqueue
         uses it to skip reading which ids exist in the common case (all new).
@@ -213,19 +216,26 @@ class _Conn:
         savepoint = self._conn.transaction()
         await savepoint.start()
         try:
-            try:
-                await self.executemany(query, rows)
-            except UniqueViolation:
-                await savepoint.rollback()
-                return False
-            if then is not None:
-                await self.execute(then, **(then_params or {}))
+            await self.insert_then(query, rows, then, then_params, guard)
+        except UniqueViolation:
+            await savepoint.rollback()
+            return False
         except BaseException:
             with contextlib.suppress(Exception):
                 await savepoint.rollback()
             raise
         await savepoint.commit()
         return True
+
+    async def insert_then(self, query: str, rows: list[dict[str, Any]], then: str | None,
+                          then_params: dict[str, Any] | None, guard: Guard | None) -> None:
+        """The guard, the rows, then ``then``; a unique conflict raises, leaving the rest of
+        the transaction to the caller."""
+        if guard is not None:
+            await check_guard(self, guard)
+        await self.executemany(query, rows)
+        if then is not None:
+            await self.execute(then, **(then_params or {}))
 
 
 class PostgresStore:
@@ -363,9 +373,16 @@ class PostgresStore:
 
     async def grouped_insert(self, query: str, rows: list[dict[str, Any]],
                              then: str | None = None,
-                             then_params: dict[str, Any] | None = None) -> bool:
-        async with self.transaction() as tx:
-            return await tx.insert_all(query, rows, then, then_params)
+                             then_params: dict[str, Any] | None = None,
+                             guard: Guard | None = None) -> bool:
+        # The transaction is this caller's alone: a conflict rolls all of it back, so
+        # insert_all's savepoint (two round trips) is not needed; that pays for the guard's.
+        try:
+            async with self.transaction() as tx:
+                await tx.insert_then(query, rows, then, then_params, guard)
+        except UniqueViolation:
+            return False
+        return True
 
     async def apply_steps(self, steps: list[Step]) -> list[int]:
         async with self.transaction() as tx:

@@ -20,7 +20,7 @@ import aiosqlite
 
 from mail_proxy.errors import SchemaTooNew
 from mail_proxy.store import queries as named
-from mail_proxy.store.base import Step
+from mail_proxy.store.base import Guard, Step
 from mail_proxy.store.errors import StoreUnavailable
 from mail_proxy.store.sqlite_jobs import InsertAll, run_isolated, translate
 from mail_proxy.store.sqlite_statements import (
@@ -124,15 +124,17 @@ class _Conn:
 
     async def insert_all(self, query: str, rows: list[dict[str, Any]],
                          then: str | None = None,
-                         then_params: dict[str, Any] | None = None) -> bool:
+                         then_params: dict[str, Any] | None = None,
+                         guard: Guard | None = None) -> bool:
         """Insert every row, or none of them: False, with nothing written, when one row
-        breaks a unique constraint; otherwise run ``then`` too and return True.
+        breaks a unique constraint; otherwise run ``then`` too and return True. A
+        ``guard`` returning rows raises RowsMissing, nothing written.
 
         Enqueue inserts new messages this way instead of first asking which ids exist: in
         the common case (all new) the rows and the command-log row cost one hand-off to
-        the database thread, and nothing is read.
+        the database thread, and nothing is read but the guard's few index entries.
         """
-        return await self._run(InsertAll(self._queries, query, rows, then, then_params))
+        return await self._run(InsertAll(self._queries, query, rows, then, then_params, guard))
 
     async def raw(self, sql: str) -> None:
         await self._run(lambda raw: raw.execute(sql).close())
@@ -373,8 +375,9 @@ class SqliteStore:
 
     async def grouped_insert(self, query: str, rows: list[dict[str, Any]],
                              then: str | None = None,
-                             then_params: dict[str, Any] | None = None) -> bool:
-        job = InsertAll(self._queries, query, rows, then, then_params)
+                             then_params: dict[str, Any] | None = None,
+                             guard: Guard | None = None) -> bool:
+        job = InsertAll(self._queries, query, rows, then, then_params, guard)
         return await self._join_group(lambda tx: tx._run(job), job)
 
     async def _join_group(self, work: Callable[[Any], Awaitable[T]],

@@ -12,7 +12,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from mail_proxy.store.errors import StoreUnavailable, UniqueViolation
+from mail_proxy.store.base import Guard
+from mail_proxy.store.errors import RowsMissing, StoreUnavailable, UniqueViolation
 from mail_proxy.store.sqlite_statements import MultiRow, bind_values, multi_row
 
 Job = Callable[[sqlite3.Connection], Any]
@@ -41,21 +42,41 @@ def undo_savepoint(raw: sqlite3.Connection, name: str) -> None:
 
 class InsertAll:
     """Insert every row or none (False on a unique conflict, nothing written), then run
-    ``then`` once: an enqueue's messages and its command-log row.
+    ``then`` once: an enqueue's messages and its command-log row. A ``guard`` that returns
+    rows vetoes the insert (RowsMissing): the enqueue's accounts are checked on the writer,
+    in the transaction that stores the messages, so a delete cannot slip in between.
 
     It undoes its own writes when it fails, so a group runs it without a savepoint of its
     own; several of them with the same statements run as one (:func:`run_isolated`).
     """
 
     def __init__(self, queries: dict[str, str], query: str, rows: list[dict[str, Any]],
-                 then: str | None, then_params: dict[str, Any] | None) -> None:
+                 then: str | None, then_params: dict[str, Any] | None,
+                 guard: Guard | None = None) -> None:
         self.sql = queries[query]
         self.values = [bind_values(r) for r in rows]
         self.multi = multi_row(self.sql)
         self.then_sql = queries[then] if then is not None else None
         self.then_values = bind_values(then_params or {})
+        self.guard = None if guard is None else (queries[guard[0]], bind_values(guard[1]))
+
+    def guard_key(self) -> tuple[Any, ...] | None:
+        """Equal for two jobs whose guards are the same query on the same values (concurrent
+        enqueues for one account): a group runs it once."""
+        if self.guard is None:
+            return None
+        sql, values = self.guard
+        return (sql, *sorted(values.items()))
+
+    def require(self, raw: sqlite3.Connection) -> None:
+        if self.guard is None:
+            return
+        missing = raw.execute(*self.guard).fetchall()
+        if missing:
+            raise RowsMissing([dict(r) for r in missing])
 
     def __call__(self, raw: sqlite3.Connection) -> bool:
+        self.require(raw)
         raw.execute("SAVEPOINT insert_all")
         try:
             try:
@@ -89,8 +110,10 @@ class InsertAll:
 def _together(raw: sqlite3.Connection, jobs: list[InsertAll]) -> list[Outcome] | None:
     """Every job's rows in one multi-row INSERT and every ``then`` in another: two
     statements for the whole group instead of five per job. None, with nothing written,
-    when any row conflicts or breaks a constraint: the caller then runs them one by one,
-    so that only the job at fault fails."""
+    when any row conflicts or breaks a constraint, or any guard fails: the caller then runs
+    them one by one, so that only the job at fault fails."""
+    if not _guards_pass(raw, jobs):
+        return None
     first = jobs[0]
     raw.execute("SAVEPOINT together")
     try:
@@ -110,6 +133,21 @@ def _together(raw: sqlite3.Connection, jobs: list[InsertAll]) -> list[Outcome] |
         raise
     raw.execute("RELEASE together")
     return [(True, None)] * len(jobs)
+
+
+def _guards_pass(raw: sqlite3.Connection, jobs: list[InsertAll]) -> bool:
+    """Every job's guard, each distinct one once (nothing is written yet)."""
+    checked: set[tuple[Any, ...] | None] = {None}
+    for job in jobs:
+        key = job.guard_key()
+        if key in checked:
+            continue
+        try:
+            job.require(raw)
+        except RowsMissing:
+            return False
+        checked.add(key)
+    return True
 
 
 def run_isolated(raw: sqlite3.Connection, jobs: list[Job]) -> list[Outcome]:

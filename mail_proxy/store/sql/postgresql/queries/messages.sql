@@ -9,6 +9,23 @@ SELECT id, active, default_account_id, client_base_url, suspended_batches,
 SELECT tenant_id, id, is_pec FROM accounts
  WHERE tenant_id = ANY(:ids::text[]);
 
+-- name: enqueue_missing_accounts
+-- The guard of an enqueue's insert (api.md §4.1 step 5), in its write transaction: each
+-- (tenant, account) pair of :tenant_ids/:account_ids (same length) whose account is gone,
+-- with whether its tenant is still there. What it finds stays locked FOR KEY SHARE (as the
+-- messages' foreign key locks a tenant) until the commit: a DELETE of the account or the
+-- tenant (FOR UPDATE, then the delete) either waits for this commit and then cancels or
+-- deletes the new messages too, or commits first, and the row is then not found here.
+-- The account's lookup needs the tenant's, so a tenant is locked before its accounts, in
+-- the order of DELETE /tenant: the two cannot deadlock. Lateral lookups rather than CTEs:
+-- half the time (0.2 against 0.4 ms), on a path taken by every enqueue.
+SELECT w.tenant_id, w.account_id, t.id IS NOT NULL AS tenant_exists
+  FROM unnest(:tenant_ids::text[], :account_ids::text[]) AS w (tenant_id, account_id)
+  LEFT JOIN LATERAL (SELECT id FROM tenants WHERE id = w.tenant_id FOR KEY SHARE) t ON true
+  LEFT JOIN LATERAL (SELECT id FROM accounts WHERE tenant_id = t.id AND id = w.account_id
+                        FOR KEY SHARE) a ON true
+ WHERE a.id IS NULL;
+
 -- name: message_statuses
 SELECT pk, id, status FROM messages
  WHERE tenant_id = :tenant_id AND id = ANY(:ids::text[]);

@@ -9,6 +9,16 @@ SELECT id, active, default_account_id, client_base_url, suspended_batches,
 SELECT tenant_id, id, is_pec FROM accounts
  WHERE tenant_id IN (SELECT value FROM json_each(:ids));
 
+-- name: enqueue_missing_accounts
+-- The guard of an enqueue's insert (api.md §4.1 step 5), in its write transaction: each
+-- (tenant, account) pair of :tenant_ids/:account_ids (same length) whose account is gone,
+-- deleted since validation, with whether its tenant is still there. An account existing
+-- implies its tenant does (foreign key, ON DELETE CASCADE).
+SELECT t.value AS tenant_id, a.value AS account_id,
+       EXISTS (SELECT 1 FROM tenants WHERE id = t.value) AS tenant_exists
+  FROM json_each(:tenant_ids) t JOIN json_each(:account_ids) a ON a.key = t.key
+ WHERE NOT EXISTS (SELECT 1 FROM accounts WHERE tenant_id = t.value AND id = a.value);
+
 -- name: message_statuses
 SELECT pk, id, status FROM messages
  WHERE tenant_id = :tenant_id AND id IN (SELECT value FROM json_each(:ids));
