@@ -35,21 +35,36 @@ THROTTLE_TEXT = re.compile(r"rate.?limit|throttl|too many (messages|connections)
                            re.IGNORECASE)
 _AUTH_REFUSED = frozenset({530, 534, 535, 538})
 _ENHANCED = re.compile(r"^\d\.\d{1,3}\.\d{1,3}\b")
+# C0 controls but tab, DEL, C1 controls, and the bidirectional overrides and isolates
+# (they reorder what a terminal shows, hiding or faking text).
+_UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e"
+                     r"\u2066-\u2069]")
+# A reason quoted from a reply that is not SMTP stops here (a line may be 8 KB).
+_REASON_CHARS = 200
 
 
 def server_text(message: str) -> str:
-    """The server's words on one line, as text any database can store.
+    """The server's words on one line, as text any database can store and any terminal show.
 
     Replies arrive as bytes, which aiosmtplib and the channel decode as UTF-8 with surrogate
     escapes; a server that writes Latin-1 (older European MTAs do: "Empf\xe4nger") would
     leave lone surrogates in the text, and the outcome carrying it could not be written.
-    Such a reply is read as Latin-1 instead.
+    Such a reply is read as Latin-1 instead. Line breaks join the lines of a multi-line
+    reply with spaces; other control characters are shown as ``\\xNN``: PostgreSQL refuses
+    NUL in text (the outcome was lost and the message sent again), and escape sequences
+    would reach the terminal of whoever reads the failure (``messages show``).
     """
     try:
         message.encode("utf-8")
     except UnicodeEncodeError:
         message = message.encode("utf-8", "surrogateescape").decode("latin-1")
-    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+    text = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def reply_text(code: int, message: str) -> str:
@@ -66,8 +81,16 @@ def is_throttle(code: int, message: str) -> bool:
 
 def reply_failure(stage: str, code: int, message: str, *, user: str | None = None,
                   refused: list[dict[str, Any]] | None = None) -> DeliveryFailure:
-    """Classify one failing reply received at ``stage``."""
+    """Classify one failing reply received at ``stage``.
+
+    Only a 4xx or 5xx refuses anything. Any other code here answers some other command (a
+    spare reply shifted the pairing) or is not SMTP: the session state is unknown, so it is
+    a transient protocol failure, and its code keeps the pool from reusing the connection.
+    """
     text = reply_text(code, message)
+    if not 400 <= code < 600:
+        return TransientFailure(f"unexpected reply at {stage}: {text}",
+                                code="connection_failed")
     if is_throttle(code, message):
         return ThrottleFailure(text, code="throttled", smtp_code=code, refused=refused)
     if stage == AUTH:
@@ -91,14 +114,16 @@ def refused_entry(address: str, code: int, message: str) -> dict[str, Any]:
 
 def all_refused_failure(refused: list[dict[str, Any]]) -> DeliveryFailure:
     """Every RCPT was refused: permanent only when every refusal was a 5xx."""
-    temporary = [r for r in refused if 400 <= int(r["smtp_code"]) < 500]
-    if not temporary:
+    if all(500 <= int(r["smtp_code"]) < 600 for r in refused):
         first = refused[0]
         return PermanentFailure(reply_text(first["smtp_code"], first["message"]),
                                 code="all_recipients_refused",
                                 smtp_code=first["smtp_code"], refused=refused)
+    temporary = [r for r in refused if 400 <= int(r["smtp_code"]) < 500]
     throttling = [r for r in temporary if is_throttle(r["smtp_code"], r["message"])]
-    pick = (throttling or temporary)[0]
+    # neither all 5xx nor any 4xx: one reply refuses nothing, a protocol error for reply_failure
+    odd = [r for r in refused if not 400 <= int(r["smtp_code"]) < 600]
+    pick = (throttling or temporary or odd)[0]
     return reply_failure(RCPT, pick["smtp_code"], pick["message"], refused=refused)
 
 
@@ -154,6 +179,10 @@ def connection_failure(exc: BaseException, host: str, port: int, stage: str) -> 
         text = f"connection refused by {host}:{port}"
     elif isinstance(os_err, socket.gaierror):
         text = f"cannot resolve {host}: {os_err.strerror or os_err}"
+    elif isinstance(exc, aiosmtplib.SMTPResponseException):
+        # not a lost connection: a reply that is not SMTP (malformed, endless, or answering
+        # no command); the session was dropped, and the reason is worth keeping
+        text = f"bad reply from {host}:{port} during {stage}: {_reason(exc)}"
     elif isinstance(exc, aiosmtplib.SMTPServerDisconnected) or stage not in (GREETING,):
         text = f"connection to {host}:{port} lost during {stage}"
     elif os_err is not None:
@@ -161,3 +190,10 @@ def connection_failure(exc: BaseException, host: str, port: int, stage: str) -> 
     else:
         text = f"cannot connect to {host}:{port}: {exc}"
     return TransientFailure(text, code="connection_failed")
+
+
+def _reason(exc: aiosmtplib.SMTPResponseException) -> str:
+    reason = server_text(exc.message)
+    if exc.code >= 0:
+        reason = f"{exc.code} {reason}"
+    return reason if len(reason) <= _REASON_CHARS else reason[:_REASON_CHARS] + "..."

@@ -84,11 +84,13 @@ class SmtpChannel(asyncio.Protocol):
         self.transport = transport
         self.pipelining = pipelining
         self._buffer = bytearray()
-        self._replies: deque[SMTPResponse] = deque()  # parsed, not yet matched to a command
         # One future per command written, in write order: replies are matched to commands
         # by position, so two transactions can overlap (one waiting for its final reply
-        # while the next one's envelope is already on the wire).
+        # while the next one's envelope is already on the wire). A reply is therefore only
+        # ever paired with the oldest command still waiting; one that arrives when no
+        # written command waits answers nothing and ends the session (_spare_reply).
         self._expected: deque[asyncio.Future[SMTPResponse]] = deque()
+        self._unwritten = 0  # how many of the last futures in _expected belong to _corked
         self._lost: BaseException | None = None
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
@@ -121,18 +123,29 @@ class SmtpChannel(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer.extend(data)
-        while True:
-            reply = self._parse_one()
-            if reply is None:
-                break
-            self._replies.append(reply)
+        while (reply := self._parse_one()) is not None:
+            if len(self._expected) <= self._unwritten:
+                self._spare_reply(reply)
+                return
+            future = self._expected.popleft()
+            self._deadlines.popleft()
+            if not future.done():  # its waiter may have given up; the reply is used anyway
+                future.set_result(reply)
         if len(self._buffer) > MAX_REPLY_BYTES:
             self._fail(aiosmtplib.SMTPResponseException(-1, "reply too long"))
             self.transport.abort()
             return
-        self._match()
-        if self._expected and self._socket is not None:
+        if len(self._expected) > self._unwritten and self._socket is not None:
             self._acknowledge_now()
+
+    def _spare_reply(self, reply: SMTPResponse) -> None:
+        # No written command waits for it: a server speaking out of turn, or one that sent
+        # two replies to one command. Pairing it with the next command would shift every
+        # later reply by one (MAIL taking the spare 250, DATA the RCPT's 250, so a message
+        # failed permanently on a "250"); the session state is unknown, so it ends here and
+        # whatever still waits fails as a transient protocol error. Pipelined replies that
+        # arrive in batches always have their commands waiting, so they never land here.
+        self._protocol_error(f"reply to no command: {reply.code} {reply.message}")
 
     def _acknowledge_now(self) -> None:
         # More replies are due and nothing may be written until they come: acknowledge what
@@ -190,8 +203,9 @@ class SmtpChannel(asyncio.Protocol):
     async def finish(self, pending: Pending) -> SendResult:
         """Wait for the reply to the end of the message."""
         final = await pending.final
-        if final.code != 250:
-            raise c.reply_failure(c.DATA, final.code, final.message, refused=pending.refused)
+        # Any 2xx accepts the message (RFC 5321 §4.2.1: the first digit decides).
+        if final.code != 250 and not 200 <= final.code < 300:
+            raise self._refusal(c.DATA, final, pending.refused)
         return SendResult(accepted=pending.accepted, refused=pending.refused,
                           smtp_code=final.code)
 
@@ -225,9 +239,14 @@ class SmtpChannel(asyncio.Protocol):
                     if reply.code == 421:
                         break  # the server is closing the session
         if mail.code != 250:
+            failure = self._refusal(c.MAIL, mail)
             await self._end_unwanted_data(data_reply)
-            raise c.reply_failure(c.MAIL, mail.code, mail.message)
+            raise failure
         accepted, refused = _sort_recipients(rcpts, replies)
+        if refused:  # a RCPT reply that neither accepts nor refuses answers something else
+            odd = next((r for r in replies if r.code < 400 and r.code not in _RCPT_OK), None)
+            if odd is not None:
+                raise self._refusal(c.RCPT, odd)
         closing = next((r for r in replies if r.code == 421), None)
         if closing is not None:
             # Never end DATA here: recipients accepted before the 421 would get an empty
@@ -242,7 +261,7 @@ class SmtpChannel(asyncio.Protocol):
         if data_reply is None:
             data_reply = await self._send(b"DATA\r\n", 1)[0]
         if data_reply.code != 354:
-            raise c.reply_failure(c.DATA, data_reply.code, data_reply.message, refused=refused)
+            raise self._refusal(c.DATA, data_reply, refused)
         block = data_block(data)
         [final] = self._send(block, 1, cork=self.pipelining and len(block) <= CORK_BYTES)
         await self._drain()
@@ -267,8 +286,27 @@ class SmtpChannel(asyncio.Protocol):
     async def _end_unwanted_data(self, data_reply: SMTPResponse | None) -> None:
         """A server that said 354 although no recipient was accepted gets an empty message
         terminator (RFC 2920 §3.1); it has nobody to deliver it to."""
-        if data_reply is not None and data_reply.code == 354:
+        if data_reply is not None and data_reply.code == 354 and self.is_connected:
             await self._send(b".\r\n", 1)[0]
+
+    def _refusal(self, stage: str, reply: SMTPResponse,
+                 refused: list[dict[str, Any]] | None = None) -> Exception:
+        """What a reply other than the success awaited at ``stage`` means.
+
+        A 4xx or 5xx refuses (classified as usual). Anything else answers another command
+        (a spare reply shifted the pairing) or makes no sense here, a 250 to DATA say: never
+        a refusal, so never permanent; the session is dropped as in a protocol error.
+        """
+        if 400 <= reply.code < 600:
+            return c.reply_failure(stage, reply.code, reply.message, refused=refused)
+        return self._protocol_error(f"{stage.upper()} answered {reply.code} {reply.message}")
+
+    def _protocol_error(self, reason: str) -> aiosmtplib.SMTPResponseException:
+        """End a session whose state is unknown; the error is what every waiter gets."""
+        error = aiosmtplib.SMTPResponseException(-1, reason)
+        self._fail(error)
+        self.transport.abort()
+        return error
 
     # -- I/O ----------------------------------------------------------------------------
 
@@ -283,11 +321,13 @@ class SmtpChannel(asyncio.Protocol):
             self._corked = b""
         if cork:
             self._corked = data
+            self._unwritten += replies  # no reply can answer these before they are written
             if not self._flush_in:
                 loop.call_soon(self._flush_later)
             self._flush_in = CORK_ITERATIONS
         else:
             self.transport.write(data)
+            self._unwritten = 0
         futures = [loop.create_future() for _ in range(replies)]
         self._expected.extend(futures)
         if self.reply_timeout is not None:
@@ -296,7 +336,6 @@ class SmtpChannel(asyncio.Protocol):
             self._arm(loop, deadline)
         else:
             self._deadlines.extend([float("inf")] * replies)
-        self._match()
         return futures
 
     def _flush_later(self) -> None:
@@ -310,6 +349,7 @@ class SmtpChannel(asyncio.Protocol):
     def _flush(self) -> None:
         if self._corked:
             data, self._corked = self._corked, b""
+            self._unwritten = 0
             if not self.transport.is_closing():
                 self.transport.write(data)
 
@@ -328,18 +368,11 @@ class SmtpChannel(asyncio.Protocol):
                 later = loop.time() + self.reply_timeout
                 self._deadlines = deque(max(d, later) for d in self._deadlines)
 
-    def _match(self) -> None:
-        while self._expected and self._replies:
-            future = self._expected.popleft()
-            self._deadlines.popleft()
-            reply = self._replies.popleft()  # consumed even if its waiter gave up
-            if not future.done():
-                future.set_result(reply)
-
     def _fail(self, error: BaseException) -> None:
         if self._lost is None:
             self._lost = error
         self._deadlines.clear()
+        self._unwritten = 0
         while self._expected:
             future = self._expected.popleft()
             if not future.done():

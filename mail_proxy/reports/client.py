@@ -147,14 +147,29 @@ class ReportClient:
         try:
             if not 200 <= response.status_code < 300:
                 return response.status_code, b""
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_ANSWER_BYTES:
-                    log.warning("report answer from tenant %s exceeds %d bytes; ignoring its "
-                                "fields", label, MAX_ANSWER_BYTES)
-                    return response.status_code, b""
-                chunks.append(chunk)
-            return response.status_code, b"".join(chunks)
+            return response.status_code, await _answer_body(response, label)
         finally:
             await response.aclose()
+
+
+async def _answer_body(response: httpx.Response, label: str) -> bytes:
+    """The body of a 2xx, or b"" (no fields) when it is too long or cannot be decoded.
+
+    The status already acknowledged the call (reports.md §4): a body in a broken
+    Content-Encoding is read like one that is not JSON, never as a failed call that would
+    leave the events unacknowledged and send them again and again.
+    """
+    chunks, size = [], 0
+    try:
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                log.warning("report answer from tenant %s exceeds %d bytes; ignoring its "
+                            "fields", label, MAX_ANSWER_BYTES)
+                return b""
+            chunks.append(chunk)
+    except httpx.DecodingError as exc:
+        log.warning("report answer from tenant %s cannot be decoded (%s); acknowledging the "
+                    "call anyway", label, exc)
+        return b""
+    return b"".join(chunks)

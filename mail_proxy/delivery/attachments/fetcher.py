@@ -88,23 +88,19 @@ class AttachmentFetcher:
                                int(settings.max_message_attachment_bytes))
         tasks = [asyncio.create_task(self._fetch_one(tenant, item, budget))
                  for item in attachments]
-        pending: set[asyncio.Task[FetchedAttachment]] = set(tasks)
+        await _settle(tasks)
+        failure = _failure(tasks)
+        if failure is None:
+            return [t.result() for t in tasks]
+        # The failure's traceback will hold this frame: with the tasks (which hold the
+        # failure) or the failure itself still named here, that is a reference cycle, and
+        # the buffers of the download frames in it (up to the size cap, each) would wait
+        # for a full garbage collection. Nothing here may name them once it is raised.
+        del tasks
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-                if any(_stops(t) for t in done):
-                    break
+            raise failure
         finally:
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-        finished = [t for t in tasks if t.done() and not t.cancelled()]
-        errors = [exc for t in finished if (exc := t.exception()) is not None]
-        if errors:
-            first = next((e for e in errors if _stops_error(e)), errors[0])
-            raise first
-        return [t.result() for t in tasks]
+            del failure
 
     async def _fetch_one(self, tenant: TenantFetchContext, item: dict[str, Any],
                          budget: MessageBudget) -> FetchedAttachment:
@@ -193,6 +189,30 @@ class AttachmentFetcher:
             self._on_fetch(mode, outcome)
         except Exception:  # a metrics hook must never fail a delivery
             log.exception("attachment metrics hook failed")
+
+
+async def _settle(tasks: list[asyncio.Task[FetchedAttachment]]) -> None:
+    """Wait until every fetch is done, or one failure decides the message (then cancel)."""
+    pending: set[asyncio.Task[FetchedAttachment]] = set(tasks)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            if any(_stops(t) for t in done):
+                break
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _failure(tasks: list[asyncio.Task[FetchedAttachment]]) -> BaseException | None:
+    """The failure that decides the message: the first that stops it, else the first."""
+    finished = [t for t in tasks if t.done() and not t.cancelled()]
+    errors = [exc for t in finished if (exc := t.exception()) is not None]
+    if not errors:
+        return None
+    return next((e for e in errors if _stops_error(e)), errors[0])
 
 
 def _stops(task: asyncio.Task[Any]) -> bool:

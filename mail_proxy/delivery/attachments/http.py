@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from mail_proxy.delivery.attachments import guard
+from mail_proxy.delivery.attachments import decoding, guard
 from mail_proxy.delivery.attachments.limits import ItemMeter, permanent, transient
 
 MAX_REDIRECTS = 5
@@ -75,7 +75,7 @@ class Downloader:
                         method, body = "GET", None
                     continue
                 self._raise_for_status(response, target, name)
-                return await _read(response, meter, name)
+                return await _read(response, meter, name, _host(target))
             finally:
                 await response.aclose()
         raise permanent(name, "attachment_error", f"more than {MAX_REDIRECTS} redirects from "
@@ -84,7 +84,9 @@ class Downloader:
     async def _send(self, target: httpx.URL, method: str, body: bytes | None,
                     extra: dict[str, str], *, name: str, check: bool,
                     allow_private: bool) -> httpx.Response:
-        headers = {"User-Agent": self.user_agent, **extra}
+        # Only what _read can inflate in bounded steps (httpx would offer br or zstd when
+        # their libraries happen to be installed).
+        headers = {"User-Agent": self.user_agent, "Accept-Encoding": decoding.ACCEPT, **extra}
         if body is not None:
             headers["Content-Type"] = "application/json"
         request_url, extensions = target, {}
@@ -134,21 +136,38 @@ class Downloader:
         raise permanent(name, "attachment_error", text)
 
 
-async def _read(response: httpx.Response, meter: ItemMeter, name: str) -> bytes:
+async def _read(response: httpx.Response, meter: ItemMeter, name: str, host: str) -> bytes:
     declared = response.headers.get("content-length")
     if declared and declared.isdigit():
         meter.declare(int(declared))
+    try:
+        decoder = decoding.decoder_for(response.headers.get("content-encoding"))
+    except decoding.BodyDecodingError as exc:
+        raise transient(name, f"{exc} from {host}") from None
     # BytesIO hands its buffer over on getvalue(), so the body is held once, not twice.
     buffer = io.BytesIO()
+    raw = piece = b""
     try:
-        async for chunk in response.aiter_bytes():
-            meter.add(len(chunk))
-            buffer.write(chunk)
+        # Raw bytes, inflated here step by step: every step is metered before the next.
+        async for raw in response.aiter_raw():
+            for piece in decoder.feed(raw):
+                meter.add(len(piece))
+                buffer.write(piece)
+        decoder.finish()
+        return buffer.getvalue()
     except httpx.TimeoutException:
         raise transient(name, "timed out while downloading") from None
     except httpx.TransportError as exc:
         raise transient(name, f"download interrupted: {_describe(exc)}") from None
-    return buffer.getvalue()
+    except decoding.BodyDecodingError as exc:
+        # No row of delivery.md §9.9 names it; like a 5xx it is the source's fault, and
+        # may be fixed there within the retry window.
+        raise transient(name, f"{exc} from {host}") from None
+    finally:
+        # A failure's traceback keeps this frame alive, maybe until a full garbage
+        # collection: it must not keep the bytes read so far with it.
+        buffer.close()
+        del raw, piece
 
 
 def origin_of(url: str) -> str | None:
