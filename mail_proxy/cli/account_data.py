@@ -48,6 +48,10 @@ class AccountFlags:
     imap_folder: str | None = None
     imap_tls: bool | None = None
 
+    def read_stdin_secrets(self) -> None:
+        self.password = secret_value(self.password, "--password")
+        self.imap_password = secret_value(self.imap_password, "--imap-password")
+
     def body(self) -> dict[str, Any]:
         """API fields of the given flags; 0 limits mean unlimited (null), '' clears."""
         values = asdict(self)
@@ -75,8 +79,19 @@ def _check_id(text: str) -> str | None:
     return None
 
 
+def _max_connections(given: int | None, asker: Asker, pool_default: int) -> int | None:
+    """None (stored null) follows the instance's ``smtp_max_connections``, as an account
+    created through the API does (api.md §6.1); only a flag or a different answer pins a
+    number. Storing the prompt's default pinned every CLI account to 3."""
+    if given is not None:
+        return given
+    value = asker.integer("Maximum connections", None, flag="--max-connections",
+                          default=pool_default, low=1, high=50)
+    return None if value == pool_default else value
+
+
 def _ask(f: AccountFlags, account_id: str | None, asker: Asker, has_default: bool,
-         test: bool | None) -> tuple[str, bool]:
+         test: bool | None, pool_default: int) -> tuple[str, bool]:
     aid = asker.text("Account id", account_id, flag="ID", required=True, check=_check_id)
     f.host = asker.text("SMTP host", f.host, flag="--host", required=True)
     f.port = asker.integer("Port", f.port, flag="--port", default=587, low=1, high=65535)
@@ -87,8 +102,7 @@ def _ask(f: AccountFlags, account_id: str | None, asker: Asker, has_default: boo
     if f.user:
         f.password = asker.text("Password", f.password, flag="--password", required=True,
                                 secret=True)
-    f.max_connections = asker.integer("Maximum connections", f.max_connections,
-                                      flag="--max-connections", default=3, low=1, high=50)
+    f.max_connections = _max_connections(f.max_connections, asker, pool_default)
     f.limit_per_minute = asker.integer("Messages per minute (0 = unlimited)",
                                        f.limit_per_minute, flag="--limit-per-minute",
                                        default=0, low=0)
@@ -106,13 +120,15 @@ def _ask(f: AccountFlags, account_id: str | None, asker: Asker, has_default: boo
     return aid, wants_test
 
 
-def _summary(aid: str, f: AccountFlags) -> None:
+def _summary(aid: str, f: AccountFlags, pool_default: int) -> None:
     rows = [("Account id", aid), ("SMTP host", f.host or ""), ("Port", str(f.port)),
             ("TLS mode", f.tls_mode or ""),
             ("Username", f.user or "(no authentication)")]
     if f.user:
         rows.append(("Password", "set" if f.password else "not set"))
-    rows += [("Maximum connections", str(f.max_connections)),
+    connections = (f"{pool_default} (instance default)" if f.max_connections is None
+                   else str(f.max_connections))
+    rows += [("Maximum connections", connections),
              ("Limits (m/h/d)", "/".join(str(v or 0) for v in (
                  f.limit_per_minute, f.limit_per_hour, f.limit_per_day))),
              ("Default account", "yes" if f.default else "no")]
@@ -145,18 +161,19 @@ def create_account(instance: str | None, tenant: str, account_id: str | None,
                    json_output: bool) -> int:
     from mail_proxy.manager import accounts, tenants
 
-    f.password, f.imap_password = secret_value(f.password), secret_value(f.imap_password)
+    f.read_stdin_secrets()
     if account_id is not None and (problem := _check_id(account_id)):
         raise CliExit(1, f"account id: {problem}")
 
-    async def has_default(s: Session) -> bool:
-        return (await tenants.get_tenant(s.core, tenant))["default_account_id"] is not None
+    async def defaults(s: Session) -> tuple[bool, int]:
+        has_default = (await tenants.get_tenant(s.core, tenant))["default_account_id"]
+        return has_default is not None, int(s.core.settings.smtp_max_connections)
 
     asker = Asker(prompt)
-    tenant_has_default = with_core(instance, has_default)
-    aid, wants_test = _ask(f, account_id, asker, tenant_has_default, test)
+    tenant_has_default, pool_default = with_core(instance, defaults)
+    aid, wants_test = _ask(f, account_id, asker, tenant_has_default, test, pool_default)
     if asker.asked:
-        _summary(aid, f)
+        _summary(aid, f, pool_default)
     if not confirm_write(f"Create account '{aid}'?", asker=asker, yes=yes):
         err("nothing created")
         return 1
@@ -199,7 +216,7 @@ def update_account(instance: str | None, tenant: str, account_id: str, f: Accoun
                    json_output: bool) -> None:
     from mail_proxy.manager import accounts
 
-    f.password, f.imap_password = secret_value(f.password), secret_value(f.imap_password)
+    f.read_stdin_secrets()
     body = f.body()
     if not body and f.default is None:
         raise CliExit(EXIT_USAGE, "nothing to change: give at least one flag")

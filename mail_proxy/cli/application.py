@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -76,7 +76,22 @@ def _debug() -> bool:
 
 
 def guarded(body: Callable[[], Any]) -> int:
-    """Run ``body`` under the error policy; return the process exit code."""
+    """Run ``body`` under the error policy and a private umask; return the exit code.
+
+    Files a command creates are owner-only (cli.md §2: SQLite creates the database and its
+    -wal/-shm from the umask, also where --db or GMP_DB_PATH put them outside the 0700
+    instance folder), as they are under the supervisor (umask 077, cli.md §9.1). The
+    umask is restored afterwards: tests and embedders run commands in their own process.
+    """
+    previous = os.umask(0o077)
+    os.umask(previous | 0o077)
+    try:
+        return _guarded(body)
+    finally:
+        os.umask(previous)
+
+
+def _guarded(body: Callable[[], Any]) -> int:
     from mail_proxy.errors import MailProxyError
 
     try:
@@ -136,17 +151,47 @@ def _traceback(exc: BaseException) -> None:
     traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
+class _InstanceNames(Collection[str]):
+    """The instance folders, listed on first use: a global command (``start``, ``--help``)
+    must not fail because MAIL_PROXY_HOME cannot be listed; the grammar asks only when the
+    first word is not a global command."""
+
+    def __init__(self) -> None:
+        self._names: frozenset[str] | None = None
+
+    def _get(self) -> frozenset[str]:
+        if self._names is None:
+            from mail_proxy.instance import paths
+
+            self._names = frozenset(paths.instance_names())
+        return self._names
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._get()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
 def disk_world() -> Any:
-    """The grammar's view of this machine: instance folders, environment and ``.current``."""
+    """The grammar's view of this machine: instance folders, environment and ``.current``.
+
+    Its tenant lookup raises the error the instance's own commands would (unreadable
+    database, shared folder): "tenant not found" about a tenant that exists misleads.
+    Completion uses this world too and stays silent on those errors.
+    """
     from mail_proxy.cli.grammar import World
     from mail_proxy.instance import paths
 
     def tenants(instance: str) -> list[str]:
-        from mail_proxy.instance.lookup import tenant_ids
+        from mail_proxy.instance.lookup import checked_tenant_ids
 
-        return tenant_ids(instance)
+        return checked_tenant_ids(instance)
 
-    return World(instances=frozenset(paths.instance_names()), env=dict(os.environ),
+    return World(instances=_InstanceNames(), env=dict(os.environ),
                  current=paths.read_current(), tenant_ids=tenants)
 
 

@@ -60,6 +60,7 @@ _VALUE_KINDS = {
     ("tenants", "api-key", "revoke"): "tenant",
     ("accounts", "show"): "account", ("accounts", "update"): "account",
     ("accounts", "delete"): "account", ("accounts", "test"): "account",
+    ("config", "set"): "setting", ("config", "reset"): "setting",
 }
 _INSTANCE_ARG = ("start", "stop", "restart", "status", "delete", "logs", "serve", "use")
 
@@ -74,8 +75,10 @@ def _sub_words(app: Any, path: list[str], current: str) -> list[str]:
         elif not word.startswith("-"):
             break
     if current.startswith("-"):
-        return [opt for param in command.params for opt in getattr(param, "opts", [])
-                if opt.startswith("--")] + ["--help"]
+        # secondary names are the "off" side of a boolean pair: --no-api-key, --inactive
+        names = [opt for param in command.params
+                 for opt in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]]
+        return [opt for opt in names if opt.startswith("--")] + ["--help"]
     if getattr(command, "commands", None) is not None:
         return sorted(command.commands)  # type: ignore[attr-defined]
     return []
@@ -91,12 +94,17 @@ def candidates(words: list[str]) -> list[str]:
     world = disk_world()
     if not before:
         found = list(paths.GLOBAL_WORDS) + sorted(world.instances)
-        if context_instance(world)[0]:
-            found += list(paths.INSTANCE_WORDS) + list(paths.TENANT_ONLY_WORDS)
+        context = context_instance(world)[0]
+        if context:
+            # the grammar (step 2) also takes a tenant id of the context instance here
+            found += (list(paths.INSTANCE_WORDS) + list(paths.TENANT_ONLY_WORDS)
+                      + lookup.tenant_ids(context))
         return _matching(found, current)
     if before[0] in paths.GLOBAL_WORDS:
         if before[0] == "completion":
             return _matching(["show", "install"] if len(before) == 1 else list(SHELLS), current)
+        if before == ["use"] and "/" in current:
+            return _matching(_use_contexts(current, world), current)
         if len(before) == 1 and before[0] in _INSTANCE_ARG and not current.startswith("-"):
             return _matching(sorted(world.instances), current)
         from mail_proxy.cli.main_app import global_app
@@ -116,6 +124,8 @@ def candidates(words: list[str]) -> list[str]:
     if at_tenant:
         return _matching(list(paths.TENANT_WORDS), current)
     kind = _VALUE_KINDS.get(tuple(route.args))
+    if kind == "setting" and not current.startswith("-"):
+        return _matching(_setting_names(), current)
     if kind == "tenant" and not current.startswith("-"):
         return _matching(lookup.tenant_ids(instance), current)
     if kind == "account" and route.tenant and not current.startswith("-"):
@@ -124,6 +134,29 @@ def candidates(words: list[str]) -> list[str]:
 
     app = tenant_app.app if route.level == "tenant" else instance_app.app
     return _matching(_sub_words(app, route.args, current), current)
+
+
+def _use_contexts(current: str, world: Any) -> list[str]:
+    """``use inst/<TAB>`` → ``inst/acme``…; ``use /<TAB>`` → the context instance's tenants."""
+    from mail_proxy.cli.grammar import context_instance
+    from mail_proxy.instance import lookup
+
+    instance = current.partition("/")[0]
+    if instance:
+        prefix = instance
+    else:
+        prefix, instance = "", context_instance(world)[0] or ""
+    if instance not in world.instances:
+        return []
+    return [f"{prefix}/{tenant}" for tenant in lookup.tenant_ids(instance)]
+
+
+def _setting_names() -> list[str]:
+    """``config set|reset`` keys: runtime settings (settings.md §2), then process ones."""
+    from mail_proxy.cli.settings import PROCESS_KEYS
+    from mail_proxy.settings import SETTING_NAMES
+
+    return sorted(SETTING_NAMES) + [k for k in PROCESS_KEYS if k not in SETTING_NAMES]
 
 
 def _matching(found: list[str], current: str) -> list[str]:
@@ -167,23 +200,34 @@ def show(shell: ShellArg = None) -> None:
 @app.command("install")
 def install(shell: ShellArg = None) -> None:
     """Add the completion script to the shell's start-up files (idempotent)."""
+    from mail_proxy.instance.paths import os_errors
+
     name = _shell(shell)
     home = Path.home()
+    if not home.is_dir():
+        # never create a home folder (as root, mkdir -p would happily make /nonexistent)
+        abort(f"cannot install completion in {home}: the home folder does not exist",
+              EXIT_USAGE, "check $HOME")
     if name == "fish":
         target = home / ".config" / "fish" / "completions" / "mail-proxy.fish"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(SCRIPTS["fish"], encoding="utf-8")
+        with os_errors("write", target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(SCRIPTS["fish"], encoding="utf-8")
     else:
         target = home / (".bashrc" if name == "bash" else ".zshrc")
-        text = target.read_text(encoding="utf-8") if target.exists() else ""
-        block = f"{BEGIN}\n{SCRIPTS[name]}{END}\n"
-        if BEGIN in text and END in text:  # replace our block, keep everything else
-            head, rest = text.split(BEGIN, 1)
-            text = head + block + rest.split(END, 1)[1].lstrip("\n")
-        else:
-            text += ("\n" if text and not text.endswith("\n") else "") + block
-        target.write_text(text, encoding="utf-8")
+        with os_errors("write", target):
+            target.write_text(_with_block(target, SCRIPTS[name]), encoding="utf-8")
     out(f"completion for {name} installed in {target}; open a new shell to use it")
+
+
+def _with_block(target: Path, script: str) -> str:
+    """The start-up file with our block replaced (or appended); the rest is kept."""
+    text = target.read_text(encoding="utf-8") if target.exists() else ""
+    block = f"{BEGIN}\n{script}{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        return head + block + rest.split(END, 1)[1].lstrip("\n")
+    return text + ("\n" if text and not text.endswith("\n") else "") + block
 
 
 def write_scripts(folder: Path) -> None:

@@ -16,7 +16,7 @@ def use(context: Annotated[str | None, typer.Argument(
         ) -> None:
     """Store the default instance and tenant (.current)."""
     from mail_proxy.instance import paths
-    from mail_proxy.instance.lookup import tenant_ids
+    from mail_proxy.instance.lookup import checked_tenant_ids
 
     if clear:
         paths.write_current(None, None)
@@ -32,7 +32,8 @@ def use(context: Annotated[str | None, typer.Argument(
                   "mail-proxy use INSTANCE/TENANT")
     if instance not in paths.instance_names():
         abort(f"instance '{instance}' not found", EXIT_INSTANCE)
-    if tenant and tenant not in tenant_ids(instance):
+    # checked: an unreadable database is its own error, not "tenant not found"
+    if tenant and tenant not in checked_tenant_ids(instance):
         abort(f"tenant '{tenant}' not found in instance '{instance}'")
     paths.write_current(instance, tenant or None)
     out(f"context: {instance}" + (f"/{tenant}" if tenant else ""))

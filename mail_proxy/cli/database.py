@@ -68,7 +68,9 @@ def _sqlite_version(path: str) -> int | None:
     if not os.path.exists(path):
         return None
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        from mail_proxy.instance.lookup import sqlite_uri
+
+        conn = sqlite3.connect(sqlite_uri(path), uri=True, timeout=5)
     except sqlite3.Error:
         return None
     try:

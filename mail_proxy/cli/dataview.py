@@ -14,7 +14,7 @@ from typing import Any
 
 from mail_proxy.cli.application import EXIT_USAGE, CliExit, interactive
 
-_AGE = re.compile(r"^(\d+)\s*([smhdw])$")
+_AGE = re.compile(r"(\d+)\s*([smhdw])")  # fullmatch: "$" would allow a final "\n"
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -55,7 +55,7 @@ def parse_when(text: str | None, flag: str, *, now: float | None = None) -> int 
     stamp = time.time() if now is None else now
     if re.fullmatch(r"\d+(\.\d+)?", raw):
         return int(float(raw))
-    match = _AGE.match(raw)
+    match = _AGE.fullmatch(raw)
     if match:
         return int(stamp - int(match.group(1)) * _UNITS[match.group(2)])
     try:
@@ -67,19 +67,38 @@ def parse_when(text: str | None, flag: str, *, now: float | None = None) -> int 
 
 
 def parse_duration(text: str, flag: str) -> int:
-    match = _AGE.match(text.strip())
+    match = _AGE.fullmatch(text.strip())
     if not match:
         raise CliExit(EXIT_USAGE, f"{flag}: '{text}' is not a duration",
                       "use a number with a unit: 90d, 12h, 30m")
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
-def secret_value(value: str | None) -> str | None:
-    """A secret flag's value; ``-`` reads one line from stdin (cli.md §6)."""
+def secret_value(value: str | None, flag: str) -> str | None:
+    """A secret flag's value; ``-`` reads it from stdin (cli.md §6): one line from a pipe,
+    or typed without echo on a terminal (§7: secrets are never echoed).
+
+    Nothing read is a usage error: an empty secret was stored silently before, which an
+    account or a setting then used as if it were the password.
+    """
     if value != "-":
         return value
-    line = sys.stdin.readline()
-    return line.rstrip("\r\n")
+    if sys.stdin.isatty():
+        secret, source = _typed_secret(flag), "nothing typed"
+    else:
+        secret, source = sys.stdin.readline().rstrip("\r\n"), "nothing on stdin"
+    if not secret:
+        raise CliExit(EXIT_USAGE, f"{flag} -: {source}")
+    return secret
+
+
+def _typed_secret(flag: str) -> str:
+    import getpass
+
+    try:
+        return getpass.getpass(f"{flag} (input hidden): ")
+    except EOFError:  # Ctrl-D at the prompt
+        return ""
 
 
 def can_prompt(no_input: bool) -> bool:

@@ -111,9 +111,17 @@ def _after_instance(rest: list[str], world: World, instance: str,
         if tenant is None:
             raise GrammarError("no tenant given and no tenant context set", 2,
                                f"name the tenant, or run `mail-proxy use {instance}/TENANT`")
+        # checked as step 4 checks a tenant on the command line: a stale .current or a
+        # mistyped GMP_TENANT otherwise reads as an empty queue ("no messages", exit 0)
+        if tenant not in world.tenant_ids(instance):
+            raise _tenant_not_found(tenant, instance)
         return Route("tenant", rest, instance, tenant, source, tsource)
     if word in world.tenant_ids(instance):
         tail = rest[1:] or ["info"]
         return Route("tenant", tail, instance, word, source, "argv")
-    raise GrammarError(f"tenant '{word}' not found in instance '{instance}'", 1,
-                       f"mail-proxy {instance} tenants list shows the tenants")
+    raise _tenant_not_found(word, instance)
+
+
+def _tenant_not_found(tenant: str, instance: str) -> GrammarError:
+    return GrammarError(f"tenant '{tenant}' not found in instance '{instance}'", 1,
+                        f"mail-proxy {instance} tenants list shows the tenants")

@@ -21,9 +21,9 @@ OptName = Annotated[str | None, typer.Argument(help="Instance name (default: the
                                                show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 TimeoutOpt = Annotated[float | None, typer.Option(
-    "--timeout", help="Seconds to wait for the drain (default: shutdown_timeout + 15).")]
+    "--timeout", min=0, help="Seconds to wait for the drain (default: shutdown_timeout + 15).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Kill when the drain does not finish.")]
-WaitOpt = Annotated[float, typer.Option("--wait", help="Seconds to wait for GET /health.")]
+WaitOpt = Annotated[float, typer.Option("--wait", min=0, help="Seconds to wait for GET /health.")]
 
 
 def _list(json_output: JsonOpt = False) -> None:
@@ -92,6 +92,8 @@ def _status_lines(doc: dict[str, Any]) -> list[str]:
     if counts is not None:
         text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
         lines.append(f"messages:     {text}")
+    elif doc.get("messages_error"):
+        lines.append(f"messages:     unavailable ({doc['messages_error']})")
     return lines
 
 

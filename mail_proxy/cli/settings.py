@@ -108,7 +108,7 @@ def set_(ctx: typer.Context, key: KeyArg,
     if key in SECRET_SETTINGS:
         from mail_proxy.cli.dataview import secret_value
 
-        parsed: Any = secret_value(value)
+        parsed: Any = secret_value(value, key)
     else:
         parsed = parse_value(value, getattr(DEFAULTS, key))
     answer = _patch(_instance(ctx), {key: parsed})
@@ -148,7 +148,7 @@ def _patch(instance: str | None, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_process(key: str, text: str) -> Any:
-    from mail_proxy.instance.config import LOG_FORMATS, LOG_LEVELS
+    from mail_proxy.instance.config import LOG_FORMATS, LOG_LEVELS, host_problem
 
     try:
         if key == "port":
@@ -168,6 +168,8 @@ def _check_process(key: str, text: str) -> Any:
             value = text.strip().lower() if key in ("log_level", "log_format") else text.strip()
             allowed = {"log_level": LOG_LEVELS, "log_format": LOG_FORMATS}.get(key)
             if (allowed and value not in allowed) or not value:
+                raise ValueError
+            if key == "host" and host_problem(value):  # the rule `start` applies on load
                 raise ValueError
     except ValueError:
         rules = {"port": "an integer 1-65535", "db_pool_size": "an integer 1-1000",

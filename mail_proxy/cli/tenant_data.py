@@ -48,7 +48,8 @@ class FlagValues:
 
     def read_stdin_secrets(self) -> None:
         for name in ("auth_token", "auth_password", "signing_secret"):
-            setattr(self, name, secret_value(getattr(self, name)))
+            setattr(self, name, secret_value(getattr(self, name),
+                                             "--" + name.replace("_", "-")))
 
 
 def _check_id(text: str) -> str | None:

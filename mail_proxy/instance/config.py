@@ -6,12 +6,17 @@ their own 0600 files in the instance folder (cli.md §2, settings.md §3).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
 import os
+import re
 import secrets
 import shutil
 import socket
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from mail_proxy.instance.keyring import copy_key_file, create_key_file
 DEFAULT_NAME = "mail-proxy"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+DEFAULT_SHUTDOWN_TIMEOUT = 30
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 CONFIG_KEYS = ("name", "host", "port", "db_url", "log_level", "log_format", "shutdown_timeout",
@@ -123,6 +129,35 @@ def redact_url(url: str) -> str:
     return stripped
 
 
+def _shown_url(url: str) -> str:
+    """A URL that may not parse, with everything between '://' and the last '@' but the
+    user name removed: the password must not reach the terminal even then."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}"
+
+
+def _check_pg_url(url: str) -> None:
+    """Refuse a URL that urllib cannot take apart; its ValueError would surface later as
+    "unexpected ValueError" (split_password reads the port and the host)."""
+    reason = None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        reason = "the host part is malformed"
+    else:
+        try:
+            parts.port  # noqa: B018 - reading it is the check
+        except ValueError:
+            reason = "the port must be a number 0-65535"
+    if reason:
+        raise ConfigurationError(f"invalid database URL '{_shown_url(url)}': {reason}",
+                                 hint="use postgresql://user@host:5432/dbname")
+
+
 def check_db_url(url: str) -> str:
     if url.startswith("sqlite://"):
         if not url.startswith("sqlite:///"):
@@ -130,6 +165,7 @@ def check_db_url(url: str) -> str:
                                      "an absolute path")
         return url
     if url.startswith(("postgresql://", "postgres://")):
+        _check_pg_url(url)
         return url
     raise ConfigurationError(f"unsupported database URL '{redact_url(url)}': use sqlite:///PATH "
                              "or postgresql://user@host:5432/dbname")
@@ -143,6 +179,101 @@ def _env_port(raw: str, source: str) -> int:
     if not 1 <= port <= 65535:
         raise ConfigurationError(f"invalid port '{raw}' in {source}: use 1-65535")
     return port
+
+
+# The rules `config set` applies, applied again to whatever config.toml holds: a hand edit
+# must not reach the supervisor (a NaN drain budget kills the worker without draining).
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+HOST_RULE = "a host name or an IP address"
+TIMEOUT_RULE = "seconds, more than 0 and at most 3600"
+POOL_RULE = "an integer 1-1000"
+
+
+def host_problem(host: object) -> str | None:
+    """Why ``host`` cannot be a bind address, or None (syntax only, nothing is resolved)."""
+    if not isinstance(host, str) or not host:
+        return f"must be {HOST_RULE}"
+    import ipaddress  # only when a host is checked: `mail-proxy --help` does not pay for it
+
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return None
+    name = host[:-1] if host.endswith(".") else host
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        return f"must be {HOST_RULE}"
+    return None
+
+
+def check_host(host: str) -> str:
+    """``host`` when it is well formed and resolves; otherwise exit 2 naming it."""
+    problem = host_problem(host)
+    if problem:
+        raise ConfigurationError(f"invalid host '{host}': {problem}")
+    _resolve(host, 0)
+    return host
+
+
+def _resolve(host: str, port: int) -> list[Any]:
+    try:
+        return socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                  flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        # not "port in use": the name itself is the problem, and no port will do
+        raise ConfigurationError(f"cannot use host '{host}': {exc.strerror}",
+                                 hint="give a host name that resolves, or an IP address"
+                                 ) from None
+
+
+def _shown(value: Any) -> str:
+    """A value as config.toml spells it (``nan``, ``true``, ``["a"]``)."""
+    if isinstance(value, str):
+        return f"'{value}'"
+    if isinstance(value, bool | int | float):
+        return _toml_value(value)
+    return json.dumps(value, default=str)
+
+
+def _invalid(key: str, value: Any, where: str, rule: str) -> ConfigurationError:
+    return ConfigurationError(f"invalid {key} {_shown(value)} in {where}: use {rule}",
+                              hint=f"edit {where}" if where.endswith(".toml") else None)
+
+
+def _checked_host(value: Any, where: str) -> str:
+    if host_problem(value):
+        raise _invalid("host", value, where, HOST_RULE)
+    return str(value)
+
+
+def _checked_timeout(value: Any, where: str) -> float:
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if number is None or not math.isfinite(number) or not 0 < number <= 3600:
+        raise _invalid("shutdown_timeout", value, where, TIMEOUT_RULE)
+    return float(number)
+
+
+def _checked_pool(value: Any, where: str) -> int:
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if not whole or not 1 <= value <= 1000:
+        raise _invalid("db_pool_size", value, where, POOL_RULE)
+    return int(value)
+
+
+def _where(source: str, env_name: str | None, folder: Path | None) -> str:
+    if source == "env" and env_name:
+        return env_name
+    if source == "config.toml" and folder is not None:
+        return str(folder / "config.toml")
+    return {"flag": "the command line"}.get(source, source)
+
+
+def check_toml_address(toml: dict[str, Any], folder: Path) -> tuple[str, int]:
+    """(host, port) of config.toml, checked: what ``list`` shows must be a usable URL."""
+    where = str(folder / "config.toml")
+    host = _checked_host(toml.get("host", DEFAULT_HOST), where)
+    port = toml.get("port", DEFAULT_PORT)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise _invalid("port", port, where, "an integer 1-65535")
+    return host, port
 
 
 def _pick(sources: dict[str, str], key: str, flag: Any, env_name: str | None,
@@ -203,9 +334,10 @@ def resolve_process_config(name: str | None, *, host: str | None = None,
                             hint="create it with `mail-proxy start NAME`, or set GMP_DB_URL")
     toml = read_toml(folder) if folder else {}
     src: dict[str, str] = {}
-    chosen_host = str(_pick(src, "host", host, "GMP_HOST", toml, DEFAULT_HOST))
+    raw_host = _pick(src, "host", host, "GMP_HOST", toml, DEFAULT_HOST)
+    chosen_host = _checked_host(raw_host, _where(src["host"], "GMP_HOST", folder))
     raw_port = _pick(src, "port", port, "GMP_PORT", toml, DEFAULT_PORT)
-    chosen_port = _env_port(str(raw_port), src["port"] if src["port"] != "env" else "GMP_PORT")
+    chosen_port = _env_port(str(raw_port), _where(src["port"], "GMP_PORT", folder))
     log_level = str(_pick(src, "log_level", None, "GMP_LOG_LEVEL", toml, "info")).lower()
     if log_level not in LOG_LEVELS:
         raise ConfigurationError(f"invalid log_level '{log_level}': use one of "
@@ -213,11 +345,10 @@ def resolve_process_config(name: str | None, *, host: str | None = None,
     log_format = str(_pick(src, "log_format", None, None, toml, "text"))
     if log_format not in LOG_FORMATS:
         raise ConfigurationError(f"invalid log_format '{log_format}': use text or json")
-    try:
-        shutdown = float(_pick(src, "shutdown_timeout", None, None, toml, 30))
-        pool = int(_pick(src, "db_pool_size", None, None, toml, 10))
-    except (TypeError, ValueError):
-        raise ConfigurationError("shutdown_timeout and db_pool_size must be numbers") from None
+    raw = _pick(src, "shutdown_timeout", None, None, toml, DEFAULT_SHUTDOWN_TIMEOUT)
+    shutdown = _checked_timeout(raw, _where(src["shutdown_timeout"], None, folder))
+    raw = _pick(src, "db_pool_size", None, None, toml, 10)
+    pool = _checked_pool(raw, _where(src["db_pool_size"], None, folder))
     db_url = _db_url(src, toml, folder)
     token = os.environ.get("GMP_API_TOKEN") or (
         _read_secret(folder / "api_token") if folder else None)
@@ -235,13 +366,9 @@ def resolve_process_config(name: str | None, *, host: str | None = None,
 
 
 def port_free(host: str, port: int) -> bool:
-    """True when a server could bind ``host:port`` now (same options uvicorn uses)."""
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-    except socket.gaierror:
-        return False
-    family, kind, proto, _, address = infos[0]
+    """True when a server could bind ``host:port`` now (same options uvicorn uses); a host
+    that does not resolve is a ConfigurationError, not a busy port."""
+    family, kind, proto, _, address = _resolve(host, port)[0]
     with socket.socket(family, kind, proto) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -273,19 +400,43 @@ def choose_port(host: str, exclude: str | None = None, start: int = DEFAULT_PORT
     raise ConfigurationError(f"no free port from {start} upward on {host}")
 
 
+class InstanceExists(ConfigurationError):
+    """The instance is there already (possibly made a moment ago by a concurrent ``start``)."""
+
+
+@contextlib.contextmanager
+def _creation_lock(root: Path) -> Iterator[None]:
+    """Serialise instance creation under one home: two ``start NEW`` at once must not both
+    write a token and a key ring into the same folder (the second would void the first)."""
+    with paths.os_errors("lock", root):
+        fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed
+        yield
+    finally:
+        os.close(fd)
+
+
 def create_instance(name: str, host: str, port: int | None,
                     db_url: str | None, *, key_file: Path | None = None) -> ProcessConfig:
     """Create the folder and files of a new instance; return its configuration."""
     paths.validate_name(name)
-    paths.ensure_home()
+    check_host(host)  # before anything is written: a refused host leaves no folder
     folder = paths.instance_dir(name)
-    if (folder / "config.toml").exists():
-        raise ConfigurationError(f"instance '{name}' already exists")
     password = None
     if db_url:  # checked before anything is written: a refused URL leaves no folder
         db_url, password = split_password(check_db_url(db_url))
     else:
         db_url = "sqlite://" + str(folder / "mail_service.db")
+    with _creation_lock(paths.ensure_home()):
+        if (folder / "config.toml").exists():
+            raise InstanceExists(f"instance '{name}' already exists")
+        port = _fill_folder(folder, name, host, port, db_url, password, key_file)
+    return resolve_process_config(name, host=host, port=port)
+
+
+def _fill_folder(folder: Path, name: str, host: str, port: int | None, db_url: str,
+                 password: str | None, key_file: Path | None) -> int:
     existed = folder.exists()
     paths.make_private_dir(folder)
     try:
@@ -309,7 +460,7 @@ def create_instance(name: str, host: str, port: int | None,
         if not existed:  # half an instance (say, an unreadable --key-file) is not kept
             shutil.rmtree(folder, ignore_errors=True)
         raise
-    return resolve_process_config(name, host=host, port=port)
+    return port
 
 
 def new_admin_token() -> str:

@@ -6,6 +6,8 @@ raise :mod:`mail_proxy.errors` exceptions; the CLI edge turns those into exit co
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.client
 import os
 import shutil
@@ -13,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +24,10 @@ from mail_proxy.errors import ConfigurationError, InstanceError, MailProxyError
 from mail_proxy.instance import paths
 from mail_proxy.instance.config import (
     DEFAULT_HOST,
+    DEFAULT_SHUTDOWN_TIMEOUT,
+    InstanceExists,
     ProcessConfig,
+    check_host,
     create_instance,
     port_free,
     probe_host,
@@ -33,9 +38,11 @@ from mail_proxy.instance.config import (
 from mail_proxy.instance.logs import log_path, tail
 from mail_proxy.instance.states import (
     ACTIVE_STATES,
+    STATE_FILE,
     State,
     is_alive,
     read_record,
+    recorded_state,
     supervisor_alive,
     worker_alive,
     write_record,
@@ -43,6 +50,8 @@ from mail_proxy.instance.states import (
 
 Say = Callable[[str], None]
 POLL = 0.1
+LOCK_LOST_EXIT = 1  # a supervisor that finds supervisor.lock taken exits 1 (also FATAL)
+LOCK_GRACE = 1.0  # how long the lock holder may take to record itself
 
 
 class OperationFailed(MailProxyError):
@@ -68,8 +77,11 @@ def running_line(name: str, config: ProcessConfig, record: dict | None) -> str:
 
 
 def _child_env() -> dict[str, str]:
-    """Our environment, plus the path that imports this very mail_proxy package."""
+    """Our environment, plus the path that imports this very mail_proxy package, and the
+    home made absolute: the supervisor runs in the instance folder, where a relative
+    MAIL_PROXY_HOME would name another place."""
     env = dict(os.environ)
+    env["MAIL_PROXY_HOME"] = str(paths.home())
     root = str(Path(mail_proxy.__file__).resolve().parent.parent)
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if root not in parts:
@@ -81,7 +93,8 @@ def launch_supervisor(name: str, folder: Path) -> subprocess.Popen[bytes]:
     """Start the supervisor detached: new session, no stdin, output to supervisor.log."""
     logs = folder / "logs"
     paths.make_private_dir(logs)
-    fd = os.open(logs / "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with paths.os_errors("open", logs / "supervisor.log"):
+        fd = os.open(logs / "supervisor.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "mail_proxy.instance.supervisor", name],
@@ -94,29 +107,94 @@ def launch_supervisor(name: str, folder: Path) -> subprocess.Popen[bytes]:
 def start(name: str, *, host: str | None = None, port: int | None = None,
           db: str | None = None, wait: float = 15.0, foreground: bool = False,
           key_file: Path | None = None, out: Say, err: Say) -> int:
+    if host is not None:
+        check_host(host)  # before anything is created or saved (cli.md §8: exit 2)
     folder = paths.instance_dir(name)
-    created = False
-    if (folder / "config.toml").is_file():
-        paths.existing_instance(name)
-        if db or key_file:
-            raise ConfigurationError(
-                f"--db and --key-file only apply when creating an instance; '{name}' exists",
-                hint=f"edit {folder / 'config.toml'} deliberately to move it")
-        record = read_record(folder)
-        if supervisor_alive(record):
-            out(running_line(name, resolve_process_config(name, need_token=False), record))
+    config = _create(name, host=host, port=port, db=db, key_file=key_file, out=out)
+    created = config is not None
+    proc = None
+    with _start_lock(folder):
+        # one `start` at a time per instance: a second one waits here, then finds the
+        # supervisor the first one launched (two preflights on a new SQLite file collide)
+        if config is None:
+            config = _existing(name, host=host, port=port, db=db, key_file=key_file)
+        if config is not None:
+            if not port_free(config.host, config.port):
+                raise OperationFailed(f"port {config.port} on {config.host} is in use")
+            _preflight(name, folder, config, created)
+            if not foreground:
+                proc = launch_supervisor(name, folder)
+                _wait_recorded(folder, proc, wait)
+    if config is None:  # already running (alive, cli.md §9.4): its URL, exit 0
+        out(running_line(name, resolve_process_config(name, need_token=False),
+                         read_record(folder)))
+        return 0
+    if foreground:
+        from mail_proxy.instance.supervisor import run_supervisor
+
+        code = run_supervisor(name, foreground=True)
+        other = _other_supervisor(folder, os.getpid()) if code == LOCK_LOST_EXIT else None
+        if other is not None:  # another supervisor runs it: that is "already running"
+            out(running_line(name, config, other))
             return 0
-        if host is not None or port is not None:
-            update_config(folder, host=host, port=port)
-        config = resolve_process_config(name)
-    else:
-        paths.validate_name(name)
+        return code
+    return _await_ready(name, folder, config, proc, wait, out=out, err=err)
+
+
+def _create(name: str, *, host: str | None, port: int | None, db: str | None,
+            key_file: Path | None, out: Say) -> ProcessConfig | None:
+    """Create a new instance and print its token; None when the instance exists."""
+    folder = paths.instance_dir(name)
+    if (folder / "config.toml").is_file():
+        return None
+    try:
         config = create_instance(name, host or DEFAULT_HOST, port, db, key_file=key_file)
-        out(f"Created instance '{name}' in {config.folder}")
-        out(f"Admin token (stored in {folder / 'api_token'}): {config.api_token}")
-        created = True
-    if not port_free(config.host, config.port):
-        raise OperationFailed(f"port {config.port} on {config.host} is in use")
+    except InstanceExists:
+        return None  # a concurrent `start NAME` created it a moment ago: start it as it is
+    out(f"Created instance '{name}' in {config.folder}")
+    out(f"Admin token (stored in {folder / 'api_token'}): {config.api_token}")
+    return config
+
+
+@contextlib.contextmanager
+def _start_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the instance folder itself (no extra file), released when the
+    descriptor closes; the supervisor does not inherit it (close_fds)."""
+    with paths.os_errors("lock", folder):
+        fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _existing(name: str, *, host: str | None, port: int | None, db: str | None,
+              key_file: Path | None) -> ProcessConfig | None:
+    """The configuration to start an existing instance with; None when it runs already."""
+    folder = paths.existing_instance(name)
+    if db or key_file:
+        raise ConfigurationError(
+            f"--db and --key-file only apply when creating an instance; '{name}' exists",
+            hint=f"edit {folder / 'config.toml'} deliberately to move it")
+    if supervisor_alive(read_record(folder)):
+        return None
+    if host is not None or port is not None:
+        update_config(folder, host=host, port=port)
+    return resolve_process_config(name)
+
+
+def _wait_recorded(folder: Path, proc: subprocess.Popen[bytes], limit: float) -> None:
+    """Until the launched supervisor has recorded itself (it does so as soon as it holds
+    supervisor.lock) or has exited: then a waiting `start` can tell it is alive."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (read_record(folder) or {}).get("supervisor_pid") == proc.pid:
+            return
+        time.sleep(0.05)
+
+
+def _preflight(name: str, folder: Path, config: ProcessConfig, created: bool) -> None:
     from mail_proxy.instance.preflight import preflight
     from mail_proxy.store.errors import StoreUnavailable
 
@@ -130,25 +208,54 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
             exc.hint = (f"instance '{name}' was not kept; correct --db (or start the "
                         "database) and run the same command again")
         raise
-    if foreground:
-        from mail_proxy.instance.supervisor import run_supervisor
 
-        return run_supervisor(name, foreground=True)
-    proc = launch_supervisor(name, folder)
+
+def _ready(record: dict, proc: subprocess.Popen[bytes] | None, config: ProcessConfig,
+           wait: float) -> bool:
+    """The supervisor we wait for saw /health answer 200, and so do we."""
+    if record.get("state") != "RUNNING":
+        return False
+    ours = (supervisor_alive(record) if proc is None
+            else record.get("supervisor_pid") == proc.pid)
+    return ours and health_ok(config.host, config.port, timeout=min(1.0, wait))
+
+
+def _other_supervisor(folder: Path, not_pid: int) -> dict | None:
+    """The record of a live supervisor other than ``not_pid``, given a moment to appear:
+    the one holding supervisor.lock records itself right after taking it."""
+    deadline = time.monotonic() + LOCK_GRACE
+    while True:
+        record = read_record(folder) or {}
+        if record.get("supervisor_pid") != not_pid and supervisor_alive(record):
+            return record
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+
+
+def _await_ready(name: str, folder: Path, config: ProcessConfig,
+                 proc: subprocess.Popen[bytes] | None, wait: float, *, out: Say,
+                 err: Say) -> int:
+    """Wait for the supervisor we launched (``proc``) or, when it lost supervisor.lock to a
+    concurrent ``start``, for the live supervisor that holds it."""
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         record = read_record(folder) or {}
-        # ready = the supervisor we launched saw /health answer 200, and so do we
-        if (record.get("supervisor_pid") == proc.pid and record.get("state") == "RUNNING"
-                and health_ok(config.host, config.port, timeout=min(1.0, wait))):
+        if _ready(record, proc, config, wait):
             out(running_line(name, config, record))
             return 0
-        if proc.poll() is not None:  # FATAL, or a second supervisor refused by the lock
-            break
+        if proc is not None and proc.poll() is not None:
+            if proc.returncode != LOCK_LOST_EXIT or record.get("supervisor_pid") == proc.pid:
+                break  # it ran and gave up (FATAL), or refused its configuration
+            if _other_supervisor(folder, proc.pid) is None:
+                break
+            proc = None  # it lost supervisor.lock: the live holder is the instance
+        elif proc is None and not supervisor_alive(record):
+            break  # the other supervisor is gone too
         time.sleep(0.2)
     for line in tail(log_path(folder, supervisor=True), 20):
         err(line)
-    if proc.poll() is None:
+    if (proc is not None and proc.poll() is None) or supervisor_alive(read_record(folder)):
         raise OperationFailed(f"mail-proxy '{name}' did not answer /health within {wait:g}s "
                               "(the supervisor keeps trying)",
                               hint=f"mail-proxy logs {name} --supervisor")
@@ -178,14 +285,15 @@ def stop(name: str, *, timeout: float | None = None, force: bool = False,
     folder = paths.existing_instance(name)
     record = read_record(folder)
     if not supervisor_alive(record):
-        if record and record.get("state") in ACTIVE_STATES:
+        if record is not None and recorded_state(record) in ACTIVE_STATES:
             record.update(state=State.STOPPED.value, worker_pid=None, worker_create_time=None)
-            write_record(folder, record)  # forget a stale record left by a killed supervisor
+            with paths.os_errors("write", folder / STATE_FILE):
+                write_record(folder, record)  # forget a stale record of a killed supervisor
         out(f"mail-proxy '{name}' is not running")
         return 0
     assert record is not None
     if timeout is None:
-        timeout = resolve_process_config(name, need_token=False).shutdown_timeout + 15
+        timeout = _stop_timeout(name, err)
     try:
         os.kill(record["supervisor_pid"], signal.SIGTERM)
     except ProcessLookupError:
@@ -209,6 +317,16 @@ def stop(name: str, *, timeout: float | None = None, force: bool = False,
 def running_instances() -> list[str]:
     return [n for n in paths.instance_names()
             if supervisor_alive(read_record(paths.instance_dir(n)))]
+
+
+def _stop_timeout(name: str, err: Say) -> float:
+    """shutdown_timeout + 15 s; a config.toml edited badly since the start must not make a
+    running instance impossible to stop, so it falls back to the default budget."""
+    try:
+        return resolve_process_config(name, need_token=False).shutdown_timeout + 15
+    except ConfigurationError as exc:
+        err(f"warning: {exc.message}; waiting {DEFAULT_SHUTDOWN_TIMEOUT + 15:g} s")
+        return DEFAULT_SHUTDOWN_TIMEOUT + 15
 
 
 def stop_all(*, timeout: float | None, force: bool, out: Say, err: Say) -> int:
@@ -264,7 +382,8 @@ def delete(name: str, *, force: bool, confirm: Callable[[str], bool] | None,
         db_url = resolve_process_config(name, need_token=False).db_url
     except MailProxyError:
         pass
-    shutil.rmtree(folder)
+    with paths.os_errors("delete", folder):
+        shutil.rmtree(folder)
     current, _tenant = paths.read_current()
     if current == name:
         paths.write_current(None, None)

@@ -13,7 +13,13 @@ from typing import Any
 from mail_proxy import __version__
 from mail_proxy.errors import MailProxyError
 from mail_proxy.instance import paths
-from mail_proxy.instance.config import probe_host, read_toml, redact_url, url_host
+from mail_proxy.instance.config import (
+    check_toml_address,
+    probe_host,
+    read_toml,
+    redact_url,
+    url_host,
+)
 from mail_proxy.instance.states import ACTIVE_STATES, State, effective_state, read_record
 
 
@@ -25,8 +31,11 @@ def summary(name: str) -> dict[str, Any]:
     state, stale = effective_state(record)
     live = state in ACTIVE_STATES and not stale
     rec = record or {}
-    host = str((rec.get("host") if live else None) or toml.get("host", "127.0.0.1"))
-    port = (rec.get("port") if live else None) or toml.get("port")
+    if live and rec.get("host") and rec.get("port"):
+        host, port = str(rec["host"]), rec["port"]  # what the supervisor really bound
+    else:
+        # a hand-edited host or port is shown as the problem it is, not as a bogus URL
+        host, port = check_toml_address(toml, folder)
     started = rec.get("started_at") if live else None
     return {
         "name": name,
@@ -71,8 +80,6 @@ def _server_status(host: str, port: int, token: str | None) -> dict[str, Any] | 
 
 def status(name: str) -> dict[str, Any]:
     """The ``status --json`` document; raises InstanceError for an unknown instance."""
-    from mail_proxy.instance.lookup import message_counts
-
     folder = paths.existing_instance(name)
     row = summary(name)
     record = read_record(folder) or {}
@@ -96,5 +103,16 @@ def status(name: str) -> dict[str, Any]:
         "last_exit_code": record.get("last_exit_code"),
         "version": __version__,
         "server": server,
-        "messages": message_counts(name),
+        **_messages(name),
     }
+
+
+def _messages(name: str) -> dict[str, Any]:
+    """Message counts by status, or why they are unknown ("none" would read as empty);
+    ``messages_error`` appears only when the database could not be read."""
+    from mail_proxy.instance.lookup import message_counts
+
+    try:
+        return {"messages": message_counts(name)}
+    except MailProxyError as exc:
+        return {"messages": None, "messages_error": exc.message}

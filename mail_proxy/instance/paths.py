@@ -7,9 +7,11 @@ which another user could read them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 from mail_proxy.errors import ConfigurationError, InstanceError
@@ -23,14 +25,20 @@ TENANT_WORDS = ("info", "run-now", "suspend", "activate", "send", "accounts", "m
 TENANT_ONLY_WORDS = ("suspend", "activate", "send", "accounts", "messages", "suppressions")
 RESERVED_WORDS = frozenset(GLOBAL_WORDS + INSTANCE_WORDS + TENANT_WORDS)
 
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# fullmatch: with re.match, "$" also matches before a final newline ("nl\n" passed)
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 CURRENT_FILE = ".current"
 
 
 def home() -> Path:
-    """The root of instance folders (not created here)."""
+    """The root of instance folders (not created here), always absolute.
+
+    A relative MAIL_PROXY_HOME is taken from the current directory: the database URL stored
+    in config.toml must be absolute, and the supervisor runs in the instance folder.
+    """
     raw = os.environ.get("MAIL_PROXY_HOME")
-    return Path(raw).expanduser() if raw else Path.home() / ".mail-proxy"
+    root = Path(raw).expanduser() if raw else Path.home() / ".mail-proxy"
+    return Path(os.path.abspath(root))
 
 
 def ensure_home() -> Path:
@@ -41,8 +49,9 @@ def ensure_home() -> Path:
 
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot be an instance name, or None when it can."""
-    if not _NAME_RE.match(name):
-        return (f"invalid instance name '{name}': use 1-63 characters a-z, 0-9, '_' or '-', "
+    if not _NAME_RE.fullmatch(name):
+        shown = name if name.isprintable() else repr(name)[1:-1]  # "nl\n", not a line break
+        return (f"invalid instance name '{shown}': use 1-63 characters a-z, 0-9, '_' or '-', "
                 "starting with a letter or digit")
     if name in RESERVED_WORDS:
         return f"invalid instance name '{name}': it is a mail-proxy command word"
@@ -65,8 +74,12 @@ def instance_names() -> list[str]:
     root = home()
     try:
         entries = list(os.scandir(root))
-    except OSError:
-        return []
+    except FileNotFoundError:
+        return []  # no instance created yet
+    except OSError as exc:
+        # a file, or a folder we may not read: "no instances yet" would be a lie
+        raise ConfigurationError(f"cannot read {root}: {exc.strerror}",
+                                 hint="MAIL_PROXY_HOME must be a folder you own") from None
     return sorted(e.name for e in entries
                   if e.is_dir() and name_problem(e.name) is None
                   and os.path.exists(os.path.join(e.path, "config.toml")))
@@ -81,18 +94,53 @@ def existing_instance(name: str) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def os_errors(action: str, path: Path) -> Iterator[None]:
+    """Turn an OSError into one line naming ``path`` and the reason (cli.md §8, exit 2):
+    a file where a folder belongs, a read-only or full disk, missing permissions."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigurationError(f"cannot {action} {path}: {reason}") from None
+
+
+def _not_a_folder(path: Path) -> ConfigurationError:
+    if path.is_symlink():
+        what = "which is not a folder" if path.exists() else "which does not exist"
+        reason = f"it is a symbolic link to {os.readlink(path)}, {what}"
+    else:
+        reason = "a file with that name is in the way"
+    return ConfigurationError(f"cannot create {path}: {reason}")
+
+
 def make_private_dir(path: Path) -> None:
     """Create ``path`` owner-only; an existing folder is left alone (check_private judges it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
+    if not path.parent.is_dir():
+        make_parents(path.parent)
+    with os_errors("create", path):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            if not path.is_dir():
+                raise _not_a_folder(path) from None
+
+
+def make_parents(path: Path) -> None:
+    """``mkdir -p`` for the folders above the home, with the same one-line errors."""
+    for parent in reversed([path, *path.parents]):
+        if parent.is_dir():
+            continue
+        if os.path.lexists(parent):
+            raise _not_a_folder(parent)
+        with os_errors("create", parent), contextlib.suppress(FileExistsError):
+            parent.mkdir()
 
 
 def check_private(folder: Path) -> None:
     """Refuse a folder that group or others can read: it holds the admin token and keys."""
-    mode = stat.S_IMODE(folder.stat().st_mode)
+    with os_errors("use", folder):
+        mode = stat.S_IMODE(folder.stat().st_mode)
     if mode & 0o077:
         raise ConfigurationError(
             f"{folder} is accessible by other users (mode {mode:04o})",
@@ -102,6 +150,17 @@ def check_private(folder: Path) -> None:
 def write_private(path: Path, text: str) -> None:
     """Create or replace ``path`` with mode 0600 set before any byte is written."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with os_errors("write", path):
+        try:
+            _write_new(tmp, text)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # a half-written temporary file is no use to anyone
+            raise
+
+
+def _write_new(tmp: Path, text: str) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)  # the umask may have removed bits, never added: stay exact
@@ -113,7 +172,6 @@ def write_private(path: Path, text: str) -> None:
     finally:
         if fd >= 0:
             os.close(fd)
-    os.replace(tmp, path)
 
 
 def read_current() -> tuple[str | None, str | None]:
@@ -129,10 +187,13 @@ def read_current() -> tuple[str | None, str | None]:
 
 
 def write_current(instance: str | None, tenant: str | None) -> None:
+    if not instance and not tenant:
+        path = home() / CURRENT_FILE
+        if os.path.lexists(path):  # nothing to clear is not an error, even on a read-only disk
+            with os_errors("remove", path):
+                path.unlink()
+        return
     root = ensure_home()
     path = root / CURRENT_FILE
-    if not instance and not tenant:
-        path.unlink(missing_ok=True)
-        return
     text = (instance or "") + (f"/{tenant}" if tenant else "")
     write_private(path, text + "\n")

@@ -97,6 +97,18 @@ def worker_alive(record: dict[str, Any] | None) -> bool:
     return is_alive(record.get("worker_pid"), record.get("worker_create_time"))
 
 
+def recorded_state(record: dict[str, Any] | None) -> State | None:
+    """The state a record names, or None when it names none (a hand edit may hold a list,
+    which is not even hashable)."""
+    raw = (record or {}).get("state")
+    if not isinstance(raw, str):
+        return None
+    try:
+        return State(raw)
+    except ValueError:
+        return None
+
+
 def effective_state(record: dict[str, Any] | None) -> tuple[State, bool]:
     """(state to show, stale): an active record whose supervisor is gone shows as STOPPED."""
     if not record:

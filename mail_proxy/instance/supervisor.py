@@ -115,6 +115,11 @@ class Supervisor:
         self.record.update(supervisor_pid=os.getpid(),
                            supervisor_create_time=process_create_time(os.getpid()),
                            host=self.host, port=self.port, started_at=int(time.time()))
+        # on disk as soon as we hold the lock, before the worker exists: a concurrent
+        # `start` (or one whose supervisor lost the lock to us) must see us alive at once
+        # (written quietly: the state STARTING is logged when the worker is spawned)
+        self.record["state"] = State.STARTING.value
+        write_record(self.folder, self.record)
         try:
             return await self._loop()
         finally:

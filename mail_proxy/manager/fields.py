@@ -19,11 +19,13 @@ from mail_proxy.settings import bound_text
 Check = Callable[[Any], Any]
 INT64_MAX = 2**63 - 1
 MAX_EPOCH = 2**40  # about year 36 800: far beyond any real timestamp, well inside int64
-IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Always used with fullmatch: ``re.match`` with ``$`` also matches before a final "\n", which
+# once stored the tenant id "acme\n" beside "acme" and SMTP hosts ending in a newline.
+IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HOST = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
-_URL = re.compile(r"^https?://[^\s/?#@]+(:\d{1,5})?([/?#]\S*)?$", re.IGNORECASE)
-_ADDR = re.compile(r"^[^\s@<>()\[\],;:\"]+@[^\s@<>()\[\],;:\"]+\.?[^\s@<>()\[\],;:\"]*$")
+_HOST = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
+_URL = re.compile(r"https?://[^\s/?#@]+(:\d{1,5})?([/?#]\S*)?", re.IGNORECASE)
+_ADDR = re.compile(r"[^\s@<>()\[\],;:\"]+@[^\s@<>()\[\],;:\"]+\.?[^\s@<>()\[\],;:\"]*")
 
 
 class Bad(Exception):
@@ -73,7 +75,7 @@ def identifier(value: Any) -> str:
         raise Bad("invalid_type", "must be a string")
     if len(value) > 64:
         raise Bad("too_long", "must be at most 64 characters")
-    if not IDENT.match(value):
+    if not IDENT.fullmatch(value):
         raise Bad("invalid_value", "must be 1-64 characters of letters, digits, '.', '_', '-',"
                   " starting with a letter or digit")
     return value
@@ -129,6 +131,9 @@ def host(value: Any) -> str:
         raise Bad("invalid_type", "must be a string")
     if len(value) > 253:
         raise Bad("too_long", "must be at most 253 characters")
+    if not value or any(c.isspace() or not c.isprintable() for c in value):
+        # checked before the address parser: the zone of "fe80::1%eth0" is free text to it
+        raise Bad("invalid_value", "must be a host name or an IP address")
     literal = value[1:-1] if value.startswith("[") and value.endswith("]") else value
     try:
         ipaddress.ip_address(literal)
@@ -137,7 +142,7 @@ def host(value: Any) -> str:
         return literal
     except ValueError:
         pass
-    if not _HOST.match(value):
+    if not _HOST.fullmatch(value):
         raise Bad("invalid_value", "must be a host name or an IP address")
     return value
 
@@ -147,7 +152,7 @@ def http_url(value: Any) -> str:
         raise Bad("invalid_type", "must be a string")
     if len(value) > 2048:
         raise Bad("too_long", "must be at most 2048 characters")
-    if not _URL.match(value):
+    if not _URL.fullmatch(value):
         raise Bad("invalid_value", "must be an absolute http or https URL")
     return value
 
@@ -173,7 +178,7 @@ def address(value: Any) -> str:
     text = value.strip()
     if len(text) > 254:
         raise Bad("too_long", "must be at most 254 characters")
-    if not _ADDR.match(text) or text.count("@") != 1:
+    if not _ADDR.fullmatch(text) or text.count("@") != 1:
         raise Bad("invalid_address", "is not a valid e-mail address")
     return text.lower()
 

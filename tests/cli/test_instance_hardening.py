@@ -1,0 +1,317 @@
+"""Instance management under hostile conditions: odd paths, broken folders, hand-edited files.
+
+Each case drives the real command (in-process through ``run``, or as a subprocess where the
+environment or the umask must differ) with MAIL_PROXY_HOME in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mail_proxy.instance import paths
+from mail_proxy.instance.config import create_instance, read_toml
+from mail_proxy.instance.states import is_alive, read_record
+from tests.cli.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+as_root = os.geteuid() == 0
+
+
+@pytest.fixture(autouse=True)
+def _no_daemon_left() -> Iterator[None]:
+    """A `start` these tests expect to be refused must not leave a supervisor running when
+    it is not (as on the code before the fixes, where `--host ''` bound every address)."""
+    yield
+    with contextlib.suppress(OSError):
+        for record_file in paths.home().glob("*/supervisor.json"):
+            record = read_record(record_file.parent) or {}
+            for kind in ("supervisor", "worker"):
+                if is_alive(record.get(f"{kind}_pid"), record.get(f"{kind}_create_time")):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(record[f"{kind}_pid"], signal.SIGKILL)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def run_sub(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            umask: int = 0o022) -> subprocess.CompletedProcess[str]:
+    """The command as a user runs it: its own process, its own umask."""
+    full = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mail_proxy", *args], capture_output=True,
+                          text=True, env=full, cwd=cwd, timeout=60, stdin=subprocess.DEVNULL,
+                          umask=umask)
+
+
+def no_surprise(text: str) -> None:
+    assert "unexpected" not in text and "Traceback" not in text, text
+
+
+# -- finding 1: SQLite URIs built from paths with # ? % -----------------------------------
+
+@pytest.mark.parametrize("folder", ["home#hash", "home?q", "home%25pct"])
+def test_tenant_level_commands_find_tenants_under_uri_characters(
+        cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
+    monkeypatch.setenv("MAIL_PROXY_HOME", str(tmp_path / folder))
+    create_instance("h1", "127.0.0.1", free_port(), None)
+    assert cli("h1", "tenants", "add", "--no-api-key", "--name", "T", "tt").code == 0
+    r = cli("h1", "tt", "info")
+    assert r.code == 0, r.text
+    assert "tt" in r.out
+    completed = cli("__complete", "h1", "")
+    assert "tt" in completed.out.splitlines()
+
+
+# -- finding 2: a trailing newline in an instance name ------------------------------------
+
+def test_instance_name_with_trailing_newline_is_refused(cli: Any) -> None:
+    assert paths.name_problem("nl\n") is not None
+    r = cli("start", "--port", str(free_port()), "--", "nl\n")
+    assert r.code == 2 and "invalid instance name" in r.err, r.text
+    assert not paths.home().exists() or os.listdir(paths.home()) == []
+
+
+# -- finding 4: tenant lookup errors are the real errors -----------------------------------
+
+@pytest.fixture
+def with_tenant(cli: Any) -> Path:
+    create_instance("i1", "127.0.0.1", free_port(), None)
+    assert cli("i1", "tenants", "add", "--no-api-key", "--name", "T", "t1").code == 0
+    return paths.instance_dir("i1")
+
+
+def test_grammar_reports_an_unreadable_database_not_a_missing_tenant(
+        cli: Any, with_tenant: Path) -> None:
+    db = with_tenant / "mail_service.db"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    db.write_bytes(b"this is not a database" * 100)
+    instance_level = cli("i1", "tenants", "list")
+    tenant_level = cli("i1", "t1", "info")
+    assert instance_level.code == 1 and "cannot open SQLite database" in instance_level.err
+    assert tenant_level.code == instance_level.code, tenant_level.text
+    assert "cannot open SQLite database" in tenant_level.err
+    assert "not found" not in tenant_level.err
+    # completion stays silent: nothing offered, nothing printed, exit 0
+    completed = cli("__complete", "i1", "t1", "")
+    assert completed.code == 0 and completed.out == "" and completed.err == ""
+
+
+def test_grammar_reports_a_shared_instance_folder_like_instance_commands(
+        cli: Any, with_tenant: Path) -> None:
+    with_tenant.chmod(0o755)
+    instance_level = cli("i1", "tenants", "list")
+    tenant_level = cli("i1", "t1", "accounts", "list")
+    assert instance_level.code == 2
+    assert (tenant_level.code, tenant_level.err) == (instance_level.code, instance_level.err)
+    assert "chmod 700" in tenant_level.err
+    with_tenant.chmod(0o700)
+
+
+def test_use_reports_an_unreadable_database(cli: Any, with_tenant: Path) -> None:
+    (with_tenant / "mail_service.db").write_bytes(b"garbage" * 500)
+    r = cli("use", "i1/t1")
+    assert r.code == 1 and "cannot open SQLite database" in r.err, r.text
+
+
+# -- finding 5: filesystem problems are one readable line ----------------------------------
+
+def test_home_that_is_a_file(tmp_path: Path) -> None:
+    home = tmp_path / "afile"
+    home.write_text("x")
+    env = {"MAIL_PROXY_HOME": str(home)}
+    r = run_sub("start", "x1", "--port", str(free_port()), env=env)
+    no_surprise(r.stderr)
+    assert r.returncode == 2 and str(home) in r.stderr, r.stderr
+    listed = run_sub("list", env=env)
+    no_surprise(listed.stderr)
+    assert listed.returncode == 2 and str(home) in listed.stderr, listed.stderr
+    assert run_sub("--help", env=env).returncode == 0
+    cleared = run_sub("use", "--clear", env=env)
+    assert cleared.returncode == 0, cleared.stderr
+
+
+def test_instance_path_taken_by_a_file_or_a_broken_link(cli: Any, tmp_path: Path) -> None:
+    paths.ensure_home()
+    (paths.home() / "x").write_text("not a folder")
+    os.symlink(tmp_path / "nowhere", paths.home() / "y")
+    for name in ("x", "y"):
+        r = cli("start", name, "--port", str(free_port()))
+        no_surprise(r.text)
+        assert r.code == 2 and str(paths.home() / name) in r.err, r.text
+
+
+def test_a_write_that_fails_names_the_file(cli: Any) -> None:
+    create_instance("i1", "127.0.0.1", free_port(), None)
+    token = paths.instance_dir("i1") / "api_token"
+    token.unlink()
+    token.mkdir()
+    r = cli("i1", "token", "--regenerate")
+    no_surprise(r.text)
+    assert r.code == 2 and f"cannot write {token}" in r.err, r.text
+
+
+@pytest.mark.skipif(as_root, reason="root writes into a 0500 folder anyway")
+def test_home_without_write_permission(cli: Any) -> None:
+    paths.ensure_home()
+    paths.home().chmod(0o500)
+    try:
+        r = cli("start", "x1", "--port", str(free_port()))
+    finally:
+        paths.home().chmod(0o700)
+    no_surprise(r.text)
+    assert r.code == 2 and "Permission denied" in r.err, r.text
+
+
+@pytest.mark.parametrize("shell", ["bash", "fish"])
+def test_completion_install_without_a_home_folder(tmp_path: Path, shell: str) -> None:
+    missing = tmp_path / "gone" / "x"
+    r = run_sub("completion", "install", shell, env={"HOME": str(missing)})
+    no_surprise(r.stderr)
+    assert r.returncode == 2 and str(missing) in r.stderr, r.stderr
+    assert not (tmp_path / "gone").exists()
+
+
+# -- finding 6: a malformed --db URL -------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["postgresql://bob:S3cretPW@127.0.0.1:bad/db",
+                                 "postgresql://bob:S3cretPW@PW@[::1/db"])
+def test_malformed_database_url_is_a_usage_error(cli: Any, url: str) -> None:
+    r = cli("start", "pg2", "--port", str(free_port()), "--db", url)
+    assert r.code == 2 and "invalid database URL" in r.err, r.text
+    assert "S3cretPW" not in r.text
+    assert not paths.instance_dir("pg2").exists()
+
+
+# -- finding 7: hand-edited config.toml values --------------------------------------------
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("shutdown_timeout", float("nan")), ("shutdown_timeout", -5),
+    ("shutdown_timeout", float("inf")), ("shutdown_timeout", 0),
+    ("shutdown_timeout", "30"), ("shutdown_timeout", True),
+    ("db_pool_size", -1), ("db_pool_size", 2.7), ("db_pool_size", 5000),
+    ("host", ["a"]), ("host", "bad host")
+])
+def test_config_toml_values_are_checked_on_load(cli: Any, key: str, value: Any) -> None:
+    create_instance("t2", "127.0.0.1", free_port(), None)
+    folder = paths.instance_dir("t2")
+    values = read_toml(folder)
+    values[key] = value
+    text = "\n".join(f"{k} = {_toml(v)}" for k, v in values.items()) + "\n"
+    (folder / "config.toml").write_text(text)
+    r = cli("t2", "tenants", "list")
+    assert r.code == 2 and key in r.err and "config.toml" in r.err, r.text
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if value == float("inf"):
+        return "inf"
+    return json.dumps(value)
+
+
+@pytest.mark.parametrize(("key", "value"), [("host", ["a"]), ("port", "abc")])
+def test_list_shows_the_problem_instead_of_a_bogus_url(cli: Any, key: str, value: Any) -> None:
+    create_instance("t3", "127.0.0.1", free_port(), None)
+    folder = paths.instance_dir("t3")
+    values = read_toml(folder)
+    values[key] = value
+    (folder / "config.toml").write_text(
+        "\n".join(f"{k} = {_toml(v)}" for k, v in values.items()) + "\n")
+    r = cli("list", "--json")
+    row = json.loads(r.out)["instances"][0]
+    assert row["state"] == "UNKNOWN" and row["url"] is None, row
+    assert key in row["error"]
+
+
+# -- finding 9: --host is checked before anything is created -------------------------------
+
+@pytest.mark.parametrize("host", ["bad host", "nosuch.invalid", "", "a/b"])
+def test_bad_host_is_refused_before_creation(cli: Any, host: str) -> None:
+    r = cli("start", "hh", "--host", host, "--port", str(free_port()))
+    assert r.code == 2 and "host" in r.err and "in use" not in r.err, r.text
+    assert not paths.instance_dir("hh").exists()
+
+
+def test_bad_host_is_not_saved_into_an_existing_instance(cli: Any) -> None:
+    create_instance("hh", "127.0.0.1", free_port(), None)
+    r = cli("start", "hh", "--host", "bad host")
+    assert r.code == 2 and "invalid host" in r.err, r.text
+    assert read_toml(paths.instance_dir("hh"))["host"] == "127.0.0.1"
+
+
+def test_config_set_host_applies_the_start_rule(cli: Any) -> None:
+    """`config set host` used to accept any non-empty text, which `start` then refused."""
+    create_instance("hs", "127.0.0.1", free_port(), None)
+    r = cli("hs", "config", "set", "host", "bad host")
+    assert r.code == 2 and "host" in r.err, r.text
+    assert read_toml(paths.instance_dir("hs"))["host"] == "127.0.0.1"
+    assert cli("hs", "config", "set", "host", "::1").code == 0
+
+
+# -- finding 10: database files are private ------------------------------------------------
+
+def test_database_files_created_by_the_cli_are_0600(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    db = shared / "env.sqlite"
+    env = {"GMP_DB_PATH": str(db), "MAIL_PROXY_ENCRYPTION_KEY": _key_text()}
+    r = run_sub("tenants", "add", "--no-api-key", "--name", "T", "t1", env=env)
+    assert r.returncode == 0, r.stderr
+    made = [p for p in shared.iterdir() if p.name.startswith("env.sqlite")]
+    assert db in made
+    for path in made:
+        assert mode(path) == 0o600, (path, oct(mode(path)))
+
+
+def test_instance_database_is_0600(tmp_path: Path) -> None:
+    create_instance("demo", "127.0.0.1", free_port(), None)
+    r = run_sub("demo", "tenants", "add", "--no-api-key", "--name", "T", "t1")
+    assert r.returncode == 0, r.stderr
+    folder = paths.instance_dir("demo")
+    made = [p for p in folder.iterdir() if p.name.startswith("mail_service.db")]
+    assert made
+    for path in made:
+        assert mode(path) == 0o600, (path, oct(mode(path)))
+
+
+def _key_text() -> str:
+    import base64
+
+    return base64.b64encode(os.urandom(32)).decode("ascii")
+
+
+# -- finding 14: a hand-edited supervisor.json, and status without a database -------------
+
+@pytest.mark.parametrize("state", [["x"], {}])
+def test_stop_copes_with_a_non_string_state(cli: Any, state: Any) -> None:
+    create_instance("i1", "127.0.0.1", free_port(), None)
+    (paths.instance_dir("i1") / "supervisor.json").write_text(json.dumps({"state": state}))
+    r = cli("stop", "i1")
+    assert r.code == 0 and "not running" in r.out, r.text
+
+
+def test_status_says_why_message_counts_are_unavailable(cli: Any) -> None:
+    create_instance("i1", "127.0.0.1", free_port(), None)
+    (paths.instance_dir("i1") / "mail_service.db").write_bytes(b"garbage" * 500)
+    r = cli("status", "i1")
+    assert r.code == 3
+    line = next(x for x in r.out.splitlines() if x.startswith("messages:"))
+    assert "unavailable" in line and "file is not a database" in line, line
+    doc = json.loads(cli("status", "i1", "--json").out)
+    assert doc["messages"] is None and "file is not a database" in doc["messages_error"]
