@@ -10,25 +10,24 @@ import asyncio
 import dataclasses
 import gc
 import json
-import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from mail_proxy.errors import (
     BadRequest,
     FieldError,
     Forbidden,
-    MailProxyError,
     Rejection,
     ValidationFailed,
 )
 from mail_proxy.jsonfast import dumps_compact
 from mail_proxy.manager.addresses import quote
 from mail_proxy.manager.core import Core, Principal, now
+from mail_proxy.manager.queue_cap import queue_room, waiting_count
+from mail_proxy.manager.tenant_cache import tenant_cache
 from mail_proxy.manager.validation import (
     BatchValidator,
-    TenantInfo,
     ValidationContext,
     ValidMessage,
     message_id_domain,
@@ -39,10 +38,6 @@ from mail_proxy.store.errors import RowsMissing
 
 T = TypeVar("T")
 TOP_LEVEL = frozenset({"messages", "default_priority", "tenant_id"})
-# A tenant's configuration is re-read at most this often on the enqueue hot path; a
-# deactivated tenant is therefore noticed within this many seconds. A deleted tenant or
-# account is caught in the write transaction itself (see _store).
-TENANT_CACHE_SECONDS = 1.0
 
 
 # Below this many messages (or bytes of body) the collector is left alone: see collector_paused.
@@ -83,151 +78,6 @@ def collector_paused(size: int) -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-class QueueFull(MailProxyError):
-    code = "queue_full"
-    status = 429
-
-
-class _TenantCache:
-    def __init__(self) -> None:
-        self._entries: dict[str, tuple[float, TenantInfo | None, dict[str, bool]]] = {}
-        self.with_suppressions: set[str] = set()
-        self.served_old = False  # the last load answered some ids from the cache
-
-    async def load(self, core: Core, ids: set[str]) -> tuple[dict[str, TenantInfo],
-                                                             dict[tuple[str, str], bool]]:
-        stamp = time.monotonic()
-        missing = {i for i in ids
-                   if i not in self._entries or stamp - self._entries[i][0] > TENANT_CACHE_SECONDS}
-        self.served_old = bool(ids - missing)  # some answer comes from an earlier read
-        if missing:
-            rows = await core.store.fetch("enqueue_tenants", ids=sorted(missing))
-            accounts = await core.store.fetch("enqueue_accounts", ids=sorted(missing))
-            by_tenant: dict[str, dict[str, bool]] = {i: {} for i in missing}
-            for acc in accounts:
-                by_tenant[acc["tenant_id"]][acc["id"]] = bool(acc["is_pec"])
-            found = {r["id"]: r for r in rows}
-            for tenant_id in missing:
-                row = found.get(tenant_id)
-                info = None if row is None else TenantInfo(
-                    id=tenant_id, active=bool(row["active"]),
-                    default_account_id=row["default_account_id"],
-                    account_ids=frozenset(by_tenant[tenant_id]),
-                    client_base_url=row["client_base_url"])
-                self._entries[tenant_id] = (stamp, info, by_tenant[tenant_id])
-                if row is not None and row["suppressions"]:
-                    self.with_suppressions.add(tenant_id)
-                else:
-                    self.with_suppressions.discard(tenant_id)
-        tenants: dict[str, TenantInfo] = {}
-        pec: dict[tuple[str, str], bool] = {}
-        for tenant_id in ids:
-            _, info, accs = self._entries[tenant_id]
-            if info is not None:
-                tenants[tenant_id] = info
-                for acc_id, is_pec in accs.items():
-                    pec[(tenant_id, acc_id)] = is_pec
-        return tenants, pec
-
-    def forget(self, ids: set[str]) -> None:
-        """Read these tenants afresh next time (one of their accounts, or they, went)."""
-        for tenant_id in ids:
-            self._entries.pop(tenant_id, None)
-
-
-
-def tenant_cache(core: Core) -> _TenantCache:
-    """The cache of one Core (one database): never shared between databases."""
-    cache = core.caches.get("enqueue_tenants")
-    if cache is None:
-        cache = core.caches["enqueue_tenants"] = _TenantCache()
-    return cache
-
-
-class _WaitingCount:
-    """How many messages wait (queued or deferred), for the ``max_queued_messages`` cap.
-
-    Counting them is a scan of the queue: 56 ms per request at 10^6 waiting messages. Far
-    from the cap, a count up to ``FRESH_SECONDS`` old plus what this worker stored since
-    then, plus what its requests in flight are storing (``pending``), is used instead
-    (messages only leave the queue meanwhile, except what other instances store).
-
-    From 90 % of the cap on, a request goes through :meth:`room` one at a time: it waits
-    until no request of this worker is storing, counts afresh, and stores before the next
-    one counts. Its count is then exact for this worker, which therefore never passes the
-    cap however many requests arrive at once; such requests are no longer grouped into one
-    commit, which only matters while the queue is nearly full.
-    """
-
-    FRESH_SECONDS = 1.0
-    NEAR = 0.9
-
-    def __init__(self) -> None:
-        self.counted = 0
-        self.at = -1e9
-        self.since = 0  # stored by this worker after the count
-        self.pending = 0  # being stored by requests of this worker (reserved, not yet done)
-        self._stored_total = 0  # stored by this worker ever: marks where a count started
-        self._near = asyncio.Lock()  # held by the one request near the cap
-        self._idle = asyncio.Event()  # no request of this worker is storing
-        self._idle.set()
-
-    @asynccontextmanager
-    async def room(self, core: Core, adding: int, cap: int) -> AsyncIterator[None]:
-        """Hold room for ``adding`` messages while the caller stores them and calls
-        :meth:`added`; QueueFull when they would pass ``cap``."""
-        if not self._near.locked() and time.monotonic() - self.at > self.FRESH_SECONDS:
-            await self._count(core)
-        # No await from here to the reservation: a request near the cap may not start
-        # counting in between.
-        if not self._near.locked() and self._estimate() + adding <= cap * self.NEAR:
-            with self._reserved(adding):
-                yield
-            return
-        async with self._near:
-            await self._idle.wait()
-            await self._count(core)
-            waiting = self._estimate()
-            if waiting + adding > cap:
-                raise QueueFull(f"the queue holds {waiting} messages and the limit is {cap}: "
-                                f"the request's {adding} valid messages would pass it")
-            with self._reserved(adding):
-                yield
-
-    def added(self, stored: int) -> None:
-        self.since += stored
-        self._stored_total += stored
-
-    def _estimate(self) -> int:
-        return self.counted + self.since + self.pending
-
-    async def _count(self, core: Core) -> None:
-        # What this worker stores while the count runs may or may not be in it: it is kept
-        # in `since` too, so the estimate can be over (for a moment), never under.
-        mark = self._stored_total
-        counted = int(await core.store.fetch_value("count_waiting") or 0)
-        self.counted, self.at = counted, time.monotonic()
-        self.since = self._stored_total - mark
-
-    @contextmanager
-    def _reserved(self, adding: int) -> Iterator[None]:
-        self.pending += adding
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self.pending -= adding
-            if not self.pending:
-                self._idle.set()
-
-
-def waiting_count(core: Core) -> _WaitingCount:
-    cache = core.caches.get("enqueue_waiting")
-    if cache is None:
-        cache = core.caches["enqueue_waiting"] = _WaitingCount()
-    return cache
 
 
 def _parse_body(body: object, principal: Principal) -> tuple[list[Any], int | None, str | None]:
@@ -303,7 +153,7 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
     stored = 0
     if accepted:
         log_row = _log_row(core, principal, body, audit, request_tenant)
-        async with _queue_room(core, len(accepted)):
+        async with queue_room(core, len(accepted)):
             stored = await _store_accepted(core, accepted, rejected, pec_accounts, log_row)
     if stored:
         for tenant_id in {m.tenant_id for _, m in accepted}:
@@ -341,15 +191,6 @@ def _log_row(core: Core, principal: Principal, body: object, audit: str | None,
     key_tenant = principal.tenant_id if principal.is_tenant else None
     return {"actor": principal.actor, "endpoint": audit,
             "tenant_id": key_tenant or request_tenant, "payload": body}
-
-
-def _queue_room(core: Core, adding: int) -> AbstractAsyncContextManager[None]:
-    """api.md §4.1 step 4: room in the queue for the request's valid messages, held until
-    they are stored (QueueFull when there is none)."""
-    cap = core.settings.max_queued_messages
-    if not cap:
-        return nullcontext()
-    return waiting_count(core).room(core, adding, cap)
 
 
 async def _store_accepted(core: Core, accepted: list[tuple[int, ValidMessage]],

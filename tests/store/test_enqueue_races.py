@@ -18,7 +18,8 @@ import pytest
 
 from mail_proxy.manager import accounts, tenants
 from mail_proxy.manager.core import ADMIN, Core
-from mail_proxy.manager.enqueue import AllRejected, QueueFull, add_messages
+from mail_proxy.manager.enqueue import AllRejected, add_messages
+from mail_proxy.manager.queue_cap import QueueFull
 from tests.support import factories as f
 
 

@@ -11,7 +11,8 @@ import dataclasses
 import pytest
 
 from mail_proxy.manager.core import ADMIN, Core
-from mail_proxy.manager.enqueue import QueueFull, add_messages, waiting_count
+from mail_proxy.manager.enqueue import add_messages
+from mail_proxy.manager.queue_cap import QueueFull, waiting_count
 from tests.support import factories as f
 
 

@@ -1,0 +1,74 @@
+"""The enqueue path's view of tenants and their accounts, re-read at most once a second.
+
+Validation needs each tenant's state and account list; reading them for every single-message
+POST would double the database round trips (docs/decisions/foundation.md).
+"""
+
+from __future__ import annotations
+
+import time
+
+from mail_proxy.manager.core import Core
+from mail_proxy.manager.validation import TenantInfo
+
+# A tenant's configuration is re-read at most this often on the enqueue hot path; a
+# deactivated tenant is therefore noticed within this many seconds. A deleted tenant or
+# account is caught in the write transaction itself, and a refusal a cached entry may
+# explain is checked against a fresh read (manager/enqueue.py).
+TENANT_CACHE_SECONDS = 1.0
+
+
+class TenantCache:
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, TenantInfo | None, dict[str, bool]]] = {}
+        self.with_suppressions: set[str] = set()
+        self.served_old = False  # the last load answered some ids from the cache
+
+    async def load(self, core: Core, ids: set[str]) -> tuple[dict[str, TenantInfo],
+                                                             dict[tuple[str, str], bool]]:
+        stamp = time.monotonic()
+        missing = {i for i in ids
+                   if i not in self._entries or stamp - self._entries[i][0] > TENANT_CACHE_SECONDS}
+        self.served_old = bool(ids - missing)  # some answer comes from an earlier read
+        if missing:
+            rows = await core.store.fetch("enqueue_tenants", ids=sorted(missing))
+            accounts = await core.store.fetch("enqueue_accounts", ids=sorted(missing))
+            by_tenant: dict[str, dict[str, bool]] = {i: {} for i in missing}
+            for acc in accounts:
+                by_tenant[acc["tenant_id"]][acc["id"]] = bool(acc["is_pec"])
+            found = {r["id"]: r for r in rows}
+            for tenant_id in missing:
+                row = found.get(tenant_id)
+                info = None if row is None else TenantInfo(
+                    id=tenant_id, active=bool(row["active"]),
+                    default_account_id=row["default_account_id"],
+                    account_ids=frozenset(by_tenant[tenant_id]),
+                    client_base_url=row["client_base_url"])
+                self._entries[tenant_id] = (stamp, info, by_tenant[tenant_id])
+                if row is not None and row["suppressions"]:
+                    self.with_suppressions.add(tenant_id)
+                else:
+                    self.with_suppressions.discard(tenant_id)
+        tenants: dict[str, TenantInfo] = {}
+        pec: dict[tuple[str, str], bool] = {}
+        for tenant_id in ids:
+            _, info, accs = self._entries[tenant_id]
+            if info is not None:
+                tenants[tenant_id] = info
+                for acc_id, is_pec in accs.items():
+                    pec[(tenant_id, acc_id)] = is_pec
+        return tenants, pec
+
+    def forget(self, ids: set[str]) -> None:
+        """Read these tenants afresh next time (one of their accounts, or they, went)."""
+        for tenant_id in ids:
+            self._entries.pop(tenant_id, None)
+
+
+
+def tenant_cache(core: Core) -> TenantCache:
+    """The cache of one Core (one database): never shared between databases."""
+    cache = core.caches.get("enqueue_tenants")
+    if cache is None:
+        cache = core.caches["enqueue_tenants"] = TenantCache()
+    return cache
