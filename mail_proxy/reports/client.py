@@ -141,8 +141,12 @@ class ReportClient:
 
     async def _exchange(self, url: str, body: bytes, headers: dict[str, str], timeout: float,
                         label: str) -> tuple[int, bytes]:
-        request = self._client().build_request("POST", url, content=body, headers=headers,
-                                               timeout=httpx.Timeout(timeout))
+        from mail_proxy.delivery.attachments.decoding import ACCEPT
+
+        # only the encodings _answer_body inflates itself
+        request = self._client().build_request(
+            "POST", url, content=body, headers={"Accept-Encoding": ACCEPT, **headers},
+            timeout=httpx.Timeout(timeout))
         response = await self._client().send(request, stream=True)
         try:
             if not 200 <= response.status_code < 300:
@@ -159,16 +163,23 @@ async def _answer_body(response: httpx.Response, label: str) -> bytes:
     Content-Encoding is read like one that is not JSON, never as a failed call that would
     leave the events unacknowledged and send them again and again.
     """
+    # Raw bytes, inflated in bounded steps: httpx would inflate each read whole, so a small
+    # compressed answer could become hundreds of MB before the size check saw it.
+    from mail_proxy.delivery.attachments.decoding import BodyDecodingError, decoder_for
+
     chunks, size = [], 0
     try:
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
-                log.warning("report answer from tenant %s exceeds %d bytes; ignoring its "
-                            "fields", label, MAX_ANSWER_BYTES)
-                return b""
-            chunks.append(chunk)
-    except httpx.DecodingError as exc:
+        decoder = decoder_for(response.headers.get("content-encoding"))
+        async for raw in response.aiter_raw():
+            for chunk in decoder.feed(raw):
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    log.warning("report answer from tenant %s exceeds %d bytes; ignoring "
+                                "its fields", label, MAX_ANSWER_BYTES)
+                    return b""
+                chunks.append(chunk)
+        decoder.finish()
+    except BodyDecodingError as exc:
         log.warning("report answer from tenant %s cannot be decoded (%s); acknowledging the "
                     "call anyway", label, exc)
         return b""

@@ -65,3 +65,31 @@ async def test_events_are_acknowledged_and_settled(core, smtp_server) -> None:
     assert event["reported_at"] is not None and event["settled_at"] is not None
     state = await tenant_row(core)
     assert state["report_failures"] == 0 and state["last_report_at"] is not None
+
+
+async def test_a_gzip_answer_is_read_and_a_gzip_bomb_stays_small() -> None:
+    """The answer is inflated in bounded steps: a valid gzip answer is read as JSON, and a
+    small body that inflates to 200 MiB is dropped at the 1 MiB cap without ever being
+    inflated whole (httpx inflated each read at once: tens of MB per read)."""
+    import gzip
+    import tracemalloc
+
+    answer = b'{"error": ["m1"]}'
+    bomb = gzip.compress(b"\0" * (200 << 20), compresslevel=9)
+    routes = {"/ok": Canned(headers=[("Content-Encoding", "gzip")], body=gzip.compress(answer)),
+              "/bomb": Canned(headers=[("Content-Encoding", "gzip")], body=bomb)}
+    client = ReportClient()
+    try:
+        async with RawHttpServer(routes) as srv:
+            good = await client.post(srv.url("/ok"), b"{}", {}, 5, "acme")
+            tracemalloc.start()
+            try:
+                dropped = await client.post(srv.url("/bomb"), b"{}", {}, 20, "acme")
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+    finally:
+        await client.close()
+    assert good.outcome == OK and good.answer.error == {"m1"}
+    assert dropped.outcome == OK and dropped.answer.error == set()
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB while reading the answer"
