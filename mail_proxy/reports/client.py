@@ -141,7 +141,7 @@ class ReportClient:
 
     async def _exchange(self, url: str, body: bytes, headers: dict[str, str], timeout: float,
                         label: str) -> tuple[int, bytes]:
-        from mail_proxy.delivery.attachments.decoding import ACCEPT
+        from mail_proxy.content_encoding import ACCEPT
 
         # only the encodings _answer_body inflates itself
         request = self._client().build_request(
@@ -165,7 +165,7 @@ async def _answer_body(response: httpx.Response, label: str) -> bytes:
     """
     # Raw bytes, inflated in bounded steps: httpx would inflate each read whole, so a small
     # compressed answer could become hundreds of MB before the size check saw it.
-    from mail_proxy.delivery.attachments.decoding import BodyDecodingError, decoder_for
+    from mail_proxy.content_encoding import BodyDecodingError, decoder_for
 
     chunks, size = [], 0
     try:

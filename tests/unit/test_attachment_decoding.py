@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from mail_proxy.delivery.attachments.decoding import (
+from mail_proxy.content_encoding import (
     STEP,
     BodyDecodingError,
     decoder_for,

@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 
-from mail_proxy.delivery.attachments import decoding, guard
+from mail_proxy import content_encoding as decoding
+from mail_proxy.delivery.attachments import guard
 from mail_proxy.delivery.attachments.limits import ItemMeter, permanent, transient
 
 MAX_REDIRECTS = 5

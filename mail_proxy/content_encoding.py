@@ -1,4 +1,4 @@
-"""Content-Encoding of downloaded attachments, inflated in bounded steps.
+"""Content-Encoding of downloaded bodies (attachments, report answers), inflated in bounded steps.
 
 httpx inflates each network read whole before the caller sees it: a 64 KiB read of a gzip
 bomb became about 64 MB before the size cap could stop it. Here the raw bytes are inflated
