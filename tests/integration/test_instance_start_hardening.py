@@ -25,26 +25,7 @@ from mail_proxy.instance.states import is_alive, read_record
 
 ROOT = Path(__file__).resolve().parents[2]
 
-STUB = r'''
-import http.server, os, signal, sys, threading, time
-port = int(sys.argv[1])
-class Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b'{"ok": true}')
-    def log_message(self, *args):
-        pass
-server = http.server.HTTPServer(("127.0.0.1", port), Health)
-signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
-parent = os.getppid()
-def watch_parent():
-    while os.getppid() == parent:
-        time.sleep(0.2)
-    os._exit(0)
-threading.Thread(target=watch_parent, daemon=True).start()
-server.serve_forever()
-'''
+STUB = ROOT / "tests" / "support" / "worker_stub.py"  # the supervisor tests' stand-in
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -56,11 +37,9 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def stub_env(tmp_path: Path) -> dict[str, str]:
-    stub = tmp_path / "stub.py"
-    stub.write_text(STUB)
+def stub_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "MAIL_PROXY_BACKOFF_SCALE": "0.01",
-            "MAIL_PROXY_WORKER_ARGV": json.dumps([sys.executable, str(stub), "{port}"])}
+            "MAIL_PROXY_WORKER_ARGV": json.dumps([sys.executable, str(STUB), "{port}", "ok"])}
 
 
 @pytest.fixture

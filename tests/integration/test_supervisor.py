@@ -25,34 +25,7 @@ from mail_proxy.instance.states import is_alive, read_record
 
 ROOT = Path(__file__).resolve().parents[2]
 
-STUB = r'''
-import http.server, os, signal, sys, threading, time
-port, mode = int(sys.argv[1]), sys.argv[2]
-if mode == "crash":
-    print("stub: crashing", flush=True)
-    sys.exit(3)
-class Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b'{"ok": true, "status": "ok"}')
-    def log_message(self, *args):
-        pass
-server = http.server.HTTPServer(("127.0.0.1", port), Health)
-def on_term(signum, frame):
-    print(f"stub: got signal {signum}, draining", flush=True)
-    threading.Thread(target=server.shutdown).start()
-signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else on_term)
-parent = os.getppid()
-def watch_parent():
-    while os.getppid() == parent:
-        time.sleep(0.2)
-    os._exit(0)
-threading.Thread(target=watch_parent, daemon=True).start()
-print(f"stub: serving on {port} for {os.environ['MAIL_PROXY_SUPERVISOR_PID']}", flush=True)
-server.serve_forever()
-print("stub: drained", flush=True)
-'''
+STUB = Path(__file__).resolve().parents[1] / "support" / "worker_stub.py"
 
 
 def free_port() -> int:
@@ -62,15 +35,13 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def run_cli(tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
-    stub = tmp_path / "stub.py"
-    stub.write_text(STUB)
+def run_cli() -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
     mode = {"value": "ok"}
 
     def cli(*args: str, worker: str = "ok") -> subprocess.CompletedProcess[str]:
         mode["value"] = worker
         env = {**os.environ, "PYTHONPATH": str(ROOT), "MAIL_PROXY_BACKOFF_SCALE": "0.01",
-               "MAIL_PROXY_WORKER_ARGV": json.dumps([sys.executable, str(stub), "{port}",
+               "MAIL_PROXY_WORKER_ARGV": json.dumps([sys.executable, str(STUB), "{port}",
                                                      worker])}
         return subprocess.run([sys.executable, "-m", "mail_proxy", *args], capture_output=True,
                               text=True, env=env, timeout=30, stdin=subprocess.DEVNULL)
