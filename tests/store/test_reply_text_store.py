@@ -1,5 +1,6 @@
 """SMTP refusals whose text holds NUL and terminal escapes, end to end on SQLite and on
-PostgreSQL (QA hunt, delivery findings 2 and 8).
+PostgreSQL (QA hunt, delivery findings 2 and 8); ``core`` is the store tests' fixture,
+parametrised over both backends.
 
 PostgreSQL refuses NUL in text: the outcome could not be written, the message became
 `internal_error` and was sent again on every retry. The refusal must be recorded after one
@@ -8,35 +9,15 @@ attempt with its code, and with the control characters shown escaped.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from mail_proxy.security.crypto import KeyRing
 from tests.integration.test_engine_audit_helpers import deliver, message
-from tests.store.pg import pg_url_fixture  # noqa: F401  (the `pg_url` fixture)
 from tests.support import factories as f
 from tests.support.smtp_server import RecordingSmtpServer
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    # sync: the pg_url fixture runs its own short-lived event loops
-    return sqlite_url if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
-
-
-@pytest.fixture
-async def store_core(store_url: str, keyring: KeyRing) -> AsyncIterator[Any]:
-    from mail_proxy.manager.core import Core
-
-    c = await Core.open(store_url, keyring, name="test")
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def one(core: Any, srv: RecordingSmtpServer) -> dict[str, Any]:
@@ -57,10 +38,10 @@ def check_error(msg: dict[str, Any], code: str, smtp_code: int, text: str) -> No
     assert event["metadata"]["code"] == code
 
 
-async def test_refused_recipient_with_nul_and_escape(store_core: Any) -> None:
+async def test_refused_recipient_with_nul_and_escape(core: Any) -> None:
     async with RecordingSmtpServer() as srv:
         srv.script(rcpt={"rcpt1@example.com": "550 5.1.1 bad\x00nul\x1b[31mRED\x1b[0m"})
-        msg = await one(store_core, srv)
+        msg = await one(core, srv)
     text = "550 5.1.1 bad\\x00nul\\x1b[31mRED\\x1b[0m"
     check_error(msg, "all_recipients_refused", 550, text)
     [refused] = msg["events"][-1]["metadata"]["refused_recipients"]
@@ -68,9 +49,9 @@ async def test_refused_recipient_with_nul_and_escape(store_core: Any) -> None:
                        "message": "5.1.1 bad\\x00nul\\x1b[31mRED\\x1b[0m"}
 
 
-async def test_end_of_data_refusal_with_nul_and_escape(store_core: Any) -> None:
+async def test_end_of_data_refusal_with_nul_and_escape(core: Any) -> None:
     async with RecordingSmtpServer() as srv:
         srv.script(data="554 5.7.1 rejected as spam\x00\x1b[2J")
-        msg = await one(store_core, srv)
+        msg = await one(core, srv)
     check_error(msg, "smtp_permanent", 554, "554 5.7.1 rejected as spam\\x00\\x1b[2J")
     assert srv.commands["DATA"] == 1  # sent once: no retry of a permanent refusal
