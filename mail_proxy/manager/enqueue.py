@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import gc
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -135,12 +136,13 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
         if implied:
             named.add(implied)
     cache = tenant_cache(core)
+    asked_at = time.monotonic()
     tenants, pec_accounts = await cache.load(core, named)
     ctx = ValidationContext(tenants=tenants, settings=settings, request_tenant_id=request_tenant,
                             key_tenant_id=key_tenant, batch_default_priority=default_priority,
                             now=now())
     accepted, rejected = await _validate(ctx, entries, settings)
-    if cache.served_old and any(r["code"] in _CACHE_SENSITIVE for r in rejected):
+    if cache.read_before(named, asked_at) and any(r["code"] in _CACHE_SENSITIVE for r in rejected):
         # A tenant or account created (or reactivated) in the last second, by the CLI or
         # another worker, is not in a cached entry yet: read them afresh before refusing.
         cache.forget(named)

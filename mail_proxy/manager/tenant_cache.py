@@ -22,14 +22,12 @@ class TenantCache:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[float, TenantInfo | None, dict[str, bool]]] = {}
         self.with_suppressions: set[str] = set()
-        self.served_old = False  # the last load answered some ids from the cache
 
     async def load(self, core: Core, ids: set[str]) -> tuple[dict[str, TenantInfo],
                                                              dict[tuple[str, str], bool]]:
         stamp = time.monotonic()
         missing = {i for i in ids
                    if i not in self._entries or stamp - self._entries[i][0] > TENANT_CACHE_SECONDS}
-        self.served_old = bool(ids - missing)  # some answer comes from an earlier read
         if missing:
             rows = await core.store.fetch("enqueue_tenants", ids=sorted(missing))
             accounts = await core.store.fetch("enqueue_accounts", ids=sorted(missing))
@@ -59,11 +57,15 @@ class TenantCache:
                     pec[(tenant_id, acc_id)] = is_pec
         return tenants, pec
 
+    def read_before(self, ids: set[str], moment: float) -> bool:
+        """Whether any of these tenants comes from a read older than ``moment`` (a
+        ``time.monotonic()`` value): answered from the cache, not read for the caller."""
+        return any(i in self._entries and self._entries[i][0] < moment for i in ids)
+
     def forget(self, ids: set[str]) -> None:
         """Read these tenants afresh next time (one of their accounts, or they, went)."""
         for tenant_id in ids:
             self._entries.pop(tenant_id, None)
-
 
 
 def tenant_cache(core: Core) -> TenantCache:

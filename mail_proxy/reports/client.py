@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from mail_proxy import __version__
+from mail_proxy.content_encoding import ACCEPT, BodyDecodingError, decoder_for
 from mail_proxy.jsonfast import loads_strict
 from mail_proxy.reports import signing
 
@@ -141,8 +142,6 @@ class ReportClient:
 
     async def _exchange(self, url: str, body: bytes, headers: dict[str, str], timeout: float,
                         label: str) -> tuple[int, bytes]:
-        from mail_proxy.content_encoding import ACCEPT
-
         # only the encodings _answer_body inflates itself
         request = self._client().build_request(
             "POST", url, content=body, headers={"Accept-Encoding": ACCEPT, **headers},
@@ -165,8 +164,6 @@ async def _answer_body(response: httpx.Response, label: str) -> bytes:
     """
     # Raw bytes, inflated in bounded steps: httpx would inflate each read whole, so a small
     # compressed answer could become hundreds of MB before the size check saw it.
-    from mail_proxy.content_encoding import BodyDecodingError, decoder_for
-
     chunks, size = [], 0
     try:
         decoder = decoder_for(response.headers.get("content-encoding"))
