@@ -223,19 +223,24 @@ class SmtpChannel(asyncio.Protocol):
         envelope += [b"RCPT TO:<" + _ascii(r) + b">\r\n" for r in rcpts]
         data_reply: SMTPResponse | None = None
         self.stage = c.MAIL
+        # send_timeout bounds the transaction, not each reply: a server that answers every
+        # command just in time must not hold a message (and its slot) for a timeout per
+        # recipient. Every reply up to the end of data shares this deadline.
+        by = (None if self.reply_timeout is None
+              else asyncio.get_running_loop().time() + self.reply_timeout)
         if self.pipelining:
             got = await self._replies_until_lost(
-                self._send(b"".join(envelope) + b"DATA\r\n", len(envelope) + 1))
+                self._send(b"".join(envelope) + b"DATA\r\n", len(envelope) + 1, by=by))
             mail, replies = got[0], got[1:len(envelope)]
             if len(got) == len(envelope) + 1:
                 data_reply = got[-1]
         else:
-            mail = await self._send(envelope[0], 1)[0]
+            mail = await self._send(envelope[0], 1, by=by)[0]
             replies = []
             if mail.code == 250:
                 self.stage = c.RCPT
                 for line in envelope[1:]:
-                    replies.append(reply := await self._send(line, 1)[0])
+                    replies.append(reply := await self._send(line, 1, by=by)[0])
                     if reply.code == 421:
                         break  # the server is closing the session
         if mail.code != 250:
@@ -259,11 +264,12 @@ class SmtpChannel(asyncio.Protocol):
             raise c.all_refused_failure(refused)
         self.stage = c.DATA
         if data_reply is None:
-            data_reply = await self._send(b"DATA\r\n", 1)[0]
+            data_reply = await self._send(b"DATA\r\n", 1, by=by)[0]
         if data_reply.code != 354:
             raise self._refusal(c.DATA, data_reply, refused)
         block = data_block(data)
-        [final] = self._send(block, 1, cork=self.pipelining and len(block) <= CORK_BYTES)
+        [final] = self._send(block, 1, cork=self.pipelining and len(block) <= CORK_BYTES,
+                             by=by)
         await self._drain()
         return Pending(accepted=accepted, refused=refused, final=final)
 
@@ -310,9 +316,12 @@ class SmtpChannel(asyncio.Protocol):
 
     # -- I/O ----------------------------------------------------------------------------
 
-    def _send(self, data: bytes, replies: int, *, cork: bool = False
-              ) -> list[asyncio.Future[SMTPResponse]]:
-        """Write and register the replies expected, before any other command can be."""
+    def _send(self, data: bytes, replies: int, *, cork: bool = False,
+              by: float | None = None) -> list[asyncio.Future[SMTPResponse]]:
+        """Write and register the replies expected, before any other command can be.
+
+        The replies are due ``by`` that loop time (a transaction's deadline), else within
+        ``reply_timeout`` from now."""
         if not self.is_connected:
             raise self._lost or aiosmtplib.SMTPServerDisconnected("Connection lost")
         loop = asyncio.get_running_loop()
@@ -331,7 +340,7 @@ class SmtpChannel(asyncio.Protocol):
         futures = [loop.create_future() for _ in range(replies)]
         self._expected.extend(futures)
         if self.reply_timeout is not None:
-            deadline = loop.time() + self.reply_timeout
+            deadline = by if by is not None else loop.time() + self.reply_timeout
             self._deadlines.extend([deadline] * replies)
             self._arm(loop, deadline)
         else:
