@@ -182,7 +182,13 @@ def _check_process(key: str, text: str) -> Any:
 
 def _folder(instance: str | None) -> Any:
     from mail_proxy.cli.database import load_config
+    from mail_proxy.instance import paths
 
+    # The folder alone, not the checked configuration: `config set port 8001` must be able
+    # to repair a config.toml whose port (or any other value) no longer passes the checks.
+    if instance and paths.name_problem(instance) is None \
+            and (paths.instance_dir(instance) / "config.toml").is_file():
+        return paths.existing_instance(instance)
     config = load_config(instance)
     if config.folder is None:
         raise CliExit(EXIT_USAGE, "this instance has no folder: process settings come from "

@@ -177,7 +177,7 @@ def _env_port(raw: str, source: str) -> int:
     except ValueError:
         port = 0
     if not 1 <= port <= 65535:
-        raise ConfigurationError(f"invalid port '{raw}' in {source}: use 1-65535")
+        raise _invalid("port", raw, source, "1-65535")
     return port
 
 
@@ -234,8 +234,12 @@ def _shown(value: Any) -> str:
 
 
 def _invalid(key: str, value: Any, where: str, rule: str) -> ConfigurationError:
+    hint = None
+    if where.endswith(".toml"):
+        name = Path(where).parent.name
+        hint = f"mail-proxy {name} config set {key} VALUE, or edit {where}"
     return ConfigurationError(f"invalid {key} {_shown(value)} in {where}: use {rule}",
-                              hint=f"edit {where}" if where.endswith(".toml") else None)
+                              hint=hint)
 
 
 def _checked_host(value: Any, where: str) -> str:

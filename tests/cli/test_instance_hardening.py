@@ -215,6 +215,24 @@ def test_config_toml_values_are_checked_on_load(cli: Any, key: str, value: Any) 
     assert r.code == 2 and key in r.err and "config.toml" in r.err, r.text
 
 
+@pytest.mark.parametrize(("key", "value", "fixed"), [
+    ("port", "abc", "8123"), ("db_pool_size", -1, "5"), ("host", "bad host", "localhost"),
+])
+def test_config_set_repairs_a_bad_config_toml_value(cli: Any, key: str, value: Any,
+                                                     fixed: str) -> None:
+    create_instance("t4", "127.0.0.1", free_port(), None)
+    folder = paths.instance_dir("t4")
+    values = read_toml(folder)
+    values[key] = value
+    (folder / "config.toml").write_text(
+        "\n".join(f"{k} = {_toml(v)}" for k, v in values.items()) + "\n")
+    assert cli("t4", "tenants", "list").code == 2
+    r = cli("t4", "config", "set", key, fixed)
+    assert r.code == 0, r.text
+    assert str(read_toml(folder)[key]) == fixed
+    assert cli("t4", "tenants", "list").code == 0
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
