@@ -284,14 +284,18 @@ async def run_worker(config: Any, keyring: Any) -> int:
 
 def serve(config: Any) -> int:
     """Run the worker in the foreground until SIGTERM/SIGINT; returns the exit code."""
+    from mail_proxy.instance.database import check_database
     from mail_proxy.security.crypto import KeyRing
 
     _setup_logging(config)
     try:
+        check_database(config)
         keyring = KeyRing.load(config.folder)
     except MailProxyError as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
         return 2
     uvloop: types.ModuleType | None
     try:

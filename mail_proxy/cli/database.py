@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from mail_proxy.cli.application import CliExit
 from mail_proxy.errors import FieldError, InstanceError, MailProxyError, ValidationFailed
+from mail_proxy.instance.database import check_database
 
 if TYPE_CHECKING:
     from mail_proxy.instance.config import ProcessConfig
@@ -124,6 +125,7 @@ def with_core(instance: str | None, body: Callable[[Session], Awaitable[T]], *,
     """Open the instance's database, run ``body``, close; field errors become one line
     (exit ``invalid_exit``: 1 for refused data, 2 where the spec calls it a usage error)."""
     config = load_config(instance)
+    check_database(config)
     check_migrations(config)
 
     async def main() -> T:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mail_proxy.errors import ConfigurationError, InstanceError
 from mail_proxy.instance import paths
+from mail_proxy.instance.database import create_database
 from mail_proxy.instance.keyring import copy_key_file, create_key_file
 
 DEFAULT_NAME = "mail-proxy"
@@ -456,6 +457,7 @@ def _fill_folder(folder: Path, name: str, host: str, port: int | None, db_url: s
         paths.write_private(folder / "api_token", new_admin_token() + "\n")
         if password:
             paths.write_private(folder / "db_password", password + "\n")
+        create_database(db_url)  # from now on, a missing SQLite file is an error
         # config.toml last: its presence is what makes the folder an instance
         write_toml(folder, {"name": name, "host": host, "port": port, "db_url": db_url,
                             "log_level": "info", "log_format": "text", "shutdown_timeout": 30,

@@ -35,6 +35,7 @@ from mail_proxy.instance.config import (
     resolve_process_config,
     update_config,
 )
+from mail_proxy.instance.database import check_database
 from mail_proxy.instance.logs import log_path, tail
 from mail_proxy.instance.states import (
     ACTIVE_STATES,
@@ -179,9 +180,12 @@ def _existing(name: str, *, host: str | None, port: int | None, db: str | None,
             hint=f"edit {folder / 'config.toml'} deliberately to move it")
     if supervisor_alive(read_record(folder)):
         return None
+    config = resolve_process_config(name)
+    check_database(config)
     if host is not None or port is not None:
         update_config(folder, host=host, port=port)
-    return resolve_process_config(name)
+        config = resolve_process_config(name)
+    return config
 
 
 def _wait_recorded(folder: Path, proc: subprocess.Popen[bytes], limit: float) -> None:

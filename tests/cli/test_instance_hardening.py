@@ -6,6 +6,7 @@ environment or the umask must differ) with MAIL_PROXY_HOME in a temporary folder
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -333,3 +334,35 @@ def test_status_says_why_message_counts_are_unavailable(cli: Any) -> None:
     assert "unavailable" in line and "file is not a database" in line, line
     doc = json.loads(cli("status", "i1", "--json").out)
     assert doc["messages"] is None and "file is not a database" in doc["messages_error"]
+
+
+# -- a database that went missing is never silently replaced ------------------------------
+
+def test_a_missing_database_is_an_error_not_an_empty_new_one(cli: Any) -> None:
+    create_instance("gone", "127.0.0.1", free_port(), None)
+    db = paths.instance_dir("gone") / "mail_service.db"
+    assert db.is_file()  # made with the instance
+    assert cli("gone", "tenants", "add", "acme", "--name", "ACME", "--no-api-key").code == 0
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    for args in (("gone", "tenants", "list"), ("start", "gone")):
+        r = cli(*args)
+        assert r.code == 3, r.text
+        assert "database of instance 'gone' is missing" in r.err and str(db) in r.err, r.text
+        assert "mail-proxy delete gone" in r.err
+        assert not db.exists()
+    r = run_sub("serve", "gone")
+    no_surprise(r.stderr)
+    assert r.returncode == 2 and "is missing" in r.stderr, r.stderr
+    assert not db.exists()
+    assert cli("delete", "gone", "--force").code == 0
+
+
+def test_environment_configured_databases_are_still_created_on_first_use(
+        cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "fresh.db"
+    monkeypatch.setenv("GMP_DB_URL", f"sqlite://{db}")
+    monkeypatch.setenv("MAIL_PROXY_ENCRYPTION_KEY", base64.b64encode(b"k" * 32).decode())
+    r = cli("tenants", "list")
+    assert r.code == 0, r.text
+    assert db.is_file()

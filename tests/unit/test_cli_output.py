@@ -59,7 +59,7 @@ def test_stale_record_is_shown_stopped() -> None:
                    "supervisor_pid": None, "worker_pid": None, "url": "http://127.0.0.1:18091",
                    "database": doc["database"], "uptime_seconds": None, "restarts": 0,
                    "last_exit_code": None, "version": __version__, "server": None,
-                   "messages": None}
+                   "messages": {}}
 
 
 def test_errors_are_one_line_with_documented_exit_codes() -> None:
