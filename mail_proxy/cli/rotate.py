@@ -47,7 +47,7 @@ def rotate_key(ctx: typer.Context,
                no_reencrypt: Annotated[bool, typer.Option(
                    "--no-reencrypt", help="With --promote: only reorder this ring.")] = False
                ) -> int:
-    """Rotate the encryption key ring (data.md §4.4)."""
+    """Rotate the encryption key ring: new primary key, re-encrypt every secret."""
     from mail_proxy.cli.database import load_config
     from mail_proxy.cli.dataview import can_prompt
     from mail_proxy.security.crypto import KeyRing, generate_key

@@ -31,10 +31,14 @@ def serve(name: Annotated[str | None, typer.Argument(
     from mail_proxy.instance.states import read_record, supervisor_alive
 
     config = resolve_process_config(name, host=host, port=port)
+    supervised = False
     if config.folder is not None:
         record = read_record(config.folder)
-        if supervisor_alive(record) and not _own_supervisor(record):
-            abort(f"instance '{config.name}' is running under its supervisor",
+        supervised = _own_supervisor(record)
+        if supervisor_alive(record) and not supervised:
+            running = "in the foreground (mail-proxy serve)" if (record or {}).get(
+                "foreground") else "under its supervisor"
+            abort(f"instance '{config.name}' is running {running}",
                   hint=f"stop it first: mail-proxy stop {config.name}")
     check_key_ring(config.folder)
     try:
@@ -43,7 +47,16 @@ def serve(name: Annotated[str | None, typer.Argument(
         if exc.name != "mail_proxy.server":
             raise
         abort("the worker (mail_proxy.server) is not available in this build")
-    return run_worker(config)
+    if config.folder is None or supervised:
+        return run_worker(config)
+    from mail_proxy.instance.foreground import recorded_as_running
+
+    with recorded_as_running(config) as run:
+        if run is None:
+            abort(f"instance '{config.name}' is being started or run by another process",
+                  hint=f"mail-proxy status {config.name}")
+        run.exit_code = run_worker(config)
+        return run.exit_code
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,7 @@ reads off the hot path.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from mail_proxy.delivery.ratelimit import Limits
 from mail_proxy.delivery.smtp import SmtpTarget
 
 CONFIG_TTL = 5.0
+log = logging.getLogger("mail_proxy.delivery")
 
 
 @dataclass
@@ -53,6 +55,7 @@ class AccountConfigs:
         # Counts the throttles met per account, so that a send can tell whether one began
         # after it started (pipelined transactions overlap: see Sender._send).
         self._throttle_epochs: dict[tuple[str, str], int] = {}
+        self._secret_errors_logged: set[object] = set()
 
     async def get(self, tenant_id: str, account_id: str, *,
                   fresh: bool = False) -> AccountConfig | None:
@@ -78,6 +81,8 @@ class AccountConfigs:
         return self._cache.get(key)
 
     def forget(self, tenant_id: str | None = None, account_id: str | None = None) -> None:
+        if tenant_id is None:  # a reload: a key still missing after it is worth a new line
+            self._secret_errors_logged.clear()
         for store in (self._stamps, self._local_throttle):
             for key in list(store):
                 if tenant_id is None or (key[0] == tenant_id and account_id in (None, key[1])):
@@ -96,6 +101,17 @@ class AccountConfigs:
             config.throttle_level = level
             config.throttle_until = until
 
+    def _log_once(self, row: dict[str, Any], exc: Exception) -> None:
+        # Every send of the account fails the same way until the ring is fixed: one line per
+        # missing key (or per account for other decryption errors), not one per message.
+        what = getattr(exc, "kid", None) or (row["tenant_id"], row["id"])
+        if what in self._secret_errors_logged:
+            return
+        self._secret_errors_logged.add(what)
+        log.error("the SMTP password of account %s/%s cannot be decrypted: %s; its sends are "
+                  "deferred (secret_unavailable) until it can", row["tenant_id"], row["id"],
+                  exc)
+
     def _build(self, row: dict[str, Any]) -> AccountConfig:
         settings = self.core.settings
         password, secret_error = row["password"], None
@@ -104,6 +120,7 @@ class AccountConfigs:
                 password = self.core.keyring.decrypt(password)
             except Exception as exc:  # a kid missing from the ring: sends fail transiently
                 password, secret_error = None, str(exc)
+                self._log_once(row, exc)
         target = None if secret_error else SmtpTarget(
             tenant_id=row["tenant_id"], account_id=row["id"], host=row["host"],
             port=int(row["port"]), user=row["username"], password=password,

@@ -326,6 +326,18 @@ def _read_secret(path: Path) -> str | None:
     return value or None
 
 
+MIN_ADMIN_TOKEN = 24  # security.md: a guessable admin token opens every tenant's data
+
+
+def _short_token(name: str, length: int, *, from_env: bool) -> ConfigurationError:
+    where = "GMP_API_TOKEN" if from_env else "the api_token file"
+    hint = ("set a longer GMP_API_TOKEN, e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'" if from_env
+            else f"mail-proxy {name} token --regenerate")
+    return ConfigurationError(f"the admin token in {where} has {length} characters: at least "
+                              f"{MIN_ADMIN_TOKEN} are needed", hint=hint)
+
+
 def resolve_process_config(name: str | None, *, host: str | None = None,
                            port: int | None = None, need_token: bool = True) -> ProcessConfig:
     """The configuration a worker for ``name`` would run with (settings.md §3)."""
@@ -358,7 +370,13 @@ def resolve_process_config(name: str | None, *, host: str | None = None,
     token = os.environ.get("GMP_API_TOKEN") or (
         _read_secret(folder / "api_token") if folder else None)
     if not token and need_token:
+        if folder is not None:
+            raise ConfigurationError(f"no admin token: {folder / 'api_token'} is empty or "
+                                     "missing, and GMP_API_TOKEN is not set",
+                                     hint=f"mail-proxy {name} token --regenerate")
         raise ConfigurationError("no admin token: set GMP_API_TOKEN")
+    if token and need_token and len(token) < MIN_ADMIN_TOKEN:
+        raise _short_token(name, len(token), from_env=bool(os.environ.get("GMP_API_TOKEN")))
     password = (_read_secret(folder / "db_password") if folder else None) or \
         os.environ.get("PGPASSWORD") or None
     cache_env = os.environ.get("GMP_CACHE_DIR")

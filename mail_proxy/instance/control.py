@@ -360,6 +360,15 @@ def stop_all(*, timeout: float | None, force: bool, out: Say, err: Say) -> int:
 
 def restart(name: str, *, timeout: float | None = None, force: bool = False,
             wait: float = 15.0, out: Say, err: Say) -> int:
+    record = read_record(paths.existing_instance(name))
+    if record and record.get("foreground") and supervisor_alive(record):
+        # Stopping would work, but the start would put a daemon where systemd (or whatever
+        # ran `serve`) expects its own process: the restart belongs to that manager.
+        raise OperationFailed(
+            f"instance '{name}' runs in the foreground (mail-proxy serve, pid "
+            f"{record.get('supervisor_pid')})",
+            hint="restart it where it was started (e.g. systemctl restart mail-proxy@"
+                 f"{name}), or mail-proxy stop {name} and mail-proxy start {name}")
     stop(name, timeout=timeout, force=force, out=lambda _line: None, err=err)
     return start(name, wait=wait, out=out, err=err)
 

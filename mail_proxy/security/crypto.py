@@ -79,7 +79,8 @@ class SecretUnavailable(DecryptError):
             text = ("no key of the ring decrypts this legacy ENC: value; add the key that "
                     "wrote it to encryption.key")
         else:
-            text = f"key {kid} is not in the key ring; copy it into encryption.key"
+            text = (f"key {kid} is not in the key ring; copy it into encryption.key "
+                    "(a running worker reads the file again on restart or SIGHUP)")
         super().__init__(text)
         self.kid = kid
 

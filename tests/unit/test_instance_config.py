@@ -87,6 +87,10 @@ def test_environment_only_instance(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     with pytest.raises(ConfigurationError, match="no admin token: set GMP_API_TOKEN"):
         resolve_process_config(None)
     monkeypatch.setenv("GMP_API_TOKEN", "t0ken")
+    with pytest.raises(ConfigurationError, match="has 5 characters: at least 24"):
+        resolve_process_config(None)
+    assert resolve_process_config(None, need_token=False).api_token == "t0ken"
+    monkeypatch.setenv("GMP_API_TOKEN", "t" * 24)
     config = resolve_process_config(None)
     assert (config.name, config.folder, config.db_url, config.port) == (
         "mail-proxy", None, f"sqlite://{tmp_path}/x.db", 8000)
@@ -119,3 +123,17 @@ def test_current_file(monkeypatch: pytest.MonkeyPatch) -> None:
     paths.write_current(None, None)
     assert not (paths.home() / ".current").exists()
     assert os.environ["MAIL_PROXY_HOME"] == str(paths.home())
+
+
+def test_a_short_or_missing_admin_token_file_is_refused_with_the_way_out() -> None:
+    create_instance("tok", "127.0.0.1", 18086, None)
+    token_file = paths.instance_dir("tok") / "api_token"
+    token_file.write_text("short\n")
+    with pytest.raises(ConfigurationError, match="has 5 characters") as info:
+        resolve_process_config("tok")
+    assert info.value.hint == "mail-proxy tok token --regenerate"
+    token_file.write_text("")
+    with pytest.raises(ConfigurationError, match="api_token is empty or missing") as info:
+        resolve_process_config("tok")
+    assert info.value.hint == "mail-proxy tok token --regenerate"
+    assert resolve_process_config("tok", need_token=False).name == "tok"
