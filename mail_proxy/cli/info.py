@@ -63,6 +63,8 @@ def stats(instance: str | None, json_output: bool) -> None:
                 "tenants": {tid: {"messages": counts, "pending_events": pending.get(tid, 0)}
                             for tid, counts in per_tenant.items()},
                 "oldest_queued_age_seconds": stamp - int(oldest) if oldest else None,
+                "sent_last_hour": int(await store.fetch_value("sent_since",
+                                                              since=stamp - 3600) or 0),
                 "send_log_last_hour": sent_last_hour}
 
     doc = with_core(instance, run)
@@ -75,7 +77,9 @@ def stats(instance: str | None, json_output: bool) -> None:
     table(["TENANT", *(st.upper() for st in STATUSES), "EVENTS WAITING"], rows)
     out()
     out(f"oldest queued message: {age(doc['oldest_queued_age_seconds'])}")
-    out(f"sent in the last hour: {doc['send_log_last_hour']}")
+    out(f"sent in the last hour: {doc['sent_last_hour']}")
+    # send_log only holds the reservations of rate-limited accounts and tenants
+    out(f"rate-limit reservations in the last hour: {doc['send_log_last_hour']}")
 
 
 def run_now(instance: str | None, tenant: str | None) -> None:

@@ -28,3 +28,32 @@ def test_info_stats_suspension(cli: Any, tenant: str) -> None:
     assert (r.code, r.err.splitlines()[0]) == (3, "error: instance 'main' is not running")
     r = cli("main", "acme", "run-now")
     assert r.code == 3
+
+
+def test_stats_counts_messages_sent_in_the_last_hour(cli: Any, tenant: str,
+                                                      instance: Any) -> None:
+    import asyncio
+    import sqlite3
+    import time
+
+    from mail_proxy.manager.core import Core
+    from mail_proxy.security.crypto import KeyRing
+    from tests.support import factories
+
+    async def fill() -> None:
+        core = await Core.open(instance.db_url, KeyRing.load(instance.folder))
+        try:
+            await factories.account(core, 2525)
+            await factories.enqueue(core, *(factories.message(i) for i in range(4)))
+        finally:
+            await core.close()
+
+    asyncio.run(fill())
+    now = int(time.time())
+    with sqlite3.connect(instance.db_url[len("sqlite://"):]) as db:  # no limits: no send_log
+        db.execute("UPDATE messages SET status = 'sent', sent_at = ? WHERE id IN ('m-0', 'm-1',"
+                   " 'm-2')", (now - 60,))
+        db.execute("UPDATE messages SET sent_at = ? WHERE id = 'm-2'", (now - 7200,))
+    doc = json.loads(cli("main", "stats", "--json").out)
+    assert (doc["sent_last_hour"], doc["send_log_last_hour"]) == (2, 0)
+    assert "sent in the last hour: 2\n" in cli("main", "stats").out

@@ -164,6 +164,9 @@ UPDATE accounts SET throttle_level = max(throttle_level - 1, 0), updated_at = :n
 -- name: queue_gauges
 SELECT status, count(*) AS n FROM messages GROUP BY status;
 
+-- name: sent_since
+SELECT count(*) AS n FROM messages WHERE status = 'sent' AND sent_at > :since;
+
 -- name: oldest_queued
 SELECT min(created_at) AS oldest FROM messages WHERE status = 'queued';
 
