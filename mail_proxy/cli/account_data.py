@@ -9,7 +9,10 @@ from typing import Any
 from mail_proxy.cli.application import EXIT_USAGE, CliExit, err, out, print_json
 from mail_proxy.cli.asking import Asker, confirm_write
 from mail_proxy.cli.database import FLAG_NAMES, Session, logged, with_core
-from mail_proxy.cli.dataview import record_table, secret_value
+from mail_proxy.cli.dataview import one_of, record_table, secret_value
+
+TLS_MODES = ("tls", "starttls", "none")
+LIMIT_BEHAVIORS = ("defer", "reject")
 
 FLAG_NAMES.update({
     "host": "--host", "port": "--port", "tls_mode": "--tls-mode", "user": "--user",
@@ -49,8 +52,14 @@ class AccountFlags:
     imap_tls: bool | None = None
 
     def read_stdin_secrets(self) -> None:
+        self.check_words()
         self.password = secret_value(self.password, "--password")
         self.imap_password = secret_value(self.imap_password, "--imap-password")
+
+    def check_words(self) -> None:
+        """The closed-set flags: a word outside the set is exit 2 (empty clears the field)."""
+        one_of(self.tls_mode or None, "--tls-mode", TLS_MODES)
+        one_of(self.limit_behavior or None, "--limit-behavior", LIMIT_BEHAVIORS)
 
     def body(self) -> dict[str, Any]:
         """API fields of the given flags; 0 limits mean unlimited (null), '' clears."""
@@ -96,7 +105,7 @@ def _ask(f: AccountFlags, account_id: str | None, asker: Asker, has_default: boo
     f.host = asker.text("SMTP host", f.host, flag="--host", required=True)
     f.port = asker.integer("Port", f.port, flag="--port", default=587, low=1, high=65535)
     f.tls_mode = asker.select("TLS mode", f.tls_mode, flag="--tls-mode",
-                              choices=["tls", "starttls", "none"],
+                              choices=list(TLS_MODES),
                               default="tls" if f.port == 465 else "starttls")
     f.user = asker.text("Username (empty = no authentication)", f.user, flag="--user")
     if f.user:
@@ -112,7 +121,7 @@ def _ask(f: AccountFlags, account_id: str | None, asker: Asker, has_default: boo
                                     flag="--limit-per-day", default=0, low=0)
     if any((f.limit_per_minute, f.limit_per_hour, f.limit_per_day)):
         f.limit_behavior = asker.select("When a limit is reached", f.limit_behavior,
-                                        flag="--limit-behavior", choices=["defer", "reject"],
+                                        flag="--limit-behavior", choices=list(LIMIT_BEHAVIORS),
                                         default="defer")
     f.default = asker.confirm("Make this the tenant's default account?", f.default,
                               default=not has_default)
@@ -207,8 +216,17 @@ def create_account(instance: str | None, tenant: str, account_id: str | None,
     if not json_output:
         out(f"created account '{aid}'")
     if wants_test:
-        return run_test(instance, tenant, aid, to=None, sender=None, timeout=15.0,
-                        json_output=json_output, created=answer if json_output else None)
+        try:
+            return run_test(instance, tenant, aid, to=None, sender=None, timeout=15.0,
+                            json_output=json_output, created=answer if json_output else None)
+        except CliExit as exc:
+            # exit 1 stays (cli.md §7.2: a failed test keeps the account and exits 1), but
+            # the line must say the account exists: a script or a re-run would assume it
+            # was not created and fail with "already exists"
+            where = f"mail-proxy {instance} {tenant} accounts"
+            raise CliExit(exc.code, f"{exc.message}; account '{aid}' was created and kept",
+                          f"fix it with: {where} update {aid} …, then retest with: "
+                          f"{where} test {aid}") from None
     return 0
 
 

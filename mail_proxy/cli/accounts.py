@@ -25,7 +25,8 @@ TlsVerify = Annotated[bool | None, typer.Option(
 CaFile = Annotated[str | None, typer.Option("--tls-ca-file", help="Trust only this CA bundle.")]
 MaxConn = Annotated[int | None, typer.Option("--max-connections", min=1, max=50)]
 BatchSize = Annotated[int | None, typer.Option("--batch-size", min=1, max=1000)]
-Ttl = Annotated[int | None, typer.Option("--ttl", help="Connection lifetime in seconds.")]
+Ttl = Annotated[int | None, typer.Option("--ttl", min=30, max=3600,
+                                         help="Connection lifetime in seconds.")]
 PerMinute = Annotated[int | None, typer.Option("--limit-per-minute", min=0)]
 PerHour = Annotated[int | None, typer.Option("--limit-per-hour", min=0)]
 PerDay = Annotated[int | None, typer.Option("--limit-per-day", min=0)]
@@ -175,7 +176,8 @@ def test_(ctx: typer.Context, account_id: IdArg,
               "--to", help="Also send a short test message to this address.")] = None,
           sender: Annotated[str | None, typer.Option(
               "--from", help="Sender of the test message (default: the account user).")] = None,
-          timeout: Annotated[float, typer.Option("--timeout", help="Seconds per step.")] = 15.0,
+          timeout: Annotated[float, typer.Option("--timeout", min=0.1,
+                                                 help="Seconds per step.")] = 15.0,
           json_output: JsonOpt = False) -> int:
     """Connect as the dispatcher would and report each step."""
     from mail_proxy.cli.account_data import run_test

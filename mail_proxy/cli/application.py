@@ -17,6 +17,12 @@ from typing import Any, NoReturn
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INSTANCE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+def help_settings() -> dict[str, Any]:
+    """``context_settings`` of the three apps: ``-h`` works as ``--help`` everywhere (the
+    sub-commands' contexts inherit it from the app's root context)."""
+    return {"help_option_names": ["-h", "--help"]}
+
+
 class CliExit(Exception):
     """Leave the command with ``code``, after printing ``message`` (and ``hint``) if given."""
 

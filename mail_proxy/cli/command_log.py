@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from mail_proxy.cli.application import AppContext, CliExit, err, out, print_json, table
-from mail_proxy.cli.dataview import cell, local_time, parse_when
+from mail_proxy.cli.dataview import cell, checked_cursor, local_time, parse_when
 
 app = typer.Typer(rich_markup_mode=None, help="The audit log of commands.",
                   no_args_is_help=True, add_completion=False)
@@ -39,6 +39,7 @@ def list_(ctx: typer.Context, tenant: TenantOpt = None, since: SinceOpt = None,
     from mail_proxy.manager import command_log as manager
 
     start, end = parse_when(since, "--since"), parse_when(until, "--until")
+    checked_cursor(cursor, manager.decode_cursor)
     answer = with_core(_instance(ctx), lambda s: manager.list_commands(
         s.core, tenant_id=tenant, since=start, until=end, endpoint=endpoint, limit=limit,
         cursor=cursor))

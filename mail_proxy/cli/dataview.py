@@ -101,6 +101,29 @@ def _typed_secret(flag: str) -> str:
         return ""
 
 
+def one_of(value: str | None, flag: str, choices: tuple[str, ...]) -> None:
+    """A word flag outside its closed set is a malformed value: exit 2 (cli.md §8), checked
+    before anything is read or written, as ``--since yesterday`` is. (The manager's own
+    check would answer exit 1, "validation refused", which scripts read as a refused
+    operation; docs/decisions/cli.md, 2026-11-24.)"""
+    if value is not None and value not in choices:
+        raise CliExit(EXIT_USAGE, f"{flag}: '{value}' is not one of {', '.join(choices)}")
+
+
+def checked_cursor(cursor: str | None, decode: Any) -> str | None:
+    """``--cursor`` must be a ``next_cursor`` of the same list: one that ``decode`` (the
+    manager's decoder) refuses is a malformed value, exit 2."""
+    from mail_proxy.errors import MailProxyError
+
+    if cursor:
+        try:
+            decode(cursor)
+        except MailProxyError:
+            raise CliExit(EXIT_USAGE, f"--cursor: '{cursor}' is not a cursor of this list",
+                          "pass the next_cursor printed by the previous page") from None
+    return cursor
+
+
 def can_prompt(no_input: bool) -> bool:
     return interactive() and not no_input
 

@@ -7,11 +7,12 @@ from typing import Annotated
 import typer
 
 from mail_proxy.cli import command_log, rotate, settings, tenants
-from mail_proxy.cli.application import AppContext, err, out
+from mail_proxy.cli.application import AppContext, err, help_settings, out
 
 app = typer.Typer(rich_markup_mode=None,
                   help="Commands on one instance: mail-proxy [NAME] COMMAND …",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False,
+                  context_settings=help_settings())
 
 
 @app.command("token")

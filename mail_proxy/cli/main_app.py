@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from mail_proxy.cli import completion, context, instances, serve
+from mail_proxy.cli.application import help_settings
 
 EPILOG = (
     "Instance commands: mail-proxy [NAME] info | stats | token | run-now | config | "
@@ -18,7 +19,7 @@ EPILOG = (
 global_app = typer.Typer(rich_markup_mode=None,
     help="mail-proxy: accept e-mail over HTTP, deliver it over pooled SMTP, report back.",
     epilog=EPILOG, no_args_is_help=True, add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]})
+    context_settings=help_settings())
 instances.register(global_app)
 serve.register(global_app)
 context.register(global_app)

@@ -51,10 +51,13 @@ def list_(ctx: typer.Context,
                                 ] = False) -> None:
     """Messages, newest first."""
     from mail_proxy.cli.database import with_core
+    from mail_proxy.cli.dataview import checked_cursor, one_of
     from mail_proxy.manager import messages as manager
 
     if json_output and csv_output:
         raise CliExit(2, "give --json or --csv, not both")
+    one_of(status, "--status", (*manager.STATUSES, "all"))
+    checked_cursor(cursor, manager.decode_cursor)
     instance, tenant = _where(ctx)
     answer = with_core(instance, lambda s: manager.list_messages(
         s.core, tenant_id=tenant, status=status, batch_code=batch, limit=limit,

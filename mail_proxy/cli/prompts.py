@@ -28,12 +28,29 @@ def confirm(message: str, default: bool = True) -> bool:
     return bool(_ask(questionary.confirm(message, default=default)))
 
 
+def with_default(message: str, default: str) -> str:
+    """The question with its default shown: ``Display name (acme)``, or
+    ``Messages per minute (0 = unlimited; default 0)`` when it already ends in a remark."""
+    if not default:
+        return message
+    if message.endswith(")"):
+        return f"{message[:-1]}; default {default})"
+    return f"{message} ({default})"
+
+
 def text(message: str, default: str = "", secret: bool = False) -> str:
+    """One line of text; an empty answer is ``default``.
+
+    The default is shown in the question, never typed into the answer: questionary's own
+    ``default=`` pre-fills the line, so typing a name after it appended to it (``acme`` +
+    ``Acme Corp`` gave ``acmeAcme Corp``) unless the user first erased it.
+    """
     import questionary
 
     question = (questionary.password(message) if secret
-                else questionary.text(message, default=default))
-    return str(_ask(question) or "")
+                else questionary.text(with_default(message, default)))
+    answer = str(_ask(question) or "")
+    return answer if answer.strip() or not default else default
 
 
 def select(message: str, choices: list[str], default: str | None = None) -> str:

@@ -18,16 +18,22 @@ do not edit by hand. The grammar and the behaviour are specified in spec/cli.md.
 """
 
 
-def _walk(command: Any, path: list[str]) -> list[tuple[list[str], Any]]:
-    found = [(path, command)]
+def _walk(command: Any, ctx: Any, path: list[str]) -> list[tuple[list[str], Any]]:
+    """(path, context) of ``command`` and of every sub-command below it.
+
+    Each context is built as a real run builds it: with the command's own
+    ``context_settings`` and its parent context, so inherited settings (``-h, --help``)
+    show in the reference exactly as in ``--help``.
+    """
+    found = [(path, ctx)]
     for name, sub in (getattr(command, "commands", None) or {}).items():
-        found += _walk(sub, [*path, name])
+        child = typer.Context(sub, info_name=name, parent=ctx, **sub.context_settings)
+        found += _walk(sub, child, [*path, name])
     return found
 
 
-def _help(command: Any, prog: str) -> str:
-    ctx = typer.Context(command, info_name=prog)
-    return str(command.get_help(ctx)).rstrip()
+def _help(ctx: Any) -> str:
+    return str(ctx.command.get_help(ctx)).rstrip()
 
 
 def render() -> str:
@@ -39,9 +45,11 @@ def render() -> str:
               ("Tenant commands", tenant_app.app, "mail-proxy NAME TENANT")]
     for title, app, prog in levels:
         sections.append(f"## {title}\n")
-        for path, command in _walk(typer.main.get_command(app), []):
+        root = typer.main.get_command(app)
+        ctx = typer.Context(root, info_name=prog, **root.context_settings)
+        for path, command_ctx in _walk(root, ctx, []):
             name = " ".join([prog, *path])
-            sections.append(f"### `{name}`\n\n```text\n{_help(command, name)}\n```\n")
+            sections.append(f"### `{name}`\n\n```text\n{_help(command_ctx)}\n```\n")
     return "\n".join(sections)
 
 

@@ -90,7 +90,7 @@ def send(ctx: typer.Context,
     obj: AppContext = ctx.obj
     assert obj.tenant is not None
     tenant = obj.tenant
-    prio: Any = int(priority) if priority is not None and priority.isdigit() else priority
+    prio = _priority(priority)
     options = {"to": to, "account_id": account, "priority": prio, "batch_code": batch}
     parsed = _read(files, options, new_id)
     rejected: list[dict[str, Any]] = [
@@ -115,6 +115,19 @@ def send(ctx: typer.Context,
     else:
         _report(parsed, rejected, show_lines=bar is None)
     return 0 if not rejected else 1
+
+
+def _priority(text: str | None) -> int | None:
+    """``--priority`` as the API reads it; a word it does not know is a usage error (exit 2)
+    here, not a rejection of every file (exit 1)."""
+    from mail_proxy.cli.application import EXIT_USAGE, CliExit
+    from mail_proxy.manager.priority import parse_priority
+
+    try:
+        return parse_priority(text)
+    except ValueError:
+        raise CliExit(EXIT_USAGE, f"--priority: '{text}' is not a priority",
+                      "use 0-3 or immediate, high, medium, low") from None
 
 
 def _report(parsed: list[tuple[Path, dict[str, Any] | None, str | None]],

@@ -7,10 +7,12 @@ from typing import Annotated
 import typer
 
 from mail_proxy.cli import accounts, messages, send, suppressions
+from mail_proxy.cli.application import help_settings
 
 app = typer.Typer(rich_markup_mode=None,
                   help="Commands on one tenant: mail-proxy [NAME] [TENANT] COMMAND …",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False,
+                  context_settings=help_settings())
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 BatchOpt = Annotated[str | None, typer.Option("--batch", help="Only this batch code.")]
 

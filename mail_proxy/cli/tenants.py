@@ -58,7 +58,7 @@ def list_(ctx: typer.Context,
         print_json(doc)
         return
     if not doc["tenants"]:
-        err("no tenants yet; add one with: mail-proxy NAME tenants add")
+        err(f"no tenants yet; add one with: mail-proxy {_instance(ctx)} tenants add")
         return
     table(["ID", "NAME", "ACTIVE", "BASE URL", "ACCOUNTS", "QUEUED", "API KEY"],
           [[t["id"], cell(t["name"]), cell(t["active"]), cell(t["client_base_url"]),

@@ -116,3 +116,34 @@ def test_accounts_add_hidden_password_and_ctrl_c(instance: ProcessConfig, cli: A
     assert child.exitstatus == 130 or child.signalstatus is not None
     assert [a["id"] for a in run_json("main", "acme", "accounts", "list")["accounts"]] == [
         "smtp1"]
+
+
+def test_defaults_are_shown_not_pre_typed(instance: ProcessConfig, cli: Any) -> None:
+    """Typing an answer replaces the default: it used to be pre-filled as editable text, so
+    typing a name appended to the id (``tty1TTY One``) and a port to 587 (``5872525``)."""
+    child = spawn("main", "tenants", "add", "--base-url", "", "--no-api-key", "--yes")
+    child.expect("Tenant id")
+    child.sendline("tty1")
+    child.expect_exact("Display name (tty1)")
+    child.sendline("TTY One")
+    child.expect("created tenant 'tty1'")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert run_json("main", "tenants", "show", "tty1")["tenant"]["name"] == "TTY One"
+
+    child = spawn("main", "tty1", "accounts", "add", "smtp1", "--host", "smtp.example.com",
+                  "--user", "", "--max-connections", "2", "--limit-per-minute", "0",
+                  "--limit-per-hour", "0", "--no-default", "--no-test", "--yes")
+    child.expect_exact("Port (587)")
+    child.sendline("2525")
+    child.expect("TLS mode")
+    child.send("\r")
+    child.expect_exact("Messages per day (0 = unlimited; default 0)")
+    child.sendline("")
+    child.expect("created account 'smtp1'")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    account = run_json("main", "tty1", "accounts", "show", "smtp1")["account"]
+    assert (account["port"], account["limit_per_day"]) == (2525, None)

@@ -112,7 +112,7 @@ def test_messages_list_csv_delete_retry(cli: Any, tenant: str, tmp_path: Path) -
                           cursor, "--json").out)
     assert [m["id"] for m in rest["messages"]] == [ids[0]] and rest["next_cursor"] is None
     r = cli("main", "acme", "messages", "list", "--status", "bogus")
-    assert r.code == 1 and "'status' must be one of" in r.err
+    assert r.code == 2 and "--status: 'bogus' is not one of" in r.err
     r = cli("main", "acme", "messages", "retry", ids[0], "ghost")
     assert r.out.splitlines() == ["retried: 0", "not found: ghost",
                                   f"not retryable: {ids[0]} (message is already queued)"]

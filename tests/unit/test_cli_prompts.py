@@ -1,0 +1,53 @@
+"""``cli.prompts.text``: a default is shown in the question, never pre-typed in the answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mail_proxy.cli import prompts
+
+
+class _Question:
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+
+    def unsafe_ask(self) -> str:
+        return self.answer
+
+
+def _fake_questionary(monkeypatch: pytest.MonkeyPatch, answer: str) -> list[Any]:
+    import questionary
+
+    calls: list[Any] = []
+
+    def text(message: str, **kwargs: Any) -> _Question:
+        calls.append((message, kwargs))
+        return _Question(answer)
+
+    monkeypatch.setattr(questionary, "text", text)
+    return calls
+
+
+@pytest.mark.parametrize(("answer", "expected"), [("", "acme"), ("  ", "acme"),
+                                                  ("Acme Corp", "Acme Corp")])
+def test_text_shows_the_default_and_takes_it_on_empty(monkeypatch: pytest.MonkeyPatch,
+                                                      answer: str, expected: str) -> None:
+    calls = _fake_questionary(monkeypatch, answer)
+    assert prompts.text("Display name", default="acme") == expected
+    # no default= keyword: questionary would pre-fill it and a typed name would append
+    assert calls == [("Display name (acme)", {})]
+
+
+def test_text_without_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_questionary(monkeypatch, "")
+    assert prompts.text("Username (empty = no authentication)") == ""
+    assert calls == [("Username (empty = no authentication)", {})]
+
+
+def test_with_default_joins_a_remark() -> None:
+    assert prompts.with_default("Port", "587") == "Port (587)"
+    assert prompts.with_default("Messages per hour (0 = unlimited)", "0") == (
+        "Messages per hour (0 = unlimited; default 0)")
+    assert prompts.with_default("Sync path", "") == "Sync path"
