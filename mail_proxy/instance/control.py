@@ -36,7 +36,7 @@ from mail_proxy.instance.config import (
     update_config,
 )
 from mail_proxy.instance.database import check_database
-from mail_proxy.instance.logs import log_path, tail
+from mail_proxy.instance.logs import log_path
 from mail_proxy.instance.states import (
     ACTIVE_STATES,
     STATE_FILE,
@@ -53,6 +53,7 @@ Say = Callable[[str], None]
 POLL = 0.1
 LOCK_LOST_EXIT = 1  # a supervisor that finds supervisor.lock taken exits 1 (also FATAL)
 LOCK_GRACE = 1.0  # how long the lock holder may take to record itself
+NO_WAIT_GRACE = 2.0  # --wait 0 still lets the supervisor record itself (status shows it)
 
 
 class OperationFailed(MailProxyError):
@@ -114,6 +115,7 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
     config = _create(name, host=host, port=port, db=db, key_file=key_file, out=out)
     created = config is not None
     proc = None
+    log_start = _log_size(folder)
     with _start_lock(folder):
         # one `start` at a time per instance: a second one waits here, then finds the
         # supervisor the first one launched (two preflights on a new SQLite file collide)
@@ -125,7 +127,7 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
             _preflight(name, folder, config, created)
             if not foreground:
                 proc = launch_supervisor(name, folder)
-                _wait_recorded(folder, proc, wait)
+                _wait_recorded(folder, proc, wait or NO_WAIT_GRACE)
     if config is None:  # already running (alive, cli.md §9.4): its URL, exit 0
         out(running_line(name, resolve_process_config(name, need_token=False),
                          read_record(folder)))
@@ -139,7 +141,34 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
             out(running_line(name, config, other))
             return 0
         return code
-    return _await_ready(name, folder, config, proc, wait, out=out, err=err)
+    if wait == 0 and proc is not None and proc.poll() is None:
+        # --wait 0: launched, not waited for (cli.md: --wait takes seconds from 0 upward)
+        out(f"mail-proxy '{name}' is starting at {config.url} (supervisor pid {proc.pid}); "
+            f"mail-proxy status {name} tells when it runs")
+        return 0
+    return _await_ready(name, folder, config, proc, wait, log_start, out=out, err=err)
+
+
+def _log_size(folder: Path) -> int:
+    try:
+        return log_path(folder, supervisor=True).stat().st_size
+    except OSError:
+        return 0
+
+
+def _log_since(folder: Path, offset: int, lines: int) -> list[str]:
+    """The last ``lines`` lines the supervisor log gained since ``offset``: a failed start
+    shows what this start wrote, not the end of an earlier run."""
+    path = log_path(folder, supervisor=True)
+    try:
+        with path.open("rb") as fh:
+            if fh.seek(0, os.SEEK_END) < offset:
+                offset = 0  # rotated meanwhile
+            fh.seek(offset)
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return text.splitlines()[-lines:]
 
 
 def _create(name: str, *, host: str | None, port: int | None, db: str | None,
@@ -238,8 +267,8 @@ def _other_supervisor(folder: Path, not_pid: int) -> dict | None:
 
 
 def _await_ready(name: str, folder: Path, config: ProcessConfig,
-                 proc: subprocess.Popen[bytes] | None, wait: float, *, out: Say,
-                 err: Say) -> int:
+                 proc: subprocess.Popen[bytes] | None, wait: float, log_start: int = 0, *,
+                 out: Say, err: Say) -> int:
     """Wait for the supervisor we launched (``proc``) or, when it lost supervisor.lock to a
     concurrent ``start``, for the live supervisor that holds it."""
     deadline = time.monotonic() + wait
@@ -257,7 +286,7 @@ def _await_ready(name: str, folder: Path, config: ProcessConfig,
         elif proc is None and not supervisor_alive(record):
             break  # the other supervisor is gone too
         time.sleep(0.2)
-    for line in tail(log_path(folder, supervisor=True), 20):
+    for line in _log_since(folder, log_start, 20):
         err(line)
     if (proc is not None and proc.poll() is None) or supervisor_alive(read_record(folder)):
         raise OperationFailed(f"mail-proxy '{name}' did not answer /health within {wait:g}s "

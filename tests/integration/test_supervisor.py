@@ -115,6 +115,30 @@ def test_always_crashing_worker_becomes_fatal(
     assert (row["state"], row["stale"]) == ("FATAL", False)
 
 
+def test_a_failed_start_shows_only_what_this_start_logged(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    r = run_cli("start", "demo", "--port", str(free_port()), "--wait", "5", worker="crash")
+    assert r.returncode == 1
+    log = paths.instance_dir("demo") / "logs" / "supervisor.log"
+    with log.open("a") as fh:
+        fh.write("OLD RUN: state STOPPED\n")
+    r = run_cli("start", "demo", "--wait", "5", worker="crash")
+    assert r.returncode == 1 and "stub: crashing" in r.stderr
+    assert "OLD RUN" not in r.stderr, r.stderr
+
+
+def test_wait_zero_launches_without_waiting(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    r = run_cli("start", "demo", "--port", str(free_port()), "--wait", "0")
+    assert r.returncode == 0, r.stderr
+    assert "'demo' is starting at http://127.0.0.1:" in r.stdout, r.stdout
+    wait_for(lambda: record().get("state") == "RUNNING")
+    r = run_cli("restart", "demo", "--wait", "0")
+    assert r.returncode == 0 and "is starting" in r.stdout, r.stderr
+    wait_for(lambda: record().get("state") == "RUNNING")
+    assert run_cli("stop", "demo").returncode == 0
+
+
 def test_killed_supervisor_leaves_a_stale_record(
         run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     port = free_port()
