@@ -56,6 +56,9 @@ def current(export: Annotated[bool, typer.Option(
     if instance is None:
         out("no context set")
         return
+    if isource == "GMP_INSTANCE" and instance not in world.instances:
+        abort(f"instance '{instance}' (from GMP_INSTANCE) not found", EXIT_INSTANCE,
+              "mail-proxy list shows the instances")
     labels = {"only": "the only instance", "environment": "GMP_DB_URL/GMP_DB_PATH"}
     text = instance + (f"/{tenant}" if tenant else "")
     where = f"instance: {labels.get(isource or '', isource)}"

@@ -57,6 +57,10 @@ def context_instance(world: World) -> tuple[str | None, str | None]:
         return named, "GMP_INSTANCE"
     if env.get("GMP_DB_URL") or env.get("GMP_DB_PATH"):
         return named or ENV_INSTANCE_DEFAULT, "environment"
+    if named:
+        # cli.md §1.1 would fall through to .current: a mistyped GMP_INSTANCE then ran the
+        # command on another instance. It is named, so its absence is the error.
+        return named, "GMP_INSTANCE"
     current = world.current[0]
     if current and current in world.instances:
         return current, ".current"
@@ -86,6 +90,9 @@ def resolve_argv(argv: list[str], world: World) -> Route:
     else:
         is_word = first in INSTANCE_WORDS or first in TENANT_WORDS
         instance, source = context_instance(world)
+        if source == "GMP_INSTANCE" and instance not in world.instances:
+            raise GrammarError(f"instance '{instance}' (from GMP_INSTANCE) not found", 3,
+                               "mail-proxy list shows the instances")
         if instance is None:
             if is_word:
                 raise GrammarError("no instance given and no context set", 3,

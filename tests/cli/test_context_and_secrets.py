@@ -68,6 +68,19 @@ def test_a_context_tenant_that_does_not_exist_is_an_error(
     assert cli("main", "messages", "list").code == 0
 
 
+def test_a_mistyped_gmp_instance_never_falls_back_to_another_instance(
+        cli: Any, tenant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli("use", "main/acme").code == 0
+    monkeypatch.setenv("GMP_INSTANCE", "mian")
+    for argv in (["messages", "list"], ["tenants", "list"], ["current"]):
+        r = cli(*argv)
+        assert r.code == 3 and "instance 'mian'" in r.err and "not found" in r.err, (argv,
+                                                                                    r.text)
+        assert r.out == "", argv
+    monkeypatch.setenv("GMP_INSTANCE", "main")
+    assert cli("messages", "list").code == 0
+
+
 def test_a_tenant_deleted_after_use_is_not_an_empty_queue(cli: Any, tenant: str) -> None:
     assert cli("use", "main/acme").code == 0
     assert cli("messages", "list").code == 0

@@ -87,9 +87,11 @@ def test_context_instance_from_gmp_instance() -> None:
     assert r.notice == "(other)"
 
 
-def test_gmp_instance_naming_no_folder_is_ignored() -> None:
-    r = resolve_argv(["info"], world(env={"GMP_INSTANCE": "nope"}, current=("main", None)))
-    assert (r.instance, r.instance_source) == ("main", ".current")
+def test_gmp_instance_naming_no_folder_is_not_replaced_by_another_instance() -> None:
+    # cli.md §1.1 falls through to .current; a mistyped name must not run the command on
+    # another instance (docs/decisions/cli.md): the named one is used, and is not found.
+    with pytest.raises(GrammarError, match=r"instance 'nope' \(from GMP_INSTANCE\) not found"):
+        resolve_argv(["info"], world(env={"GMP_INSTANCE": "nope"}, current=("main", None)))
 
 
 def test_environment_instance_when_a_database_variable_is_set() -> None:
