@@ -125,8 +125,10 @@ def _stage(obj: AppContext, folder: Path | None, path: Path, old: Any, key: byte
     out(f"staged key {kid(key)} as a secondary key (it decrypts; it does not encrypt yet)")
     if show:
         out(base64.b64encode(key).decode("ascii"))
-        err("this key is shown once: run `mail-proxy NAME rotate-key --stage-key <it>` on every "
-            f"other instance, then `rotate-key --promote {kid(key)}` on one of them")
+        err("this key is shown once: run `mail-proxy OTHER rotate-key --stage-key <it>` for "
+            "every other instance sharing the database, then `rotate-key --promote "
+            f"{kid(key)}` on one instance and `rotate-key --promote {kid(key)} --no-reencrypt` "
+            "on the others (docs/security.md, Rotation)")
     return 0
 
 
