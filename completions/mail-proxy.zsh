@@ -9,4 +9,7 @@ _mail_proxy() {
         _files
     fi
 }
+# compdef exists only once the completion system is loaded; a ~/.zshrc without compinit
+# would otherwise print "command not found: compdef" at every new shell
+(( $+functions[compdef] )) || { autoload -Uz compinit && compinit -i; }
 compdef _mail_proxy mail-proxy

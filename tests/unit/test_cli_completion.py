@@ -67,3 +67,13 @@ def test_install_is_idempotent(tmp_path: Path) -> None:
     text = (tmp_path / ".bashrc").read_text()
     assert text.count("# >>> mail-proxy completion >>>") == 1
     assert SCRIPTS["bash"] in text
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_script_loads_in_a_zshrc_without_compinit(tmp_path: Path) -> None:
+    # zsh -f: no startup files, so compdef is not defined until the script loads compinit
+    r = subprocess.run(["zsh", "-f", "-c", f"source {ROOT / 'completions' / 'mail-proxy.zsh'}"
+                        " && whence -w _mail_proxy"], capture_output=True, text=True,
+                       env={**os.environ, "HOME": str(tmp_path)}, timeout=30)
+    assert r.returncode == 0 and "command not found" not in r.stderr, r.stderr
+    assert "_mail_proxy: function" in r.stdout
