@@ -70,6 +70,50 @@ def secret_text(*, max_len: int = 1024, min_len: int = 1) -> Check:
     return string(max_len=max_len, min_len=min_len)
 
 
+# --- credentials sent in an HTTP Authorization header ---------------------------------------
+
+def bearer_token_problem(token: str) -> str | None:
+    """Why ``token`` cannot follow ``Bearer`` in an HTTP header, or None when it can.
+
+    The token is sent as is: only visible ASCII (0x21-0x7E) is. httpx refuses anything
+    else when it builds the request (``UnicodeEncodeError``), and a space would end the
+    token (RFC 6750). The message names the position, never the character: it is a secret.
+    """
+    for index, char in enumerate(token):
+        if not "\x21" <= char <= "\x7e":
+            return ("must be visible ASCII characters only (letters, digits and punctuation; "
+                    "no spaces, accented letters or symbols such as '…'): it is sent as is in "
+                    f"the HTTP Authorization header; character {index + 1} is not")
+    return None
+
+
+def basic_user_problem(user: str) -> str | None:
+    """Why ``user`` cannot be the user of HTTP basic authentication, or None.
+
+    ``user:password`` is sent base64-encoded as UTF-8 (RFC 7617), so any text fits; but
+    the receiver splits at the first ':', so a user holding one would arrive cut short.
+    """
+    if ":" in user:
+        return "must not contain ':' (basic authentication separates user and password with it)"
+    return None
+
+
+def bearer_token(value: Any) -> str:
+    text = secret_text(max_len=4096)(value)
+    problem = bearer_token_problem(text)
+    if problem is not None:
+        raise Bad("invalid_value", problem)
+    return text
+
+
+def basic_user(value: Any) -> str:
+    text = string(max_len=256)(value)
+    problem = basic_user_problem(text)
+    if problem is not None:
+        raise Bad("invalid_value", problem)
+    return text
+
+
 def identifier(value: Any) -> str:
     if not isinstance(value, str):
         raise Bad("invalid_type", "must be a string")
@@ -296,10 +340,10 @@ def client_auth(value: Any) -> dict[str, Any]:
     members: dict[str, Check] = {"method": choice("none", "bearer", "basic")}
     required: tuple[str, ...] = ()
     if method == "bearer":
-        members["token"] = secret_text(max_len=4096)
+        members["token"] = bearer_token
         required = ("token",)
     elif method == "basic":
-        members["user"] = string(max_len=256)
+        members["user"] = basic_user
         members["password"] = secret_text(max_len=1024)
         required = ("user", "password")
     try:

@@ -10,6 +10,7 @@ Whatever JSON comes in, the only exception that leaves :func:`validate_message` 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -61,6 +62,10 @@ _HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed in
 _MAX_DEFER_SECONDS = 366 * 86400
 _MAX_HEADERS = 100
 _MAX_ATTACHMENTS = 100
+_MESSAGE_ID_MAX = 250  # messages.md §1.1, as message_ids.normalise applies it
+# "Lee, Ann <ann@example.com>": an unquoted display name with a comma, which splits the text
+# into two addresses ("Lee" and "Ann <ann@example.com>"); the rejection then names "Lee".
+_COMMA_IN_NAME = re.compile(r'\s*([^"\\@<>,]+,[^"\\@<>]*?)\s*(<[^<>@]+@[^<>]+>)\s*')
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,18 @@ class ValidMessage:
     smtp_message_id: str  # with angle brackets, given or generated
     payload: dict[str, Any]  # messages.md §1.3
     has_secrets: bool  # an attachment carries credentials: the caller encrypts them
+
+
+def _shown(value: object) -> str:
+    """A client's value for a reason sentence, spelt as in its JSON (``true``, ``null``,
+    ``1.5``, ``[]``), not as Python prints it (``True``); strings as :func:`quote` does."""
+    if isinstance(value, str):
+        return quote(value)
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):  # an integer too long to print (int_max_str_digits)
+        return json_type(value)
+    return text if len(text) <= 80 else text[:80] + "…"
 
 
 def _reject(code: str, field: str | None, problem: str) -> NoReturn:
@@ -210,6 +227,24 @@ def _content(entry: dict[str, Any]) -> tuple[str, str | None, str]:
     return body or "", html, content_type
 
 
+def _comma_hint(exc: RejectedMessage, entry: dict[str, Any]) -> RejectedMessage:
+    """``exc``, or a copy whose reason explains the usual cause: an unquoted display name
+    holding a comma (the text then reads as two addresses and the first is a bare name)."""
+    rejection = exc.rejection
+    if rejection.code != "invalid_address" or not rejection.field:
+        return exc
+    name, _, rest = rejection.field.partition("[")
+    value = entry.get(name)
+    if isinstance(value, list) and rest.endswith("]") and rest[:-1].isdigit() \
+            and int(rest[:-1]) < len(value):
+        value = value[int(rest[:-1])]
+    found = _COMMA_IN_NAME.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        return exc
+    return RejectedMessage(rejection.code, f'{rejection.reason}; a display name containing a '
+                           f'comma must be quoted: "{found[1]}" {found[2]}', rejection.field)
+
+
 def _return_path(entry: dict[str, Any]) -> str | None:
     value = entry.get("return_path")
     if value is None:
@@ -229,6 +264,14 @@ def _message_id(entry: dict[str, Any], domain: str) -> str:
         _reject("invalid_field", "message_id", f"must be a string, not {json_type(value)}")
     text = message_ids.normalise(value)
     if text is None:
+        stripped = value.strip()
+        # counted as stored: with the angle brackets added when both are missing
+        length = len(stripped) + (0 if stripped.startswith("<") or stripped.endswith(">")
+                                  else 2)
+        if length > _MESSAGE_ID_MAX:
+            _reject("invalid_field", "message_id",
+                    f"is too long: {length} characters with its angle brackets, at most "
+                    f"{_MESSAGE_ID_MAX}")
         _reject("invalid_field", "message_id",
                 f"{quote(value)} is not a Message-ID of the form <left@right>")
     return text
@@ -359,13 +402,16 @@ def validate_message(entry: object, index: int, ctx: ValidationContext, *,
     assert message_id is not None  # required=True
     tenant = _tenant(entry, ctx)
     account_id = _account(entry, tenant)
-    sender = _sender(entry)
-    if get("to") is None:
-        _reject("missing_field", "to", "field is required")
-    to = address_list_field(entry, "to")
-    cc = address_list_field(entry, "cc") if get("cc") is not None else []
-    bcc = address_list_field(entry, "bcc") if get("bcc") is not None else []
-    reply_to = address_list_field(entry, "reply_to") if get("reply_to") is not None else []
+    try:
+        sender = _sender(entry)
+        if get("to") is None:
+            _reject("missing_field", "to", "field is required")
+        to = address_list_field(entry, "to")
+        cc = address_list_field(entry, "cc") if get("cc") is not None else []
+        bcc = address_list_field(entry, "bcc") if get("bcc") is not None else []
+        reply_to = address_list_field(entry, "reply_to") if get("reply_to") is not None else []
+    except RejectedMessage as exc:
+        raise _comma_hint(exc, entry) from None
     if not to:
         _reject("missing_field", "to", "at least one recipient is required")
     recipients = {a.addr_spec.lower(): a for a in to}
@@ -391,7 +437,7 @@ def validate_message(entry: object, index: int, ctx: ValidationContext, *,
                                         ctx.settings.default_priority)
         except ValueError:
             _reject("invalid_priority", "priority",
-                    f"{quote(get('priority'))} is not a priority; use 0-3 or immediate, "
+                    f"{_shown(get('priority'))} is not a priority; use 0-3 or immediate, "
                     "high, medium, low")
     deferred_ts = _deferred_ts(entry, ctx.now) if get("deferred_ts") is not None else None
     batch_code = _batch_code(entry) if get("batch_code") is not None else None

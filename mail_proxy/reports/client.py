@@ -18,6 +18,7 @@ import httpx
 from mail_proxy import __version__
 from mail_proxy.content_encoding import ACCEPT, BodyDecodingError, decoder_for
 from mail_proxy.jsonfast import loads_strict
+from mail_proxy.manager.fields import bearer_token_problem
 from mail_proxy.reports import signing
 
 log = logging.getLogger("mail_proxy.reports")
@@ -55,12 +56,31 @@ def sync_url(tenant: dict[str, Any]) -> str:
     return base + (tenant.get("client_sync_path") or "/mail-proxy/sync")
 
 
+class UnsendableCredential(ValueError):
+    """The tenant's stored ``client_auth`` cannot be put in an HTTP header.
+
+    The API and the CLI refuse such credentials since 2026-11-24; one stored before (a
+    bearer token with "…" in it) makes each call fail like a connection error, with a
+    message that names the field and never the secret.
+    """
+
+
 def auth_headers(auth: dict[str, Any] | None) -> dict[str, str]:
     auth = auth or {}
     if auth.get("method") == "bearer" and auth.get("token"):
-        return {"Authorization": f"Bearer {auth['token']}"}
+        token = str(auth["token"])
+        if bearer_token_problem(token) is not None:
+            raise UnsendableCredential(
+                "client_auth.token cannot be sent in an HTTP header (it must be visible ASCII "
+                "characters only); set the tenant's client_auth again")
+        return {"Authorization": f"Bearer {token}"}
     if auth.get("method") == "basic":
-        raw = f"{auth.get('user') or ''}:{auth.get('password') or ''}".encode()
+        try:
+            raw = f"{auth.get('user') or ''}:{auth.get('password') or ''}".encode()
+        except UnicodeEncodeError:
+            raise UnsendableCredential(
+                "client_auth.user or client_auth.password is not valid Unicode text; set the "
+                "tenant's client_auth again") from None
         return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
     return {}
 
@@ -121,7 +141,11 @@ class ReportClient:
 
     async def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float,
                    label: str) -> CallResult:
-        """One call; ``label`` names the tenant in logs (the URL may hold credentials)."""
+        """One call; ``label`` names the tenant in logs (the URL may hold credentials).
+
+        Never raises (but for cancellation): whatever goes wrong is a failed call with an
+        outcome of metrics.md §5, so that it is counted, logged and backed off like any other.
+        """
         started = time.monotonic()
 
         def done(outcome: str, **kw: Any) -> CallResult:
@@ -136,6 +160,12 @@ class ReportClient:
             return done(CONNECTION_ERROR, detail=f"{type(exc).__name__}: {exc}")
         except OSError as exc:
             return done(CONNECTION_ERROR, detail=str(exc))
+        except Exception as exc:
+            # The call could not be made or completed here (for example a header httpx cannot
+            # encode). Only the type is kept: such messages quote the values involved, and
+            # the headers hold the tenant's credentials.
+            return done(CONNECTION_ERROR,
+                        detail=f"the call could not be made ({type(exc).__name__})")
         if not 200 <= status < 300:
             return done(HTTP_ERROR, status=status, detail=f"HTTP {status}")
         return done(OK, status=status, answer=parse_answer(raw, label))

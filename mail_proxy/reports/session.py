@@ -18,7 +18,14 @@ from typing import Any
 from mail_proxy.errors import NotFound
 from mail_proxy.manager.tenants import tenant_for_reports
 from mail_proxy.reports import ledger
-from mail_proxy.reports.client import CallResult, ReportClient, request_headers, sync_url
+from mail_proxy.reports.client import (
+    CONNECTION_ERROR,
+    CallResult,
+    ReportClient,
+    UnsendableCredential,
+    request_headers,
+    sync_url,
+)
 from mail_proxy.reports.entries import entry_for
 
 log = logging.getLogger("mail_proxy.reports")
@@ -139,12 +146,27 @@ class Turn:
     async def _post(self, tenant: dict[str, Any], events: list[dict[str, Any]]) -> CallResult:
         body = encode_body(events)
         timeout = float(self.core.settings.report_timeout)
-        result = await self.client.post(sync_url(tenant), body, request_headers(tenant, body),
-                                        timeout, tenant["id"])
+        built = False
+        try:
+            headers = request_headers(tenant, body)
+        except UnsendableCredential as exc:
+            # Stored before such credentials were refused: a failed call like any other
+            # (counted, logged once per call, backed off), not an error of the whole turn.
+            result = CallResult(outcome=CONNECTION_ERROR, seconds=0.0, detail=str(exc))
+        except Exception as exc:
+            # The same for anything else that stops the request being built; only the type
+            # is logged, because the values involved are the tenant's secrets.
+            result = CallResult(outcome=CONNECTION_ERROR, seconds=0.0,
+                                detail=f"the request could not be built ({type(exc).__name__})")
+        else:
+            built = True
+            result = await self.client.post(sync_url(tenant), body, headers, timeout,
+                                            tenant["id"])
         if self.metrics is not None:
             self.metrics.reports_total.labels(tenant_id=tenant["id"],
                                               outcome=result.outcome).inc()
-            self.metrics.report_seconds.observe(result.seconds)
+            if built:  # a call that was never made has no duration
+                self.metrics.report_seconds.observe(result.seconds)
         log.debug("report call to tenant %s: %d events, %s", tenant["id"], len(events),
                   result.outcome)
         return result

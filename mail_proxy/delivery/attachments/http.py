@@ -12,20 +12,34 @@ import httpx
 from mail_proxy import content_encoding as decoding
 from mail_proxy.delivery.attachments import guard
 from mail_proxy.delivery.attachments.limits import ItemMeter, permanent, transient
+from mail_proxy.manager.fields import bearer_token_problem
 
 MAX_REDIRECTS = 5
 _REDIRECTS = {301, 302, 303, 307, 308}
 _TRANSIENT_STATUS = {408, 429}
 
 
-def auth_headers(auth: dict[str, Any] | None) -> dict[str, str]:
-    """Authorization header for `{"method": "bearer"|"basic"|"none", ...}`."""
+def auth_headers(auth: dict[str, Any] | None, name: str = "") -> dict[str, str]:
+    """Authorization header for `{"method": "bearer"|"basic"|"none", ...}`.
+
+    A credential stored before enqueue and tenant checks refused what a header cannot carry
+    (a token with "…" in it) fails the attachment permanently with a sentence that never
+    quotes it, instead of escaping as httpx's UnicodeEncodeError, which shows the character.
+    """
     if not auth:
         return {}
     if auth.get("method") == "bearer":
-        return {"Authorization": f"Bearer {auth['token']}"}
+        token = str(auth.get("token") or "")
+        if bearer_token_problem(token) is not None:
+            raise permanent(name, "attachment_error", "the bearer token of its auth cannot be "
+                            "sent in an HTTP header (it must be visible ASCII characters only)")
+        return {"Authorization": f"Bearer {token}"}
     if auth.get("method") == "basic":
-        raw = f"{auth['user']}:{auth['password']}".encode()
+        try:
+            raw = f"{auth['user']}:{auth['password']}".encode()
+        except UnicodeEncodeError:
+            raise permanent(name, "attachment_error", "the user or password of its auth is "
+                            "not valid Unicode text") from None
         return {"Authorization": "Basic " + base64.b64encode(raw).decode("ascii")}
     return {}
 
@@ -63,7 +77,7 @@ class Downloader:
         body = None if post_path is None else json.dumps({"storage_path": post_path}).encode()
         origin = _origin(target)
         for _ in range(MAX_REDIRECTS + 1):
-            extra = auth_headers(auth) if _origin(target) == origin else {}
+            extra = auth_headers(auth, name) if _origin(target) == origin else {}
             check = _origin(target) != exempt_origin
             response = await self._send(target, method, body, extra, name=name, check=check,
                                         allow_private=allow_private)

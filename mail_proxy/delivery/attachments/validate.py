@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from mail_proxy.delivery.attachments import modes
 from mail_proxy.delivery.attachments.markers import clean_filename, is_md5_hex
 from mail_proxy.errors import RejectedMessage
+from mail_proxy.manager.fields import basic_user_problem, bearer_token_problem
 
 MAX_ATTACHMENTS = 100
 _KEYS = {"filename", "storage_path", "fetch_mode", "mime_type", "content_md5", "content_id", "auth"}
@@ -197,4 +198,13 @@ def _auth(value: object, where: str, label: str) -> dict[str, str] | None:
         if not isinstance(value.get(key), str) or not value[key]:
             raise _bad("invalid_attachment", f"{where}.{key}",
                        f"{label}: 'auth.{key}' is required for method {value['method']}")
+    # What goes into the Authorization header must be sendable there (never quoted: secrets).
+    if value["method"] == "bearer":
+        problem = bearer_token_problem(value["token"])
+        if problem is not None:
+            raise _bad("invalid_attachment", f"{where}.token", f"{label}: 'auth.token' {problem}")
+    elif value["method"] == "basic":
+        problem = basic_user_problem(value["user"])
+        if problem is not None:
+            raise _bad("invalid_attachment", f"{where}.user", f"{label}: 'auth.user' {problem}")
     return {"method": value["method"], **{k: value[k] for k in needed}}
