@@ -7,6 +7,7 @@ change at once so that a bad key never leaves half a change behind.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -256,7 +257,9 @@ def normalise_setting(name: str, value: Any) -> Any:
             raise _Bad("invalid_value", "must be a list of at most 100 absolute directories")
         for item in value:
             if not isinstance(item, str) or not item.startswith("/") or "\x00" in item:
-                raise _Bad("invalid_value", f"{item!r} is not an absolute path")
+                # JSON spelling (true, null, 5), as the request wrote it, not Python's repr
+                shown = json.dumps(item, ensure_ascii=False)
+                raise _Bad("invalid_value", f"{shown} is not an absolute path")
         return list(value)
     if not isinstance(value, str):
         raise _Bad("invalid_type", "must be a string")

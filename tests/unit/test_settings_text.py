@@ -25,3 +25,13 @@ def test_a_patch_names_the_setting() -> None:
     with pytest.raises(ValidationFailed) as caught:
         validate_changes({}, {"bounce_return_path": "b@acme.test\n"})
     assert [f.field for f in caught.value.fields] == ["bounce_return_path"]
+
+
+@pytest.mark.parametrize(("item", "shown"), [(True, "true"), (None, "null"), (5, "5"),
+                                             ("rel/dir", '"rel/dir"')])
+def test_a_bad_attachment_root_is_quoted_as_json(item: object, shown: str) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        validate_changes({}, {"attachment_roots": ["/ok", item]})
+    [problem] = caught.value.fields
+    assert problem.field == "attachment_roots"
+    assert problem.message == f"{shown} is not an absolute path"
