@@ -11,6 +11,7 @@ from mail_proxy.api.request import api_state, json_object, principal, scalar, te
 from mail_proxy.api.state import ApiState
 from mail_proxy.manager import enqueue, tenants
 from mail_proxy.manager import messages as manager
+from mail_proxy.manager.enqueue import collector_paused
 
 
 async def _command(request: Request, *, tenant_required: bool = True
@@ -25,6 +26,22 @@ async def _command(request: Request, *, tenant_required: bool = True
 
 
 async def add_messages(request: Request) -> Response:
+    # The collector stays off from parsing to the answer, and comes back on only once the
+    # batch's objects are freed: its count of young objects is then back where it was, so
+    # no collection rescans them. Pausing each stage alone (enqueue.collector_paused) let a
+    # collection run between stages over everything still alive: 10-12 % of a 1,000-message
+    # request, measured in-process (docs/performance.md).
+    with collector_paused(_declared_kib(request)):
+        response = await _add_messages(request)
+    return response
+
+
+def _declared_kib(request: Request) -> int:
+    length = request.headers.get("content-length", "")
+    return int(length) // 1024 if length.isdigit() and len(length) < 16 else 0
+
+
+async def _add_messages(request: Request) -> Response:
     state = api_state(request)
     who = await principal(request)
     body = await json_object(request)
