@@ -43,16 +43,29 @@ class Reservation:
     reject: bool = False            # refused by an account with limit_behavior = reject
 
 
+def _since(now: int, window: int) -> int:
+    """Entries with ``sent_at`` above this count in ``window``.
+
+    Times are whole seconds: an entry stamped s was taken during [s, s+1), and ``now`` is
+    somewhere in [now, now+1). delivery.md §6.1 counts ``sent_at > now - W``, which frees an
+    entry up to a second before W has really passed; a burst that straddled a second could
+    then be followed by a full second burst 59 s later (91 sends within 60 s at a limit of
+    50, measured). Counting ``sent_at >= now - W`` keeps every entry for at least W seconds
+    (at most W + 1): limits are never exceeded, and a slot frees at s + W + 1.
+    """
+    return now - window - 1
+
+
 async def _counts(db: Any, tenant_id: str, account_id: str, limits: Limits,
                   now: int) -> list[tuple[str, int, int, int]]:
     """(scope, window, limit, count) for every configured window."""
     out = []
     for window, limit in limits.tenant:
-        n = await db.fetch_value("send_log_count_tenant", tenant_id=tenant_id, since=now - window)
+        n = await db.fetch_value("send_log_count_tenant", tenant_id=tenant_id, since=_since(now, window))
         out.append(("tenant", window, limit, int(n or 0)))
     for window, limit in limits.account:
         n = await db.fetch_value("send_log_count_account", tenant_id=tenant_id,
-                                 account_id=account_id, since=now - window)
+                                 account_id=account_id, since=_since(now, window))
         out.append(("account", window, limit, int(n or 0)))
     return out
 
@@ -62,11 +75,11 @@ async def _free_at(db: Any, tenant_id: str, account_id: str, scope: str, window:
     """A slot frees when the L-th most recent entry leaves the window (delivery.md §6.4)."""
     if scope == "tenant":
         at = await db.fetch_value("send_log_nth_tenant", tenant_id=tenant_id,
-                                  since=now - window, offset=limit - 1)
+                                  since=_since(now, window), offset=limit - 1)
     else:
         at = await db.fetch_value("send_log_nth_account", tenant_id=tenant_id,
-                                  account_id=account_id, since=now - window, offset=limit - 1)
-    return (int(at) if at is not None else now) + window
+                                  account_id=account_id, since=_since(now, window), offset=limit - 1)
+    return (int(at) if at is not None else now) + window + 1
 
 
 async def remaining(db: Any, tenant_id: str, account_id: str, limits: Limits,

@@ -45,7 +45,11 @@ _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
                 asyncpg.InterfaceError, asyncpg.InsufficientResourcesError,  # disk full, OOM
                 asyncpg.OperatorInterventionError, asyncpg.CannotConnectNowError,
                 asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
-                asyncpg.ReadOnlySQLTransactionError, asyncpg.QueryCanceledError)
+                asyncpg.ReadOnlySQLTransactionError, asyncpg.QueryCanceledError,
+                # a connection ended by the server mid-operation (restart, failover, a proxy,
+                # pg_terminate_backend) can surface as "cannot switch to state N; another
+                # operation is in progress" instead of a connection error
+                asyncpg.exceptions.InternalClientError)
 
 
 def convert(sql: str) -> tuple[str, list[str]]:
@@ -335,10 +339,32 @@ class PostgresStore:
             raise StoreUnavailable("the PostgreSQL store is not open")
         return self._pool
 
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection whose release cannot fail the work done on it.
+
+        Giving a connection back resets it; when the server has just dropped it, the reset
+        raises. asyncpg has then already discarded it, and whatever ran on it (a COMMIT
+        included) stands: an add-messages whose commit succeeded was answered 500, and an
+        outcome already written was written again after a "failure"."""
+        pool = self._require_pool()
+        try:
+            conn = await pool.acquire()
+        except Exception as exc:
+            raise _translate(exc) from exc
+        try:
+            yield conn
+        finally:
+            try:
+                await pool.release(conn)
+            except Exception as exc:  # the connection is gone; the pool makes a new one
+                log.info("a database connection was lost on release (%s: %s)",
+                         type(exc).__name__, exc)
+
     # reads -------------------------------------------------------------------------------
     async def _read(self, method: str, query: str, params: dict[str, Any]) -> Any:
         try:
-            async with self._require_pool().acquire() as conn:
+            async with self._connection() as conn:
                 return await getattr(_Conn(self, conn), method)(query, **params)
         except Exception as exc:
             raise _translate(exc) from exc
@@ -360,7 +386,7 @@ class PostgresStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_Conn]:
         try:
-            async with self._require_pool().acquire() as conn, conn.transaction():
+            async with self._connection() as conn, conn.transaction():
                 yield _Conn(self, conn)
         except Exception as exc:
             raise _translate(exc) from exc
@@ -395,7 +421,7 @@ class PostgresStore:
 
     async def notify(self, payload: str) -> None:
         try:
-            async with self._require_pool().acquire() as conn:
+            async with self._connection() as conn:
                 await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
         except Exception as exc:
             raise _translate(exc) from exc

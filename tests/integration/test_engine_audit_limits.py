@@ -38,24 +38,40 @@ async def sent_events(core: Core, ids: list[str]) -> list[str]:
 async def test_earliest_free_time_example_of_6_4(core, smtp_server) -> None:
     await f.tenant(core)
     await f.account(core, smtp_server.port)
-    # limit 2 per minute, sends at 100 and 130, now 140 -> free at 160
+    # limit 2 per minute, sends at 100 and 130, now 140 -> free at 161: the spec's 160, one
+    # second later because stamps are whole seconds (docs/decisions/delivery.md)
     await seed_sends(core, 40, 10)
     t = now()
     limits = Limits(account=((60, 2),), tenant=())
     refused = await ratelimit.reserve(core.store, "acme", "main", 1, limits, t)
     assert not refused.granted and not refused.reject
-    assert refused.free_at == t - 40 + 60
+    assert refused.free_at == t - 40 + 60 + 1
     left, free_at = await ratelimit.remaining(core.store, "acme", "main", limits, t)
-    assert left == 0 and free_at == t + 20
+    assert left == 0 and free_at == t + 21
     # several full windows: the latest release wins (hour: 3 rows, oldest 3000 s ago)
     await seed_sends(core, 3000)
     both = Limits(account=((60, 2), (3600, 3)), tenant=())
     refused = await ratelimit.reserve(core.store, "acme", "main", 1, both, t)
-    assert refused.free_at == t - 3000 + 3600
+    assert refused.free_at == t - 3000 + 3600 + 1
     # c > L: the slot frees when the L-th most recent row leaves the window
     three = Limits(account=((3600, 2),), tenant=())
     assert (await ratelimit.reserve(core.store, "acme", "main", 1, three, t)).free_at == \
-        t - 40 + 3600
+        t - 40 + 3600 + 1
+
+
+async def test_an_entry_counts_for_its_whole_window_despite_whole_second_stamps(
+        core, smtp_server) -> None:
+    # An entry stamped s was taken during [s, s+1); at now = s + 60 (really up to s + 60.99)
+    # less than 60 s may have passed, so it still counts; at s + 61 it no longer does.
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    t = now()
+    await seed_sends(core, 60, 60)
+    limits = Limits(account=((60, 2),), tenant=())
+    refused = await ratelimit.reserve(core.store, "acme", "main", 1, limits, t)
+    assert not refused.granted and refused.free_at == t + 1
+    granted = await ratelimit.reserve(core.store, "acme", "main", 1, limits, t + 1)
+    assert granted.granted
 
 
 async def test_refused_reservation_defers_to_the_free_slot_without_attempt(
