@@ -61,7 +61,8 @@ async def _counts(db: Any, tenant_id: str, account_id: str, limits: Limits,
     """(scope, window, limit, count) for every configured window."""
     out = []
     for window, limit in limits.tenant:
-        n = await db.fetch_value("send_log_count_tenant", tenant_id=tenant_id, since=_since(now, window))
+        n = await db.fetch_value("send_log_count_tenant", tenant_id=tenant_id,
+                                 since=_since(now, window))
         out.append(("tenant", window, limit, int(n or 0)))
     for window, limit in limits.account:
         n = await db.fetch_value("send_log_count_account", tenant_id=tenant_id,
@@ -78,7 +79,8 @@ async def _free_at(db: Any, tenant_id: str, account_id: str, scope: str, window:
                                   since=_since(now, window), offset=limit - 1)
     else:
         at = await db.fetch_value("send_log_nth_account", tenant_id=tenant_id,
-                                  account_id=account_id, since=_since(now, window), offset=limit - 1)
+                                  account_id=account_id, since=_since(now, window),
+                                  offset=limit - 1)
     return (int(at) if at is not None else now) + window + 1
 
 
