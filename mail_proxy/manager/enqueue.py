@@ -24,11 +24,11 @@ from mail_proxy.errors import (
 )
 from mail_proxy.jsonfast import dumps_compact
 from mail_proxy.manager.addresses import quote
+from mail_proxy.manager.batch_validation import BatchValidator
 from mail_proxy.manager.core import Core, Principal, now
 from mail_proxy.manager.queue_cap import queue_room, waiting_count
 from mail_proxy.manager.tenant_cache import tenant_cache
 from mail_proxy.manager.validation import (
-    BatchValidator,
     ValidationContext,
     ValidMessage,
     message_id_domain,

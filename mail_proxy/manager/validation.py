@@ -1,7 +1,8 @@
 """Validation and normalisation of add-messages entries (messages.md §1-2).
 
-Every entry is checked on its own, in the order of messages.md §2 (checks 1-19); the first
-failure rejects that entry only. The resubmission rule (check 20) needs the database and is
+Every entry is checked on its own, in the order of messages.md §2 (checks 1-18; check 19,
+an id used twice in one request, spans entries: ``batch_validation``); the first failure
+rejects that entry only. The resubmission rule (check 20) needs the database and is
 applied by the caller inside its write transaction.
 
 Whatever JSON comes in, the only exception that leaves :func:`validate_message` is
@@ -38,13 +39,11 @@ except ImportError:  # pragma: no cover - depends on the state of the tree
     normalise_attachments = None
 
 __all__ = [
-    "BatchValidator",
     "TenantInfo",
     "ValidMessage",
     "ValidationContext",
     "message_id_domain",
     "parse_priority",
-    "validate_batch",
     "validate_message",
 ]
 
@@ -56,7 +55,7 @@ _RESERVED = frozenset(name.lower() for name in (
     "From", "To", "Cc", "Bcc", "Subject", "Reply-To", "Date", "Message-ID", "MIME-Version",
     "Content-Type", "Content-Transfer-Encoding", "Return-Path", "X-Mail-Proxy-ID"))
 _CONTENT_TYPES = {"plain": "plain", "text/plain": "plain", "html": "html", "text/html": "html"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")
 _HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed in a value
 _MAX_DEFER_SECONDS = 366 * 86400
@@ -118,7 +117,7 @@ def _shown(value: object) -> str:
     return text if len(text) <= 80 else text[:80] + "…"
 
 
-def _reject(code: str, field: str | None, problem: str) -> NoReturn:
+def reject(code: str, field: str | None, problem: str) -> NoReturn:
     reason = f"'{field}': {problem}" if field is not None else problem
     raise RejectedMessage(code, reason, field)
 
@@ -128,33 +127,33 @@ def _text(entry: dict[str, Any], name: str, *, max_len: int, required: bool) -> 
     value = entry.get(name)
     if value is None:
         if required:
-            _reject("missing_field", name, "field is required")
+            reject("missing_field", name, "field is required")
         return None
     if not isinstance(value, str):
-        _reject("invalid_field", name, f"must be a string, not {json_type(value)}")
+        reject("invalid_field", name, f"must be a string, not {json_type(value)}")
     if not 1 <= len(value) <= max_len:
-        _reject("invalid_field", name, f"must be 1-{max_len} characters long")
-    if _CONTROL.search(value) is not None:
-        _reject("invalid_field", name, "must not contain control characters")
+        reject("invalid_field", name, f"must be 1-{max_len} characters long")
+    if CONTROL.search(value) is not None:
+        reject("invalid_field", name, "must not contain control characters")
     return value
 
 
 def _tenant(entry: dict[str, Any], ctx: ValidationContext) -> TenantInfo:
     own = entry.get("tenant_id")
     if own is not None and (not isinstance(own, str) or not own):
-        _reject("invalid_field", "tenant_id", "must be a non-empty string")
+        reject("invalid_field", "tenant_id", "must be a non-empty string")
     tenant_id = own or ctx.request_tenant_id or ctx.key_tenant_id
     if tenant_id is None:
-        _reject("missing_field", "tenant_id", "field is required (no tenant in the request)")
+        reject("missing_field", "tenant_id", "field is required (no tenant in the request)")
     if ctx.key_tenant_id is not None and tenant_id != ctx.key_tenant_id:
         # The API refuses such a batch as a whole (api.md §4.1); this guards other callers.
-        _reject("tenant_mismatch", "tenant_id",
+        reject("tenant_mismatch", "tenant_id",
                 f"tenant {quote(tenant_id)} is not the tenant of the API key")
     tenant = ctx.tenants.get(tenant_id)
     if tenant is None:
-        _reject("tenant_not_found", "tenant_id", f"tenant {quote(tenant_id)} does not exist")
+        reject("tenant_not_found", "tenant_id", f"tenant {quote(tenant_id)} does not exist")
     if not tenant.active:
-        _reject("tenant_inactive", "tenant_id", f"tenant {quote(tenant_id)} is not active")
+        reject("tenant_inactive", "tenant_id", f"tenant {quote(tenant_id)} is not active")
     return tenant
 
 
@@ -162,9 +161,9 @@ def _account(entry: dict[str, Any], tenant: TenantInfo) -> str:
     given = entry.get("account_id")
     if given is not None:
         if not isinstance(given, str):
-            _reject("invalid_field", "account_id", f"must be a string, not {json_type(given)}")
+            reject("invalid_field", "account_id", f"must be a string, not {json_type(given)}")
         if given not in tenant.account_ids:
-            _reject("account_not_found", "account_id",
+            reject("account_not_found", "account_id",
                     f"account {quote(given)} does not exist for tenant {quote(tenant.id)}")
         return given
     default = tenant.default_account_id
@@ -173,8 +172,8 @@ def _account(entry: dict[str, Any], tenant: TenantInfo) -> str:
     if len(tenant.account_ids) == 1:
         return next(iter(tenant.account_ids))
     if not tenant.account_ids:
-        _reject("account_required", "account_id", f"tenant {quote(tenant.id)} has no account")
-    _reject("account_required", "account_id",
+        reject("account_required", "account_id", f"tenant {quote(tenant.id)} has no account")
+    reject("account_required", "account_id",
             f"tenant {quote(tenant.id)} has {len(tenant.account_ids)} accounts and no default "
             "account; give 'account_id'")
 
@@ -182,12 +181,12 @@ def _account(entry: dict[str, Any], tenant: TenantInfo) -> str:
 def _sender(entry: dict[str, Any]) -> Address:
     main, alias = entry.get("from"), entry.get("from_addr")
     if main is None and alias is None:
-        _reject("missing_field", "from", "field is required")
+        reject("missing_field", "from", "field is required")
     if main is not None and alias is not None and main != alias:
         a = address_field(main, "from")
         b = address_field(alias, "from_addr")
         if a.normalised != b.normalised:
-            _reject("conflicting_fields", "from_addr", "differs from 'from'; give one of them")
+            reject("conflicting_fields", "from_addr", "differs from 'from'; give one of them")
         return a
     return address_field(main, "from") if main is not None else \
         address_field(alias, "from_addr")
@@ -196,15 +195,15 @@ def _sender(entry: dict[str, Any]) -> Address:
 def _subject(entry: dict[str, Any]) -> str:
     value = entry.get("subject")
     if value is None:
-        _reject("missing_field", "subject", "field is required")
+        reject("missing_field", "subject", "field is required")
     if not isinstance(value, str):
-        _reject("invalid_field", "subject", f"must be a string, not {json_type(value)}")
+        reject("invalid_field", "subject", f"must be a string, not {json_type(value)}")
     if not value:
-        _reject("invalid_field", "subject", "must not be empty")
+        reject("invalid_field", "subject", "must not be empty")
     if "\r" in value or "\n" in value:
-        _reject("invalid_field", "subject", "must not contain CR or LF")
+        reject("invalid_field", "subject", "must not contain CR or LF")
     if len(value) > 998:
-        _reject("invalid_field", "subject", "must be at most 998 characters long")
+        reject("invalid_field", "subject", "must be at most 998 characters long")
     return value
 
 
@@ -212,16 +211,16 @@ def _content(entry: dict[str, Any]) -> tuple[str, str | None, str]:
     body, html, kind = entry.get("body"), entry.get("html"), entry.get("content_type")
     for name, value in (("body", body), ("html", html), ("content_type", kind)):
         if value is not None and not isinstance(value, str):
-            _reject("invalid_field", name, f"must be a string, not {json_type(value)}")
+            reject("invalid_field", name, f"must be a string, not {json_type(value)}")
     content_type = "plain"
     if kind is not None:
         found = _CONTENT_TYPES.get(kind.strip().lower())
         if found is None:
-            _reject("invalid_field", "content_type", f"{quote(kind)} is not 'plain' or 'html'")
+            reject("invalid_field", "content_type", f"{quote(kind)} is not 'plain' or 'html'")
         content_type = found
     html = html or None  # an empty alternative is no alternative
     if content_type == "html" and html is not None:
-        _reject("conflicting_fields", "html",
+        reject("conflicting_fields", "html",
                 "cannot be combined with content_type 'html'; put the HTML in 'body' or "
                 "use content_type 'plain'")
     return body or "", html, content_type
@@ -251,7 +250,7 @@ def _return_path(entry: dict[str, Any]) -> str | None:
         return None
     address = address_field(value, "return_path")
     if address.display_name:
-        _reject("invalid_address", "return_path",
+        reject("invalid_address", "return_path",
                 f"{quote(value)} must be a bare address without a display name")
     return address.addr_spec
 
@@ -261,7 +260,7 @@ def _message_id(entry: dict[str, Any], domain: str) -> str:
     if value is None:
         return message_ids.generate(domain)
     if not isinstance(value, str):
-        _reject("invalid_field", "message_id", f"must be a string, not {json_type(value)}")
+        reject("invalid_field", "message_id", f"must be a string, not {json_type(value)}")
     text = message_ids.normalise(value)
     if text is None:
         stripped = value.strip()
@@ -269,32 +268,32 @@ def _message_id(entry: dict[str, Any], domain: str) -> str:
         length = len(stripped) + (0 if stripped.startswith("<") or stripped.endswith(">")
                                   else 2)
         if length > _MESSAGE_ID_MAX:
-            _reject("invalid_field", "message_id",
+            reject("invalid_field", "message_id",
                     f"is too long: {length} characters with its angle brackets, at most "
                     f"{_MESSAGE_ID_MAX}")
-        _reject("invalid_field", "message_id",
+        reject("invalid_field", "message_id",
                 f"{quote(value)} is not a Message-ID of the form <left@right>")
     return text
 
 
 def _header_value(value: object, field: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        _reject("invalid_header", field, f"value must be a string or a number, not "
+        reject("invalid_header", field, f"value must be a string or a number, not "
                 f"{json_type(value)}")
     if isinstance(value, int):
         if abs(value) >= 10 ** 998:
-            _reject("invalid_header", field, "value must be at most 998 characters long")
+            reject("invalid_header", field, "value must be at most 998 characters long")
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            _reject("invalid_header", field, "value must be a finite number")
+            reject("invalid_header", field, "value must be a finite number")
         text = repr(value)
         # "written in decimal": 1e+20 would read as text in a header, so expand exponents.
         return text if "e" not in text else format(Decimal(text), "f")
     if len(value) > 998:
-        _reject("invalid_header", field, "value must be at most 998 characters long")
+        reject("invalid_header", field, "value must be at most 998 characters long")
     if _HEADER_VALUE_BAD.search(value) is not None:
-        _reject("invalid_header", field, "value must not contain CR, LF or control characters")
+        reject("invalid_header", field, "value must not contain CR, LF or control characters")
     return value
 
 
@@ -303,16 +302,16 @@ def _headers(entry: dict[str, Any]) -> dict[str, str]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        _reject("invalid_header", "headers", f"must be an object, not {json_type(raw)}")
+        reject("invalid_header", "headers", f"must be an object, not {json_type(raw)}")
     if len(raw) > _MAX_HEADERS:
-        _reject("invalid_header", "headers", f"at most {_MAX_HEADERS} headers are allowed")
+        reject("invalid_header", "headers", f"at most {_MAX_HEADERS} headers are allowed")
     out: dict[str, str] = {}
     for name, value in raw.items():
         field = f"headers.{name}"
         if not isinstance(name, str) or _HEADER_NAME.fullmatch(name) is None:
-            _reject("invalid_header", field, f"{quote(name)} is not a valid header name")
+            reject("invalid_header", field, f"{quote(name)} is not a valid header name")
         if name.lower() in _RESERVED:
-            _reject("reserved_header", field, f"{name} is set by mail-proxy, not by headers")
+            reject("reserved_header", field, f"{name} is set by mail-proxy, not by headers")
         if value is not None:
             out[name] = _header_value(value, field)
     return out
@@ -323,12 +322,12 @@ def _deferred_ts(entry: dict[str, Any], now: int) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        _reject("invalid_field", "deferred_ts", f"must be a number, not {json_type(value)}")
+        reject("invalid_field", "deferred_ts", f"must be a number, not {json_type(value)}")
     if isinstance(value, float) and not math.isfinite(value):
-        _reject("invalid_field", "deferred_ts", "must be a finite number")
+        reject("invalid_field", "deferred_ts", "must be a finite number")
     ts = math.floor(value)
     if not 0 <= ts <= now + _MAX_DEFER_SECONDS:
-        _reject("invalid_field", "deferred_ts",
+        reject("invalid_field", "deferred_ts",
                 "must lie between 0 and 366 days from now (epoch seconds)")
     return ts
 
@@ -336,7 +335,7 @@ def _deferred_ts(entry: dict[str, Any], now: int) -> int | None:
 def _batch_code(entry: dict[str, Any]) -> str | None:
     code = _text(entry, "batch_code", max_len=64, required=False)
     if code == "*":
-        _reject("invalid_field", "batch_code", "'*' is reserved for 'every batch'")
+        reject("invalid_field", "batch_code", "'*' is reserved for 'every batch'")
     return code
 
 
@@ -345,14 +344,14 @@ def _fallback_attachments(raw: object) -> list[dict[str, Any]]:
     if raw is None:
         return []
     if not isinstance(raw, list) or len(raw) > _MAX_ATTACHMENTS:
-        _reject("invalid_attachment", "attachments",
+        reject("invalid_attachment", "attachments",
                 f"must be an array of at most {_MAX_ATTACHMENTS} objects")
     out: list[dict[str, Any]] = []
     for index, item in enumerate(raw):
         field = f"attachments[{index}]"
         if not isinstance(item, dict) or not all(
                 isinstance(item.get(k), str) and item[k] for k in ("filename", "storage_path")):
-            _reject("invalid_attachment", field,
+            reject("invalid_attachment", field,
                     "must be an object with non-empty 'filename' and 'storage_path' strings")
         path = item["storage_path"]
         mode = item.get("fetch_mode") or (
@@ -391,12 +390,12 @@ def validate_message(entry: object, index: int, ctx: ValidationContext, *,
     which decides the code of a message with several problems.
     """
     if not isinstance(entry, dict):
-        _reject("invalid_message", None,
+        reject("invalid_message", None,
                 f"message {index} must be a JSON object, not {json_type(entry)}")
     if not _FIELDS.issuperset(entry):
         for key in entry:
             if key not in _FIELDS:
-                _reject("unknown_field", str(key), "unknown field")
+                reject("unknown_field", str(key), "unknown field")
     get = entry.get
     message_id = _text(entry, "id", max_len=255, required=True)
     assert message_id is not None  # required=True
@@ -405,7 +404,7 @@ def validate_message(entry: object, index: int, ctx: ValidationContext, *,
     try:
         sender = _sender(entry)
         if get("to") is None:
-            _reject("missing_field", "to", "field is required")
+            reject("missing_field", "to", "field is required")
         to = address_list_field(entry, "to")
         cc = address_list_field(entry, "cc") if get("cc") is not None else []
         bcc = address_list_field(entry, "bcc") if get("bcc") is not None else []
@@ -413,14 +412,14 @@ def validate_message(entry: object, index: int, ctx: ValidationContext, *,
     except RejectedMessage as exc:
         raise _comma_hint(exc, entry) from None
     if not to:
-        _reject("missing_field", "to", "at least one recipient is required")
+        reject("missing_field", "to", "at least one recipient is required")
     recipients = {a.addr_spec.lower(): a for a in to}
     if cc or bcc:
         for a in (*cc, *bcc):
             recipients[a.addr_spec.lower()] = a
     limit = ctx.settings.max_recipients
     if len(recipients) > limit:
-        _reject("too_many_recipients", None,
+        reject("too_many_recipients", None,
                 f"the message has {len(recipients)} distinct recipients (to, cc and bcc); "
                 f"at most {limit} are allowed")
     subject = _subject(entry)
@@ -436,7 +435,7 @@ def validate_message(entry: object, index: int, ctx: ValidationContext, *,
             priority = resolve_priority(priority, ctx.batch_default_priority,
                                         ctx.settings.default_priority)
         except ValueError:
-            _reject("invalid_priority", "priority",
+            reject("invalid_priority", "priority",
                     f"{_shown(get('priority'))} is not a priority; use 0-3 or immediate, "
                     "high, medium, low")
     deferred_ts = _deferred_ts(entry, ctx.now) if get("deferred_ts") is not None else None
@@ -445,7 +444,7 @@ def validate_message(entry: object, index: int, ctx: ValidationContext, *,
     if tenant.suppressed and ctx.settings.suppression_enabled and all(
             key in tenant.suppressed or f"{a.local}@{a.domain}".lower() in tenant.suppressed
             for key, a in recipients.items()):
-        _reject("suppressed", None,
+        reject("suppressed", None,
                 f"every recipient is on the suppression list of tenant {quote(tenant.id)}")
     payload = {
         "from": sender.normalised, "to": [a.normalised for a in to],
@@ -457,61 +456,3 @@ def validate_message(entry: object, index: int, ctx: ValidationContext, *,
         id=message_id, tenant_id=tenant.id, account_id=account_id, priority=priority,
         batch_code=batch_code, deferred_ts=deferred_ts, smtp_message_id=smtp_message_id,
         payload=payload, has_secrets=bool(attachments) and _has_secrets(attachments))
-
-
-def _usable_id(entry: object) -> str | None:
-    if not isinstance(entry, dict):
-        return None
-    value = entry.get("id")
-    if isinstance(value, str) and 1 <= len(value) <= 255 and _CONTROL.search(value) is None:
-        return value
-    return None
-
-
-class BatchValidator:
-    """Validates the entries of one request, possibly a slice at a time (a big batch yields
-    to the event loop between slices, see ``manager.enqueue``).
-
-    Check 19 (duplicate id) counts every earlier entry carrying the id, accepted or not, so
-    the outcome of an entry never depends on whether an earlier one happened to be valid.
-    """
-
-    def __init__(self, ctx: ValidationContext, *, message_id_domain: str) -> None:
-        self.ctx = ctx
-        self.message_id_domain = message_id_domain
-        self.accepted: list[tuple[int, ValidMessage]] = []
-        self.rejected: list[dict[str, Any]] = []
-        self._first_seen: dict[tuple[str | None, str], int] = {}
-
-    def add(self, entries: list[object], offset: int = 0) -> None:
-        """Validate ``entries``, the request's entries from index ``offset`` on."""
-        ctx, first_seen = self.ctx, self._first_seen
-        for index, entry in enumerate(entries, offset):
-            usable = _usable_id(entry)
-            key = None
-            if usable is not None:
-                assert isinstance(entry, dict)
-                own = entry.get("tenant_id")
-                tenant = own if isinstance(own, str) and own else \
-                    ctx.request_tenant_id or ctx.key_tenant_id
-                key = (tenant, usable)
-            try:
-                message = validate_message(entry, index, ctx,
-                                           message_id_domain=self.message_id_domain)
-                if key is not None and key in first_seen:
-                    _reject("duplicate_id", "id", f"{quote(usable)} is already used by message "
-                            f"{first_seen[key]} of this request")
-            except RejectedMessage as exc:
-                self.rejected.append(exc.rejection.entry(index, usable))
-            else:
-                self.accepted.append((index, message))
-            if key is not None:
-                first_seen.setdefault(key, index)
-
-
-def validate_batch(entries: list[object], ctx: ValidationContext, *, message_id_domain: str,
-                   ) -> tuple[list[tuple[int, ValidMessage]], list[dict[str, Any]]]:
-    """Validate every entry; returns accepted (index, message) pairs and rejection entries."""
-    validator = BatchValidator(ctx, message_id_domain=message_id_domain)
-    validator.add(entries)
-    return validator.accepted, validator.rejected

@@ -13,13 +13,12 @@ from hypothesis import strategies as st
 import mail_proxy.manager.message_ids as message_ids
 import mail_proxy.manager.validation as validation
 from mail_proxy.errors import RejectedMessage
+from mail_proxy.manager.batch_validation import BatchValidator, validate_batch
 from mail_proxy.manager.validation import (
-    BatchValidator,
     TenantInfo,
     ValidationContext,
     message_id_domain,
     parse_priority,
-    validate_batch,
     validate_message,
 )
 from mail_proxy.settings import RuntimeSettings
