@@ -98,20 +98,19 @@ def basic_user_problem(user: str) -> str | None:
     return None
 
 
-def bearer_token(value: Any) -> str:
-    text = secret_text(max_len=4096)(value)
-    problem = bearer_token_problem(text)
-    if problem is not None:
-        raise Bad("invalid_value", problem)
-    return text
+def _fit_for_header(check: Check, problem: Callable[[str], str | None]) -> Check:
+    def checked(value: Any) -> str:
+        text = check(value)
+        why = problem(text)
+        if why is not None:
+            raise Bad("invalid_value", why)
+        return str(text)
+
+    return checked
 
 
-def basic_user(value: Any) -> str:
-    text = string(max_len=256)(value)
-    problem = basic_user_problem(text)
-    if problem is not None:
-        raise Bad("invalid_value", problem)
-    return text
+bearer_token = _fit_for_header(secret_text(max_len=4096), bearer_token_problem)
+basic_user = _fit_for_header(string(max_len=256), basic_user_problem)
 
 
 def identifier(value: Any) -> str:

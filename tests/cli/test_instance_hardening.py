@@ -206,12 +206,7 @@ def test_malformed_database_url_is_a_usage_error(cli: Any, url: str) -> None:
     ("host", ["a"]), ("host", "bad host")
 ])
 def test_config_toml_values_are_checked_on_load(cli: Any, key: str, value: Any) -> None:
-    create_instance("t2", "127.0.0.1", free_port(), None)
-    folder = paths.instance_dir("t2")
-    values = read_toml(folder)
-    values[key] = value
-    text = "\n".join(f"{k} = {_toml(v)}" for k, v in values.items()) + "\n"
-    (folder / "config.toml").write_text(text)
+    with_bad_value("t2", key, value)
     r = cli("t2", "tenants", "list")
     assert r.code == 2 and key in r.err and "config.toml" in r.err, r.text
 
@@ -221,17 +216,23 @@ def test_config_toml_values_are_checked_on_load(cli: Any, key: str, value: Any) 
 ])
 def test_config_set_repairs_a_bad_config_toml_value(cli: Any, key: str, value: Any,
                                                      fixed: str) -> None:
-    create_instance("t4", "127.0.0.1", free_port(), None)
-    folder = paths.instance_dir("t4")
-    values = read_toml(folder)
-    values[key] = value
-    (folder / "config.toml").write_text(
-        "\n".join(f"{k} = {_toml(v)}" for k, v in values.items()) + "\n")
+    folder = with_bad_value("t4", key, value)
     assert cli("t4", "tenants", "list").code == 2
     r = cli("t4", "config", "set", key, fixed)
     assert r.code == 0, r.text
     assert str(read_toml(folder)[key]) == fixed
     assert cli("t4", "tenants", "list").code == 0
+
+
+def with_bad_value(name: str, key: str, value: Any) -> Path:
+    """A new instance whose config.toml was hand-edited to hold ``key = value``."""
+    create_instance(name, "127.0.0.1", free_port(), None)
+    folder = paths.instance_dir(name)
+    values = read_toml(folder)
+    values[key] = value
+    (folder / "config.toml").write_text(
+        "\n".join(f"{k} = {_toml(v)}" for k, v in values.items()) + "\n")
+    return folder
 
 
 def _toml(value: Any) -> str:
@@ -246,12 +247,7 @@ def _toml(value: Any) -> str:
 
 @pytest.mark.parametrize(("key", "value"), [("host", ["a"]), ("port", "abc")])
 def test_list_shows_the_problem_instead_of_a_bogus_url(cli: Any, key: str, value: Any) -> None:
-    create_instance("t3", "127.0.0.1", free_port(), None)
-    folder = paths.instance_dir("t3")
-    values = read_toml(folder)
-    values[key] = value
-    (folder / "config.toml").write_text(
-        "\n".join(f"{k} = {_toml(v)}" for k, v in values.items()) + "\n")
+    with_bad_value("t3", key, value)
     r = cli("list", "--json")
     row = json.loads(r.out)["instances"][0]
     assert row["state"] == "UNKNOWN" and row["url"] is None, row
