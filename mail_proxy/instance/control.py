@@ -209,11 +209,10 @@ def _existing(name: str, *, host: str | None, port: int | None, db: str | None,
             hint=f"edit {folder / 'config.toml'} deliberately to move it")
     if supervisor_alive(read_record(folder)):
         return None
-    config = resolve_process_config(name)
-    check_database(config)
     if host is not None or port is not None:
         update_config(folder, host=host, port=port)
-        config = resolve_process_config(name)
+    config = resolve_process_config(name)
+    check_database(config)
     return config
 
 
