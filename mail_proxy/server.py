@@ -89,24 +89,46 @@ class Worker:
         self.tasks: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
-        from mail_proxy.api.app import create_app
-        from mail_proxy.api.state import ApiState
-        from mail_proxy.delivery.attachments.fetcher import AttachmentFetcher
-        from mail_proxy.delivery.dispatcher import Dispatcher
-        from mail_proxy.delivery.smtp import SmtpPools
         from mail_proxy.manager.core import Core
-        from mail_proxy.manager.validation import message_id_domain
-        from mail_proxy.metrics import Metrics
 
         cfg = self.config
         self.core = core = await Core.open(cfg.db_url, self.keyring, name=cfg.name,
                                            pool_size=cfg.db_pool_size, password=cfg.db_password)
         from mail_proxy.store.keycheck import missing_kids, refusal_message
 
-        missing = await missing_kids(core.store, self.keyring)
-        if missing:
-            await core.close()
-            raise KeyRingRefused(refusal_message(missing, cfg.name))
+        try:
+            missing = await missing_kids(core.store, self.keyring)
+            if missing:
+                raise KeyRingRefused(refusal_message(missing, cfg.name))
+            await self._start_on(core)
+        except BaseException:
+            # A start that fails (a busy port, a host that does not resolve) must close what
+            # it opened: the database's threads are not daemons, and left running they kept
+            # the process alive, deaf to SIGTERM, after "worker failed to start".
+            await self._close_partial()
+            raise
+
+    async def _close_partial(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for part in (getattr(self, "smtp", None), getattr(self, "fetcher", None)):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    await part.close()
+        with contextlib.suppress(Exception):
+            await self.core.close()
+
+    async def _start_on(self, core: Any) -> None:
+        from mail_proxy.api.app import create_app
+        from mail_proxy.api.state import ApiState
+        from mail_proxy.delivery.attachments.fetcher import AttachmentFetcher
+        from mail_proxy.delivery.dispatcher import Dispatcher
+        from mail_proxy.delivery.smtp import SmtpPools
+        from mail_proxy.manager.validation import message_id_domain
+        from mail_proxy.metrics import Metrics
+
+        cfg = self.config
         settings = core.settings
         # getfqdn may block on DNS: resolve the EHLO / Message-ID domain once, off the loop
         await asyncio.to_thread(message_id_domain, settings)

@@ -103,3 +103,20 @@ def test_a_killed_foreground_worker_leaves_a_stale_record_that_start_replaces(
         assert "foreground" not in record and record["supervisor_pid"] != record["worker_pid"]
     finally:
         daemon.cli("stop", "fg")
+
+
+def test_a_worker_that_cannot_listen_exits_at_once() -> None:
+    # Its database was open when the bind failed: its threads used to keep the process
+    # alive (and deaf to SIGTERM) after "worker failed to start".
+    import socket
+
+    daemon = Daemon.create("busy")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", daemon.port))
+        taken.listen()
+        r = subprocess.run([sys.executable, "-m", "mail_proxy", "serve", "busy"],
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                           text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert r.returncode == 1 and "in use" in r.stderr, r.stderr
+    record = read_record(daemon.folder) or {}
+    assert record["state"] == "STOPPED" and record["last_exit_code"] == 1
