@@ -223,9 +223,11 @@ class SmtpChannel(asyncio.Protocol):
         envelope += [b"RCPT TO:<" + _ascii(r) + b">\r\n" for r in rcpts]
         data_reply: SMTPResponse | None = None
         self.stage = c.MAIL
-        # send_timeout bounds the transaction, not each reply: a server that answers every
+        # send_timeout bounds the envelope, not each reply: a server that answers every
         # command just in time must not hold a message (and its slot) for a timeout per
-        # recipient. Every reply up to the end of data shares this deadline.
+        # recipient. MAIL, every RCPT and DATA share this deadline; the reply to the end of
+        # data gets its own send_timeout from when the message is written, because once the
+        # server has the message a timeout can only make a duplicate.
         by = (None if self.reply_timeout is None
               else asyncio.get_running_loop().time() + self.reply_timeout)
         if self.pipelining:
@@ -268,8 +270,7 @@ class SmtpChannel(asyncio.Protocol):
         if data_reply.code != 354:
             raise self._refusal(c.DATA, data_reply, refused)
         block = data_block(data)
-        [final] = self._send(block, 1, cork=self.pipelining and len(block) <= CORK_BYTES,
-                             by=by)
+        [final] = self._send(block, 1, cork=self.pipelining and len(block) <= CORK_BYTES)
         await self._drain()
         return Pending(accepted=accepted, refused=refused, final=final)
 

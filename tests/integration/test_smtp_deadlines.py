@@ -73,7 +73,7 @@ async def test_a_server_that_stops_reading_times_out_while_draining(stuck_port: 
 class _AnswersJustInTime(asyncio.Protocol):
     """No PIPELINING; answers every command of a transaction after ``delay`` seconds."""
 
-    delay = 0.2
+    delay = 0.2  # a test may change it on the class before connecting
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -144,3 +144,15 @@ async def test_a_slow_server_within_the_transaction_deadline_delivers(slow_port:
                               b"Subject: x\r\n\r\nhi\r\n")
     await pools.close()
     assert sorted(result.accepted) == sorted(RECIPIENTS)
+
+
+async def test_the_final_reply_has_its_own_timeout_once_the_message_is_written(
+        slow_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0.3 s per reply, 1 s timeout: MAIL, RCPT and DATA take 0.9 s, the final reply comes at
+    # 1.2 s. The server has the message by then: timing it out would only send it again.
+    monkeypatch.setattr(_AnswersJustInTime, "delay", 0.3)
+    pools = SmtpPools(ehlo_name="proxy.test", connect_timeout=2, send_timeout=1.0)
+    result = await pools.send(_target(slow_port), "s@acme.test", ["a@example.test"],
+                              b"Subject: x\r\n\r\nhi\r\n")
+    await pools.close()
+    assert result.accepted == ["a@example.test"]
