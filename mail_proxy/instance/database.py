@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import os
 from typing import Any
 
-from mail_proxy.errors import InstanceError
+from mail_proxy.errors import ConfigurationError, InstanceError
 
 
 class DatabaseMissing(InstanceError):
@@ -31,8 +30,14 @@ def create_database(db_url: str) -> None:
         return
     # Private whatever the caller's umask; SQLite gives its -wal and -shm files the mode of
     # the database file.
-    with contextlib.suppress(FileExistsError):
-        os.close(os.open(sqlite_path(db_url), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    path = sqlite_path(db_url)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:  # a folder that does not exist, no permission, a full disk
+        raise ConfigurationError(f"cannot create the SQLite database {path}: "
+                                 f"{exc.strerror or exc}") from None
 
     async def run() -> None:
         store = open_store(db_url)
@@ -56,9 +61,24 @@ def check_database(config: Any) -> None:
     if config.folder is None or backend_of(config.db_url) != "sqlite":
         return
     path = sqlite_path(config.db_url)
-    if os.path.exists(path):
+    if not os.path.exists(path):
+        problem = "is missing"
+    elif _size(path) == 0 and _size(path + "-wal") == 0:
+        # truncated (`: > file`, a failed copy): SQLite would read it as a new, empty database
+        problem = "is empty (0 bytes)"
+    else:
         return
-    raise DatabaseMissing(
-        f"the database of instance '{config.name}' is missing: {path}",
-        hint=f"restore it from a backup; to start afresh with an empty one: mail-proxy "
-             f"delete {config.name}, then mail-proxy start {config.name}")
+    inside = config.folder is not None and os.path.dirname(os.path.abspath(path)) == \
+        os.path.abspath(config.folder)
+    hint = ("restore it from a backup; to start afresh with an empty one: mail-proxy delete "
+            f"{config.name}, then mail-proxy start {config.name}" if inside else
+            "restore it from a backup, or point db_url in config.toml at the right file")
+    raise DatabaseMissing(f"the database of instance '{config.name}' {problem}: {path}",
+                          hint=hint)
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

@@ -354,6 +354,25 @@ def test_a_missing_database_is_an_error_not_an_empty_new_one(cli: Any) -> None:
     assert cli("delete", "gone", "--force").code == 0
 
 
+def test_a_truncated_database_is_an_error_not_an_empty_new_one(cli: Any) -> None:
+    create_instance("cut", "127.0.0.1", free_port(), None)
+    db = paths.instance_dir("cut") / "mail_service.db"
+    assert cli("cut", "tenants", "add", "acme", "--name", "ACME", "--no-api-key").code == 0
+    db.write_bytes(b"")
+    r = cli("cut", "tenants", "list")
+    assert r.code == 3 and "database of instance 'cut' is empty (0 bytes)" in r.err, r.text
+    assert db.stat().st_size == 0
+
+
+def test_a_database_path_in_a_missing_folder_is_one_readable_line(
+        cli: Any, tmp_path: Path) -> None:
+    r = cli("start", "nodir", "--port", str(free_port()),
+            "--db", f"sqlite://{tmp_path}/absent/x.db")
+    assert r.code == 2 and "cannot create the SQLite database" in r.err, r.text
+    assert "unexpected" not in r.err and "Traceback" not in r.err
+    assert not paths.instance_dir("nodir").exists()
+
+
 def test_environment_configured_databases_are_still_created_on_first_use(
         cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "fresh.db"
