@@ -129,3 +129,18 @@ def test_optional_fields_are_normalised() -> None:
     assert out["content_md5"] == "b" * 32
     assert out["filename"] == "r_{MD5:" + "A" * 32 + "}.pdf"
     assert out["auth"] == {"method": "basic", "user": "u", "password": "p"}
+
+
+@pytest.mark.parametrize(("auth", "field", "says"), [
+    ({"method": "bearer", "token": "t" * 200_000}, "token", "at most 4096"),
+    ({"method": "basic", "user": "u\x07ser", "password": "pw"}, "user", "control"),
+    ({"method": "basic", "user": "user", "password": "p\nw"}, "password", "control"),
+    ({"method": "basic", "user": "user", "password": "x" * 2000}, "password", "at most 1024"),
+])
+def test_attachment_auth_follows_the_client_auth_rules(auth: dict, field: str,
+                                                       says: str) -> None:
+    item = {"filename": "a.pdf", "storage_path": "https://files.acme.test/a.pdf", "auth": auth}
+    rejection = rejected([item]).rejection
+    assert rejection.field == f"attachments[0].auth.{field}" and says in rejection.reason
+    secret = auth.get("token") or auth.get("password") or ""
+    assert secret[:20] not in rejection.reason or field == "user"

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from mail_proxy.delivery.attachments import modes
 from mail_proxy.delivery.attachments.markers import clean_filename, is_md5_hex
 from mail_proxy.errors import RejectedMessage
-from mail_proxy.manager.fields import basic_user_problem, bearer_token_problem
+from mail_proxy.manager.fields import Bad, Check, basic_user, bearer_token, secret_text
 
 MAX_ATTACHMENTS = 100
 _KEYS = {"filename", "storage_path", "fetch_mode", "mime_type", "content_md5", "content_id", "auth"}
@@ -18,6 +18,10 @@ _TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
 _MIME = re.compile(rf"^{_TOKEN}/{_TOKEN}$")
 _CONTENT_ID = re.compile(r"^[^<>\s]{1,200}$")
 _AUTH_FIELDS = {"none": (), "bearer": ("token",), "basic": ("user", "password")}
+# The rules of a tenant's client_auth (manager.fields): what goes into an Authorization
+# header must be sendable there, and is bounded like any other secret.
+_AUTH_CHECKS: dict[str, Check] = {"token": bearer_token, "user": basic_user,
+                                  "password": secret_text(max_len=1024)}
 
 
 def normalise_attachments(raw: object, *, settings: Any, tenant_base_url: str | None,
@@ -198,13 +202,9 @@ def _auth(value: object, where: str, label: str) -> dict[str, str] | None:
         if not isinstance(value.get(key), str) or not value[key]:
             raise _bad("invalid_attachment", f"{where}.{key}",
                        f"{label}: 'auth.{key}' is required for method {value['method']}")
-    # What goes into the Authorization header must be sendable there (never quoted: secrets).
-    if value["method"] == "bearer":
-        problem = bearer_token_problem(value["token"])
-        if problem is not None:
-            raise _bad("invalid_attachment", f"{where}.token", f"{label}: 'auth.token' {problem}")
-    elif value["method"] == "basic":
-        problem = basic_user_problem(value["user"])
-        if problem is not None:
-            raise _bad("invalid_attachment", f"{where}.user", f"{label}: 'auth.user' {problem}")
+        try:
+            _AUTH_CHECKS[key](value[key])
+        except Bad as exc:  # its message never quotes the value: these are secrets
+            raise _bad("invalid_attachment", f"{where}.{key}",
+                       f"{label}: 'auth.{key}' {exc.items[0][2]}") from None
     return {"method": value["method"], **{k: value[k] for k in needed}}
