@@ -329,13 +329,21 @@ def _read_secret(path: Path) -> str | None:
 MIN_ADMIN_TOKEN = 24  # security.md: a guessable admin token opens every tenant's data
 
 
-def _short_token(name: str, length: int, *, from_env: bool) -> ConfigurationError:
+def check_admin_token(token: str, name: str, *, from_env: bool) -> None:
+    """Refuse a token shorter than MIN_ADMIN_TOKEN, or one that cannot be sent in an HTTP
+    header (it is compared with X-API-Token / Authorization: visible ASCII only)."""
+    if len(token) < MIN_ADMIN_TOKEN:
+        problem = f"has {len(token)} characters: at least {MIN_ADMIN_TOKEN} are needed"
+    elif any(not "\x21" <= char <= "\x7e" for char in token):
+        problem = ("holds spaces, control or non-ASCII characters: no client could send it "
+                   "in an HTTP header")
+    else:
+        return
     where = "GMP_API_TOKEN" if from_env else "the api_token file"
-    hint = ("set a longer GMP_API_TOKEN, e.g. python -c 'import secrets; "
+    hint = ("set GMP_API_TOKEN to a longer random text, e.g. python -c 'import secrets; "
             "print(secrets.token_urlsafe(32))'" if from_env
             else f"mail-proxy {name} token --regenerate")
-    return ConfigurationError(f"the admin token in {where} has {length} characters: at least "
-                              f"{MIN_ADMIN_TOKEN} are needed", hint=hint)
+    raise ConfigurationError(f"the admin token in {where} {problem}", hint=hint)
 
 
 def resolve_process_config(name: str | None, *, host: str | None = None,
@@ -375,8 +383,8 @@ def resolve_process_config(name: str | None, *, host: str | None = None,
                                      "missing, and GMP_API_TOKEN is not set",
                                      hint=f"mail-proxy {name} token --regenerate")
         raise ConfigurationError("no admin token: set GMP_API_TOKEN")
-    if token and need_token and len(token) < MIN_ADMIN_TOKEN:
-        raise _short_token(name, len(token), from_env=bool(os.environ.get("GMP_API_TOKEN")))
+    if token and need_token:
+        check_admin_token(token, name, from_env=bool(os.environ.get("GMP_API_TOKEN")))
     password = (_read_secret(folder / "db_password") if folder else None) or \
         os.environ.get("PGPASSWORD") or None
     cache_env = os.environ.get("GMP_CACHE_DIR")

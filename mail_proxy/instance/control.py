@@ -27,6 +27,7 @@ from mail_proxy.instance.config import (
     DEFAULT_SHUTDOWN_TIMEOUT,
     InstanceExists,
     ProcessConfig,
+    check_admin_token,
     check_host,
     create_instance,
     port_free,
@@ -435,8 +436,10 @@ def delete(name: str, *, force: bool, confirm: Callable[[str], bool] | None,
 
 
 def read_token(name: str) -> str:
-    if os.environ.get("GMP_API_TOKEN"):
-        return os.environ["GMP_API_TOKEN"]
+    token = os.environ.get("GMP_API_TOKEN")
+    if token:
+        check_admin_token(token, name, from_env=True)
+        return token
     return resolve_process_config(name).api_token
 
 

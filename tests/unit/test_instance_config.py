@@ -137,3 +137,24 @@ def test_a_short_or_missing_admin_token_file_is_refused_with_the_way_out() -> No
         resolve_process_config("tok")
     assert info.value.hint == "mail-proxy tok token --regenerate"
     assert resolve_process_config("tok", need_token=False).name == "tok"
+
+
+@pytest.mark.parametrize("token", ["x" * 20 + " two words", "x" * 30 + "é",
+                                   "x" * 12 + "\n" + "y" * 12])
+def test_an_admin_token_no_client_could_send_is_refused(token: str) -> None:
+    create_instance("hdr", "127.0.0.1", 18087, None)
+    (paths.instance_dir("hdr") / "api_token").write_text(token + "\n", encoding="utf-8")
+    with pytest.raises(ConfigurationError, match="no client could send it"):
+        resolve_process_config("hdr")
+
+
+def test_the_token_command_refuses_a_short_environment_token(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mail_proxy.instance.control import read_token
+
+    create_instance("envtok", "127.0.0.1", 18088, None)
+    monkeypatch.setenv("GMP_API_TOKEN", "short")
+    with pytest.raises(ConfigurationError, match="has 5 characters"):
+        read_token("envtok")
+    monkeypatch.setenv("GMP_API_TOKEN", "t" * 24)
+    assert read_token("envtok") == "t" * 24
