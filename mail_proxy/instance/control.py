@@ -432,6 +432,9 @@ def delete(name: str, *, force: bool, confirm: Callable[[str], bool] | None,
     out(f"deleted instance '{name}'")
     if db_url.startswith(("postgresql://", "postgres://")):
         err(f"note: the PostgreSQL database {redact_url(db_url)} was not dropped")
+    elif db_url.startswith("sqlite://") and os.path.exists(db_url[len("sqlite://"):]):
+        err(f"note: the SQLite database {db_url[len('sqlite://'):]} lies outside the instance "
+            "folder and was not deleted")
     return 0
 
 

@@ -373,6 +373,14 @@ def test_a_database_path_in_a_missing_folder_is_one_readable_line(
     assert not paths.instance_dir("nodir").exists()
 
 
+def test_delete_names_a_database_it_leaves_outside_the_folder(cli: Any, tmp_path: Path) -> None:
+    outside = tmp_path / "shared.db"
+    create_instance("outer", "127.0.0.1", free_port(), f"sqlite://{outside}")
+    r = cli("delete", "outer", "--force")
+    assert r.code == 0 and f"SQLite database {outside} lies outside" in r.err, r.text
+    assert outside.exists() and not paths.instance_dir("outer").exists()
+
+
 def test_environment_configured_databases_are_still_created_on_first_use(
         cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "fresh.db"
