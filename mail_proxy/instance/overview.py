@@ -42,6 +42,7 @@ def summary(name: str) -> dict[str, Any]:
         "state": state.value,
         "stale": stale,
         "pid": rec.get("worker_pid") if live else None,
+        "foreground": live and bool(rec.get("foreground")),  # run by `mail-proxy serve`
         "host": host,
         "port": port,
         "url": f"http://{url_host(host)}:{port}",
@@ -57,8 +58,8 @@ def list_instances() -> dict[str, Any]:
             rows.append(summary(name))
         except MailProxyError as exc:
             rows.append({"name": name, "state": "UNKNOWN", "stale": False, "pid": None,
-                         "host": None, "port": None, "url": None, "database": None,
-                         "uptime_seconds": None, "error": exc.message})
+                         "foreground": False, "host": None, "port": None, "url": None,
+                         "database": None, "uptime_seconds": None, "error": exc.message})
     return {"ok": True, "instances": rows}
 
 
@@ -96,6 +97,7 @@ def status(name: str) -> dict[str, Any]:
         "stale": row["stale"],
         "supervisor_pid": record.get("supervisor_pid") if live else None,
         "worker_pid": row["pid"],
+        "foreground": row["foreground"],
         "url": row["url"],
         "database": row["database"],
         "uptime_seconds": row["uptime_seconds"],

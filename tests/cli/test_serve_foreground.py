@@ -6,6 +6,7 @@ reload signals of `token --regenerate`, `restart` and `stop` are the real comman
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,8 @@ def test_a_foreground_worker_is_seen_signalled_and_stopped_by_the_cli(
 
     listed = daemon.cli("list")
     assert "RUNNING" in listed.stdout and str(proc.pid) in listed.stdout, listed.stdout
+    assert json.loads(daemon.cli("status", "fg", "--json").stdout)["foreground"] is True
+    assert json.loads(daemon.cli("list", "--json").stdout)["instances"][0]["foreground"]
     assert daemon.cli("status", "fg").returncode == 0
 
     again = daemon.cli("start", "fg")

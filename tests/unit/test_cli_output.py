@@ -36,7 +36,7 @@ def test_list_json_empty_and_with_instances() -> None:
     r = cli("list", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {"ok": True, "instances": [{
-        "name": "main", "state": "STOPPED", "stale": False, "pid": None,
+        "name": "main", "state": "STOPPED", "stale": False, "pid": None, "foreground": False,
         "host": "127.0.0.1", "port": 18090, "url": "http://127.0.0.1:18090",
         "database": f"sqlite://{folder}/mail_service.db", "uptime_seconds": None}]}
 
@@ -56,7 +56,8 @@ def test_stale_record_is_shown_stopped() -> None:
     doc = json.loads(r.stdout)
     assert r.returncode == 3
     assert doc == {"ok": True, "name": "main", "state": "STOPPED", "stale": True,
-                   "supervisor_pid": None, "worker_pid": None, "url": "http://127.0.0.1:18091",
+                   "supervisor_pid": None, "worker_pid": None, "foreground": False,
+                   "url": "http://127.0.0.1:18091",
                    "database": doc["database"], "uptime_seconds": None, "restarts": 0,
                    "last_exit_code": None, "version": __version__, "server": None,
                    "messages": {}}
