@@ -35,7 +35,8 @@ class Reporter:
         self._turn = Turn(core, self.client, owner, metrics, lambda: self._stopping)
         self._active: dict[str, asyncio.Task[TurnResult]] = {}
         self._forced: set[str] = set()
-        self._hold: dict[str, int] = {}  # tenant -> newest refused event id still pending
+        # tenant -> (newest refused event id still pending, wall time they are due again)
+        self._hold: dict[str, tuple[int, float]] = {}
         self._paused: dict[str, float] = {}  # tenant -> monotonic end of an error pause
         self._last_start: dict[str, float] = {}
         self._wakeup = asyncio.Event()
@@ -139,14 +140,20 @@ class Reporter:
         if backoff > now:
             return None, backoff
         newest = row["newest_pending"]
-        # Events the client refused wait for the next call made for another reason.
-        if newest is not None and newest > self._hold.get(tenant_id, 0):
-            return PENDING, None
+        retry_at: float | None = None
+        if newest is not None:
+            # Events the client refused go out again with the next call made for another
+            # reason, or one idle interval after the refusal, do-not-disturb or not (calls
+            # carrying events are still made then): waiting for a reason alone could hold
+            # them for a whole next_sync_after, up to a day.
+            refused_upto, retry_at = self._hold.get(tenant_id, (0, 0.0))
+            if newest > refused_upto or retry_at <= now:
+                return PENDING, None
         idle_at = (row["last_report_at"] or 0) + int(self.core.settings.report_idle_interval)
         idle_at = max(idle_at, row["report_dnd_until"] or 0)
         if idle_at <= now:
             return IDLE, None
-        return None, idle_at
+        return None, idle_at if retry_at is None else min(idle_at, retry_at)
 
     def _start(self, tenant_id: str, reason: str) -> None:
         self._last_start[tenant_id] = time.monotonic()
@@ -175,7 +182,8 @@ class Reporter:
             # Look again at the next scan, not in a tight loop while the other worker works.
             self._paused[tenant_id] = time.monotonic() + SCAN_INTERVAL
         if result.refused_upto is not None:
-            self._hold[tenant_id] = result.refused_upto
+            retry_at = time.time() + int(self.core.settings.report_idle_interval)
+            self._hold[tenant_id] = (result.refused_upto, retry_at)
         elif result.calls:
             self._hold.pop(tenant_id, None)
         self.calls += result.calls

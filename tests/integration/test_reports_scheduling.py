@@ -227,3 +227,35 @@ async def test_reported_messages_are_purged_after_retention_unreported_are_not(
         assert remaining == [{"tenant_id": "down", "id": "m-2"}]
         assert (await get_message(core, "down", "m-2"))["status"] == "sent"
         assert await rows(core, "SELECT id FROM message_events WHERE tenant_id = 'acme'") == []
+
+
+async def test_refused_events_go_out_again_after_an_idle_interval_even_in_do_not_disturb(
+        core, smtp_server, monkeypatch) -> None:
+    import mail_proxy.reports.reporter as reporter_module
+
+    async with Receiver() as rx:
+        await f.tenant(core, "acme", client_base_url=rx.url)
+        await f.account(core, smtp_server.port)
+        await deliver(core, smtp_server.port, f.message(1))
+        rx.script(Reply(error=["m-1"], next_sync_after=int(time.time()) + 3600))
+        rep = reporter(core)
+        assert await rep.run_once() == 1
+        assert await pending(core, "acme") == 1
+        assert await rep.run_once() == 0  # not again at once: "in later calls"
+        # One idle interval later (300 s) the refused event is due again, although the
+        # answer asked for an hour of do-not-disturb (before: held until another event came).
+        later = time.time() + 301
+        real_monotonic = time.monotonic
+
+        class Clock:
+            monotonic = staticmethod(real_monotonic)
+
+            @staticmethod
+            def time() -> float:
+                return later
+
+        monkeypatch.setattr(reporter_module, "time", Clock)
+        assert await rep.run_once() == 1
+        await rep.stop(1)
+        assert [e["id"] for e in rx.calls[1].entries] == ["m-1"]
+        assert await pending(core, "acme") == 0
