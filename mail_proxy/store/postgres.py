@@ -379,7 +379,7 @@ class PostgresStore:
         return await self._read("fetch_value", query, params)
 
     async def schema_version(self) -> int:
-        async with self._require_pool().acquire() as conn:
+        async with self._connection() as conn:
             return int(await conn.fetchval("SELECT max(version) FROM schema_migrations") or 0)
 
     # writes ------------------------------------------------------------------------------

@@ -30,6 +30,17 @@ def run_json(*args: str) -> Any:
     return json.loads(r.stdout)
 
 
+def finished(child: pexpect.spawn, last_line: str) -> str:
+    """Wait for ``last_line`` and the end of the command; return what it printed after the
+    line, asserting exit 0."""
+    child.expect(last_line)
+    child.expect(pexpect.EOF)
+    transcript = child.before or ""
+    child.close()
+    assert child.exitstatus == 0, transcript
+    return transcript
+
+
 def test_tenants_add_prompts_in_order(instance: ProcessConfig) -> None:
     child = spawn("main", "tenants", "add")
     child.expect("Tenant id")
@@ -55,11 +66,7 @@ def test_tenants_add_prompts_in_order(instance: ProcessConfig) -> None:
     child.send("n")
     child.expect("Create tenant 'acme'")
     child.send("y")
-    child.expect("created tenant 'acme'")
-    child.expect(pexpect.EOF)
-    transcript = child.before or ""
-    child.close()
-    assert child.exitstatus == 0, transcript
+    transcript = finished(child, "created tenant 'acme'")
     assert "bearer-secret-456" not in transcript  # hidden input, not in the summary
     tenant = run_json("main", "tenants", "show", "acme")["tenant"]
     assert tenant["name"] == "acme" and tenant["client_base_url"] == "https://app.acme.test"
@@ -96,11 +103,7 @@ def test_accounts_add_hidden_password_and_ctrl_c(instance: ProcessConfig, cli: A
     child.send("n")
     child.expect("Create account 'smtp1'")
     child.send("y")
-    child.expect("created account 'smtp1'")
-    child.expect(pexpect.EOF)
-    transcript = child.before or ""
-    child.close()
-    assert child.exitstatus == 0
+    transcript = finished(child, "created account 'smtp1'")
     assert "hidden-pass-789" not in transcript
     account = run_json("main", "acme", "accounts", "show", "smtp1")["account"]
     assert (account["port"], account["tls_mode"], account["max_connections"]) == (
@@ -126,10 +129,7 @@ def test_defaults_are_shown_not_pre_typed(instance: ProcessConfig, cli: Any) -> 
     child.sendline("tty1")
     child.expect_exact("Display name (tty1)")
     child.sendline("TTY One")
-    child.expect("created tenant 'tty1'")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
+    finished(child, "created tenant 'tty1'")
     assert run_json("main", "tenants", "show", "tty1")["tenant"]["name"] == "TTY One"
 
     child = spawn("main", "tty1", "accounts", "add", "smtp1", "--host", "smtp.example.com",
@@ -141,9 +141,6 @@ def test_defaults_are_shown_not_pre_typed(instance: ProcessConfig, cli: Any) -> 
     child.send("\r")
     child.expect_exact("Messages per day (0 = unlimited; default 0)")
     child.sendline("")
-    child.expect("created account 'smtp1'")
-    child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0
+    finished(child, "created account 'smtp1'")
     account = run_json("main", "tty1", "accounts", "show", "smtp1")["account"]
     assert (account["port"], account["limit_per_day"]) == (2525, None)

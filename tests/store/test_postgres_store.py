@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -113,32 +114,32 @@ async def _terminate(pg_url: str, pid: int) -> None:
         await killer.close()
 
 
-async def test_a_connection_lost_after_the_work_does_not_fail_the_work(pg_url: str) -> None:
+@pytest.fixture
+async def small_store(pg_url: str) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(pg_url, pool_size=2)
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_a_connection_lost_after_the_work_does_not_fail_the_work(
+        pg_url: str, small_store: PostgresStore) -> None:
     # A server restart or failover between a COMMIT and the connection's release: the reset
     # that release runs fails, but the work (and the commit) stands.
-    store = PostgresStore(pg_url, pool_size=2)
-    await store.open()
-    try:
-        async with store._connection() as conn:
-            pid = await conn.fetchval("SELECT pg_backend_pid()")
-            await _terminate(pg_url, pid)
-            await asyncio.sleep(0.2)
-        assert await store.schema_version() == 1  # the pool replaced the lost connection
-    finally:
-        await store.close()
+    async with small_store._connection() as conn:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        await _terminate(pg_url, pid)
+        await asyncio.sleep(0.2)
+    assert await small_store.schema_version() == 1  # the pool replaced the lost connection
 
 
-async def test_a_connection_lost_inside_a_transaction_is_unavailable(pg_url: str) -> None:
-    store = PostgresStore(pg_url, pool_size=2)
-    await store.open()
-    try:
-        for _ in range(3):
-            with pytest.raises(StoreUnavailable):
-                async with store.transaction() as tx:
-                    pid = await tx._conn.fetchval("SELECT pg_backend_pid()")
-                    await _terminate(pg_url, pid)
-                    await asyncio.sleep(0.1)
-                    await tx._conn.fetchval("SELECT 1")
-        assert await store.schema_version() == 1
-    finally:
-        await store.close()
+async def test_a_connection_lost_inside_a_transaction_is_unavailable(
+        pg_url: str, small_store: PostgresStore) -> None:
+    for _ in range(3):
+        with pytest.raises(StoreUnavailable):
+            async with small_store.transaction() as tx:
+                pid = await tx._conn.fetchval("SELECT pg_backend_pid()")
+                await _terminate(pg_url, pid)
+                await asyncio.sleep(0.1)
+                await tx._conn.fetchval("SELECT 1")
+    assert await small_store.schema_version() == 1
