@@ -2,7 +2,8 @@
 
 Shared fixtures: ``keyring`` (a fresh one-key ring), ``core`` (a Core on a new SQLite file, or
 on PostgreSQL in a fresh schema when parametrised with ``db_backend``), and ``smtp_server``
-(a recording aiosmtpd server on loopback).
+(a recording aiosmtpd server on loopback), ``pools`` (SMTP pools with 2 s connect and send
+timeouts, closed afterwards).
 """
 
 from __future__ import annotations
@@ -54,3 +55,12 @@ async def smtp_server() -> AsyncIterator[object]:
 
     async with RecordingSmtpServer() as server:
         yield server
+
+
+@pytest.fixture
+async def pools() -> AsyncIterator[object]:
+    from mail_proxy.delivery.smtp import SmtpPools
+
+    p = SmtpPools(ehlo_name="proxy.test", connect_timeout=2, send_timeout=2)
+    yield p
+    await p.close()

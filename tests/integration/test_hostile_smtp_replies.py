@@ -9,7 +9,6 @@ transient, never pair a spare reply with the next command (QA hunt, delivery fin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -100,13 +99,6 @@ class _Hostile(asyncio.Protocol):
 @pytest.fixture(params=[True, False], ids=["pipelined", "one-by-one"])
 def pipelining(request: pytest.FixtureRequest) -> bool:
     return bool(request.param)
-
-
-@pytest.fixture
-async def pools() -> AsyncIterator[SmtpPools]:
-    p = SmtpPools(ehlo_name="proxy.test", connect_timeout=2, send_timeout=2)
-    yield p
-    await p.close()
 
 
 def target(port: int, max_connections: int = 1) -> SmtpTarget:

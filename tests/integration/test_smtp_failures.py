@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -41,13 +40,6 @@ def pipelining(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     """Every case against a server that offers PIPELINING and one that does not."""
     monkeypatch.setattr(RecordingSmtpServer, "pipelining_default", request.param)
     return bool(request.param)
-
-
-@pytest.fixture
-async def pools() -> AsyncIterator[SmtpPools]:
-    p = SmtpPools(ehlo_name="proxy.test", connect_timeout=2, send_timeout=2)
-    yield p
-    await p.close()
 
 
 def target(srv: RecordingSmtpServer | int, **kw: object) -> SmtpTarget:

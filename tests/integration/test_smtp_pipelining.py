@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,13 +148,6 @@ class _Batching(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if not self.transport.is_closing():
             self.transport.write(data)
-
-
-@pytest.fixture
-async def pools() -> AsyncIterator[SmtpPools]:
-    p = SmtpPools(ehlo_name="proxy.test", connect_timeout=2, send_timeout=2)
-    yield p
-    await p.close()
 
 
 def target(port: int) -> SmtpTarget:
