@@ -213,6 +213,10 @@ def _range(value: float, low: float | None, high: float | None) -> None:
 
 
 def _int(value: Any) -> int:
+    # 90.0 is an integer written by a JSON encoder that knows only floats, as account and
+    # tenant integers and message priorities accept it (decisions: validation.md)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Bad("invalid_type", "must be an integer")
     return value

@@ -12,6 +12,7 @@ from mail_proxy.api.state import ApiState
 from mail_proxy.manager import enqueue, tenants
 from mail_proxy.manager import messages as manager
 from mail_proxy.manager.enqueue import collector_paused
+from mail_proxy.manager.fields import query_integer
 
 
 async def _command(request: Request, *, tenant_required: bool = True
@@ -67,15 +68,14 @@ async def retry_messages(request: Request) -> Response:
 async def cleanup_messages(request: Request) -> Response:
     state, body, tenant_id = await _command(request, tenant_required=False)
     age = scalar(request, body, "older_than_seconds")
-    if isinstance(age, str):
-        # ASCII digits only, and not more than an int64 has: anything else is refused below
-        text = age.strip()
-        age = int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else -1
+    age = query_integer(age)  # a string of anything but plain digits is refused below
     return JSONResponse(await manager.cleanup_messages(state.core, tenant_id, age))
 
 
 async def run_now(request: Request) -> Response:
     state, _body, tenant_id = await _command(request, tenant_required=False)
+    # a typo in the tenant would otherwise wake nothing and still answer ok
+    await manager.require_tenant(state.core.store, tenant_id)
     state.core.wake(tenant_id)
     if state.wake_reporter is not None:
         state.wake_reporter(tenant_id, tenant_id is not None)

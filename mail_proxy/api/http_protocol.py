@@ -11,6 +11,7 @@ the parser sees more of it. h11, uvicorn's fallback, bounds the head itself.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 # nginx allows 4 x 8 KiB of header lines by default, Apache 8 KiB per line: 64 KiB in all
@@ -19,13 +20,15 @@ MAX_HEAD_BYTES = 64 * 1024
 _ENDS = (b"\r\n\r\n", b"\n\n")
 
 
-def _refusal() -> bytes:
-    body = json.dumps({"ok": False, "code": "headers_too_large",
-                       "error": f"the request line and headers exceed {MAX_HEAD_BYTES} bytes"}
-                      ).encode()
-    return (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+def _refusal(status: bytes, code: str, error: str) -> bytes:
+    """A JSON error written before the request reached the application (api.md §1.3: no
+    plain-text errors), with the X-Request-ID every answer carries (§1.2): a fresh one, since
+    a request that could not be parsed has no id of its own to echo."""
+    body = json.dumps({"ok": False, "code": code, "error": error}).encode()
+    return (b"HTTP/1.1 " + status + b"\r\n"
             b"content-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\n"
+            b"x-request-id: " + f"{random.getrandbits(64):016x}".encode() + b"\r\n"
             b"connection: close\r\n\r\n" + body)
 
 
@@ -43,10 +46,18 @@ def protocol_class() -> Any:
 
         def data_received(self, data: bytes) -> None:
             if self._in_head and self._head_too_large(data):
-                self.transport.write(_refusal())
+                self.transport.write(_refusal(
+                    b"431 Request Header Fields Too Large", "headers_too_large",
+                    f"the request line and headers exceed {MAX_HEAD_BYTES} bytes"))
                 self.transport.close()
                 return
             super().data_received(data)
+
+        def send_400_response(self, msg: str) -> None:
+            # uvicorn's own answer to a request its parser refuses is plain text
+            self.transport.write(_refusal(b"400 Bad Request", "malformed_request",
+                                          "the request is not valid HTTP/1.1"))
+            self.transport.close()
 
         def _head_too_large(self, data: bytes) -> bool:
             seen = self._tail + data

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mail_proxy.api.errors import ApiError, error_response
 
 log = logging.getLogger("mail_proxy.api")
-_REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+_REQUEST_ID = re.compile(r"^[\x20-\x7e]{1,128}$")  # printable ASCII, space included (api.md §1.2)
 # Routes that keep answering while the worker drains (api.md §3).
 DRAIN_EXEMPT = frozenset({"/health", "/status", "/metrics"})
 

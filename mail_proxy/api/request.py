@@ -150,6 +150,8 @@ async def principal(request: Request, *, admin_only: bool = False) -> Principal:
 
 def tenant_scope(who: Principal, requested: Any, *, required: bool = True) -> str | None:
     """The tenant a request acts on (api.md §2.3)."""
+    if requested == "":  # an empty parameter is a missing one, not a tenant named ""
+        requested = None
     if requested is not None and not isinstance(requested, str):
         raise ApiError(400, "invalid_parameter", "'tenant_id' must be a string",
                        detail={"parameter": "tenant_id"})

@@ -319,7 +319,8 @@ def run_test(instance: str | None, tenant: str, account_id: str, *, to: str | No
     if json_output:
         doc: dict[str, Any] = {"ok": ok, "steps": [step.as_dict() for step in steps]}
         if created is not None:
-            doc = {**created, "test": doc}
+            # "ok" answers the whole command, which exits 1 when the test failed
+            doc = {**created, "ok": ok, "test": doc}
         print_json(doc)
     else:
         for step in steps:

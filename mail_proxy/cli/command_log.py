@@ -59,8 +59,8 @@ def list_(ctx: typer.Context, tenant: TenantOpt = None, since: SinceOpt = None,
 @app.command("export")
 def export(ctx: typer.Context, tenant: TenantOpt = None, since: SinceOpt = None,
            until: UntilOpt = None,
-           output: Annotated[Path | None, typer.Option("-o", "--output",
-                                                       help="Write to FILE.")] = None) -> None:
+           output: Annotated[Path | None, typer.Option(
+               "-o", "--output", help="Write to FILE ('-': stdout).")] = None) -> None:
     """The command-log export document, to FILE or stdout."""
     from mail_proxy.cli.database import with_core
     from mail_proxy.manager import command_log as manager
@@ -69,7 +69,7 @@ def export(ctx: typer.Context, tenant: TenantOpt = None, since: SinceOpt = None,
     answer = with_core(_instance(ctx), lambda s: manager.export_commands(
         s.core, tenant_id=tenant, since=start, until=end))
     document = {"ok": True, **answer}
-    if output is None:
+    if output is None or str(output) == "-":  # "-" is standard output, as usual
         print_json(document)
         return
     text = json.dumps(document, indent=2) + "\n"

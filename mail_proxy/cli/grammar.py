@@ -8,6 +8,7 @@ every row of the grammar is unit-testable.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
@@ -97,11 +98,9 @@ def resolve_argv(argv: list[str], world: World) -> Route:
             if is_word:
                 raise GrammarError("no instance given and no context set", 3,
                                    "name the instance, or run `mail-proxy use NAME`")
-            raise GrammarError(f"instance '{first}' not found", 3,
-                               "mail-proxy list shows the instances")
+            raise _instance_not_found(first, world)
         if not is_word and first not in world.tenant_ids(instance):
-            raise GrammarError(f"instance '{first}' not found", 3,
-                               "mail-proxy list shows the instances")
+            raise _instance_not_found(first, world)
         rest = list(argv)
     return _after_instance(rest, world, instance, source)
 
@@ -129,6 +128,23 @@ def _after_instance(rest: list[str], world: World, instance: str,
     raise _tenant_not_found(word, instance)
 
 
+def _did_you_mean(word: str, *groups: Collection[str]) -> str:
+    """``"did you mean 'status'? "`` for a near miss (a mistyped command reads as a name);
+    the groups are tried in order, the words most likely at that position first."""
+    for group in groups:
+        close = difflib.get_close_matches(word, sorted(group), n=1, cutoff=0.75)
+        if close:
+            return f"did you mean '{close[0]}'? "
+    return ""
+
+
+def _instance_not_found(name: str, world: World) -> GrammarError:
+    hint = _did_you_mean(name, GLOBAL_WORDS, world.instances, {*INSTANCE_WORDS, *TENANT_WORDS})
+    return GrammarError(f"instance '{name}' not found", 3,
+                        hint + "mail-proxy list shows the instances")
+
+
 def _tenant_not_found(tenant: str, instance: str) -> GrammarError:
     return GrammarError(f"tenant '{tenant}' not found in instance '{instance}'", 1,
-                        f"mail-proxy {instance} tenants list shows the tenants")
+                        _did_you_mean(tenant, {*INSTANCE_WORDS, *TENANT_WORDS})
+                        + f"mail-proxy {instance} tenants list shows the tenants")

@@ -126,12 +126,20 @@ def delete(ctx: typer.Context, ids: IdsArg,
                     manager.delete_messages)
     if json_output:
         print_json(answer)
-        return
-    out(f"removed: {answer['removed']}")
-    if answer["not_found"]:
-        out(f"not found: {', '.join(answer['not_found'])}")
-    if answer["in_flight"]:
-        out(f"in flight (left alone): {', '.join(answer['in_flight'])}")
+    else:
+        out(f"removed: {answer['removed']}")
+        if answer["not_found"]:
+            out(f"not found: {', '.join(answer['not_found'])}")
+        if answer["in_flight"]:
+            out(f"in flight (left alone): {', '.join(answer['in_flight'])}")
+    _all_done(answer["not_found"] or answer["in_flight"], "deleted")
+
+
+def _all_done(left: object, verb: str) -> None:
+    """Exit 1 when some of the ids asked for were not acted on (cli.md: 1 refused/failed):
+    a script must be able to tell that part of the request did nothing."""
+    if left:
+        raise CliExit(1, f"some messages were not {verb} (listed above)")
 
 
 @app.command("retry")
@@ -144,12 +152,13 @@ def retry(ctx: typer.Context, ids: IdsArg, json_output: JsonOpt = False) -> None
                     manager.retry_messages)
     if json_output:
         print_json(answer)
-        return
-    out(f"retried: {answer['retried']}")
-    if answer["not_found"]:
-        out(f"not found: {', '.join(answer['not_found'])}")
-    for item in answer["not_retryable"]:
-        out(f"not retryable: {item['id']} ({item['reason']})")
+    else:
+        out(f"retried: {answer['retried']}")
+        if answer["not_found"]:
+            out(f"not found: {', '.join(answer['not_found'])}")
+        for item in answer["not_retryable"]:
+            out(f"not retryable: {item['id']} ({item['reason']})")
+    _all_done(answer["not_found"] or answer["not_retryable"], "retried")
 
 
 def _write(instance: str | None, tenant: str, endpoint: str, ids: list[str],

@@ -18,7 +18,7 @@ def confirm_by_typing(name: str) -> bool:
     """Ask the user to type ``name`` to confirm a destructive action."""
     import questionary
 
-    answer = _ask(questionary.text(f"Type the instance name ({name}) to delete it:"))
+    answer = _ask(questionary.text(f"To delete it, type the instance name, {name}:"))
     return (answer or "").strip() == name
 
 

@@ -34,6 +34,10 @@ def _reload_worker(folder: Path | None) -> bool:
 def rotate_key(ctx: typer.Context,
                prune: Annotated[bool, typer.Option(
                    "--prune", help="Then drop every old key no stored value uses.")] = False,
+               prune_only: Annotated[bool, typer.Option(
+                   "--prune-only", help="Only drop old keys no stored value uses: no new "
+                                        "key (the last step on hosts sharing a database).")
+                                     ] = False,
                yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
                stage: Annotated[bool, typer.Option(
                    "--stage", help="Add a new key as a secondary (decrypt-only) key and "
@@ -53,8 +57,11 @@ def rotate_key(ctx: typer.Context,
     from mail_proxy.security.crypto import KeyRing, generate_key
 
     obj: AppContext = ctx.obj
-    if sum((stage, stage_key is not None, promote is not None)) > 1:
-        raise CliExit(EXIT_USAGE, "use one of --stage, --stage-key and --promote")
+    if sum((stage, stage_key is not None, promote is not None, prune_only)) > 1:
+        raise CliExit(EXIT_USAGE, "use one of --stage, --stage-key, --promote and --prune-only")
+    if prune and (stage or stage_key is not None):
+        raise CliExit(EXIT_USAGE, "--prune goes with a rotation or --promote, not with staging")
+    prune = prune or prune_only
     if no_reencrypt and promote is None:
         raise CliExit(EXIT_USAGE, "--no-reencrypt goes with --promote")
     if prune and not yes and not can_prompt(False):  # refuse before anything is rotated
@@ -71,6 +78,9 @@ def rotate_key(ctx: typer.Context,
     if stage or stage_key is not None:
         return _stage(obj, config.folder, path, old, generate_key() if stage
                       else _decode_key(stage_key or ""), show=stage)
+    if prune_only:
+        _prune(obj.instance, config.folder, path, old, yes)
+        return 0
     if promote is not None:
         if promote not in old.kids:
             raise CliExit(1, f"key {promote} is not in this instance's key ring",
@@ -79,6 +89,8 @@ def rotate_key(ctx: typer.Context,
         if no_reencrypt:
             _write_and_reload(config.folder, path, new)
             out(f"key {promote} is now the primary key of this instance")
+            if prune:
+                _prune(obj.instance, config.folder, path, new, yes)
             return 0
     else:
         new = old.with_new_primary(generate_key())

@@ -92,7 +92,7 @@ def _redacted(url: str) -> str:
     return redact_url(url)
 
 
-@app.command("set")
+@app.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -4
 def set_(ctx: typer.Context, key: KeyArg,
          value: Annotated[str, typer.Argument(help="Value (JSON or text; - reads stdin for "
                                                    "secrets).", show_default=False)]) -> None:

@@ -62,9 +62,14 @@ def post_run_now(instance: str | None, tenant: str | None) -> dict[str, Any]:
 
 
 def wake(instance: str | None, tenant: str | None) -> bool:
-    """Wake the worker if it runs; any failure is ignored (it polls anyway)."""
+    """Wake the worker if it runs; any failure is ignored (it polls anyway).
+
+    Always without the tenant: run-now with a tenant also forces a report call past the
+    tenant's backoff (reports.md §5), which a write from the CLI must not do; waking every
+    tenant's dispatch costs one cycle. ``tenant`` is kept for the callers' clarity."""
+    del tenant
     try:
-        post_run_now(instance, tenant)
+        post_run_now(instance, None)
     except Exception:  # waking is only a shortcut: the worker polls anyway
         return False
     return True

@@ -26,7 +26,9 @@ from mail_proxy.delivery.fastcompose import build_simple
 
 # cte_type="7bit": never emit raw 8-bit bodies; RFC 2047 / 2231 for non-ASCII headers.
 POLICY = email_policy.SMTP.clone(cte_type="7bit", max_line_length=78)
-_LINE_BREAKS = re.compile(r"[\r\n]+\s*")
+# Every character str.splitlines() breaks on: the email package refuses a header value with
+# any of them (ValueError), which failed every attempt at such a message as an internal error.
+_LINE_BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+\s*")
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # printable ASCII without space and ':'
 _OPAQUE_TYPES = ("multipart", "message")
 
@@ -42,7 +44,7 @@ class AttachmentPart:
 
 
 def one_line(value: str) -> str:
-    """Fold any CR/LF into a space: a header value can never start a new header."""
+    """Fold any line break into a space: a header value can never start a new header."""
     return _LINE_BREAKS.sub(" ", value).strip()
 
 

@@ -124,8 +124,14 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
             config = _existing(name, host=host, port=port, db=db, key_file=key_file)
         if config is not None:
             if not port_free(config.host, config.port):
-                raise OperationFailed(f"port {config.port} on {config.host} is in use")
+                if created:  # not kept, as below: the same start with --port creates it
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise OperationFailed(f"port {config.port} on {config.host} is in use",
+                                      hint=f"mail-proxy start {name} --port N takes another")
             _preflight(name, folder, config, created)
+            if created:  # only now: a new instance whose preflight failed is not kept
+                out(f"Created instance '{name}' in {config.folder}")
+                out(f"Admin token (stored in {folder / 'api_token'}): {config.api_token}")
             if not foreground:
                 proc = launch_supervisor(name, folder)
                 _wait_recorded(folder, proc, wait or NO_WAIT_GRACE)
@@ -174,7 +180,8 @@ def _log_since(folder: Path, offset: int, lines: int) -> list[str]:
 
 def _create(name: str, *, host: str | None, port: int | None, db: str | None,
             key_file: Path | None, out: Say) -> ProcessConfig | None:
-    """Create a new instance and print its token; None when the instance exists."""
+    """Create a new instance (``start`` prints its token once it passed the preflight);
+    None when the instance exists."""
     folder = paths.instance_dir(name)
     if (folder / "config.toml").is_file():
         return None
@@ -182,8 +189,6 @@ def _create(name: str, *, host: str | None, port: int | None, db: str | None,
         config = create_instance(name, host or DEFAULT_HOST, port, db, key_file=key_file)
     except InstanceExists:
         return None  # a concurrent `start NAME` created it a moment ago: start it as it is
-    out(f"Created instance '{name}' in {config.folder}")
-    out(f"Admin token (stored in {folder / 'api_token'}): {config.api_token}")
     return config
 
 
@@ -240,6 +245,15 @@ def _preflight(name: str, folder: Path, config: ProcessConfig, created: bool) ->
             shutil.rmtree(folder, ignore_errors=True)
             exc.hint = (f"instance '{name}' was not kept; correct --db (or start the "
                         "database) and run the same command again")
+        raise
+    except ConfigurationError as exc:
+        if created:
+            # a key ring missing the database's keys: --key-file, like --db, only applies
+            # when creating, so the new instance goes and the command the error suggests
+            # (the same start with --key-file) works as printed
+            shutil.rmtree(folder, ignore_errors=True)
+            exc.hint = (f"instance '{name}' was not kept; run the same command again "
+                        "with --key-file PATH (or MAIL_PROXY_ENCRYPTION_KEY set)")
         raise
 
 

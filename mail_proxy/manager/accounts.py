@@ -7,6 +7,7 @@ are encrypted.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -30,6 +31,7 @@ from mail_proxy.manager.fields import (
     string,
 )
 
+_RESOLVE_SECONDS = 5.0
 # Column defaults of the configurable fields (API name -> value); a replace starts here.
 DEFAULTS: dict[str, Any] = {
     "user": None, "password": None, "tls_verify": True, "tls_ca_file": None,
@@ -192,6 +194,34 @@ def _read(data: dict[str, Any], errors: list[FieldError]) -> dict[str, Any]:
     return values
 
 
+async def _check_destinations(core: Core, principal: Principal | None,
+                              values: dict[str, Any], errors: list[FieldError]) -> None:
+    """Hosts a tenant key writes must be public addresses, as attachment URLs must be
+    (decisions: security.md): otherwise any tenant could make the worker connect to
+    loopback, link-local or internal services and read their banners back in the error
+    text. The admin may set any host; ``allow_private_urls`` lifts the rule for tenants."""
+    if principal is None or not principal.is_tenant or core.settings.allow_private_urls:
+        return
+    from mail_proxy.delivery.attachments.guard import (
+        DestinationRefused,
+        ResolutionFailed,
+        checked_address,
+    )
+    for name, port_name in (("host", "port"), ("imap_host", "imap_port")):
+        host = values.get(name)
+        if not isinstance(host, str) or not host:
+            continue
+        try:
+            await asyncio.wait_for(checked_address(host, values.get(port_name) or 25,
+                                                   allow_private=False), _RESOLVE_SECONDS)
+        except DestinationRefused as exc:
+            errors.append(FieldError(
+                name, "host_not_allowed",
+                f"{exc}: a tenant key may only set public hosts (allow_private_urls is false)"))
+        except (ResolutionFailed, TimeoutError):
+            pass  # a name that does not resolve yet fails at delivery, with its reason
+
+
 async def put_account(core: Core, body: object, principal: Principal | None,
                       tenant_id: str | None) -> tuple[dict[str, Any], bool]:
     """POST /account: create (True) or replace (False); omitted fields take defaults."""
@@ -216,6 +246,7 @@ async def put_account(core: Core, body: object, principal: Principal | None,
                   for name in ("host", "port") if name not in data)
     values = _read(data, errors)
     values.pop("id", None)
+    await _check_destinations(core, principal, values, errors)
     fail_if(errors)
     assert account_id is not None
     created = await _write(core, tid, account_id, values, errors, principal, replace=True)
@@ -235,6 +266,7 @@ async def patch_account(core: Core, tenant_id: str, account_id: str, body: objec
         errors.append(FieldError("tenant_id", "conflict", "must equal the tenant_id parameter"))
     values = _read(data, errors)
     values.pop("id", None)
+    await _check_destinations(core, principal, values, errors)
     fail_if(errors)
     await _write(core, tid, account_id, values, errors, principal, replace=False)
     return await get_account(core, tid, account_id)

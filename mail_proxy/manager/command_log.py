@@ -11,12 +11,13 @@ import base64
 import binascii
 import json
 import math
+import re
 from typing import Any
 
 from mail_proxy.errors import BadRequest
 from mail_proxy.jsonfast import dumps_lenient
 from mail_proxy.manager.core import Core, now
-from mail_proxy.manager.fields import INT64_MAX, MAX_EPOCH
+from mail_proxy.manager.fields import INT64_MAX, MAX_EPOCH, query_integer, query_number
 
 MASK = "***"
 CAP_BYTES = 64 * 1024
@@ -33,6 +34,29 @@ BATCH_RECORDED = 20
 MAX_DEPTH = 32
 
 
+# Objects whose every member but these is a credential, whatever a client names it.
+_CREDENTIAL_OBJECTS = frozenset({"auth", "client_auth"})
+_PUBLIC_MEMBERS = frozenset({"method", "user"})
+# Key names that read as secrets even when misspelt or unknown ("passwd", "smtp_token").
+_SECRET_PARTS = ("pass", "secret", "token")
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/?#@\s:]*):[^/?#@\s]*@")
+
+
+def _is_secret_key(key: object) -> bool:
+    if not isinstance(key, str):
+        return False
+    name = key.lower()
+    return name in SECRET_KEYS or any(part in name for part in _SECRET_PARTS)
+
+
+def _credentials(value: Any) -> Any:
+    """An ``auth``-like member: only its method and user are kept."""
+    if isinstance(value, dict):
+        return {k: (v if (isinstance(k, str) and k.lower() in _PUBLIC_MEMBERS)
+                    or v is None else MASK) for k, v in value.items()}
+    return value if value is None or isinstance(value, bool) else MASK
+
+
 def clean(value: Any, depth: int = 0) -> Any:
     """A copy of ``value`` with secrets masked and big base64 content elided; what lies
     deeper than ``MAX_DEPTH`` is recorded as a note (no request needs that many levels, and
@@ -42,8 +66,11 @@ def clean(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         out: dict[Any, Any] = {}
         for key, item in value.items():
-            if isinstance(key, str) and key.lower() in SECRET_KEYS and item is not None:
-                out[key] = MASK  # null stays null: it records that a secret was cleared
+            if _is_secret_key(key) and item is not None and not isinstance(item, bool):
+                # null stays null (a secret was cleared), a flag ("has_password") stays
+                out[key] = MASK
+            elif isinstance(key, str) and key.lower() in _CREDENTIAL_OBJECTS:
+                out[key] = _credentials(item)
             elif isinstance(item, str) and len(item) > CAP_BYTES and (
                     key == "storage_path" or item.startswith("base64:")):
                 out[key] = f"base64:<elided {len(item)} bytes>"
@@ -52,6 +79,8 @@ def clean(value: Any, depth: int = 0) -> Any:
         return out
     if isinstance(value, list):
         return [clean(item, depth + 1) for item in value]
+    if isinstance(value, str) and "://" in value and "@" in value:
+        return _URL_CREDENTIALS.sub(rf"\1:{MASK}@", value)  # a refused URL keeps no password
     return value
 
 
@@ -114,11 +143,7 @@ def _bad(name: str, message: str) -> BadRequest:
 def _epoch(name: str, value: object) -> int | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise _bad(name, "must be a number of seconds since the epoch") from None
+    value = query_number(value)
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value):
         raise _bad(name, "must be a number of seconds since the epoch")
@@ -128,8 +153,7 @@ def _epoch(name: str, value: object) -> int | None:
 
 
 def _limit(value: object) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
+    value = query_integer(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PAGE:
         raise _bad("limit", f"must be an integer between 1 and {MAX_PAGE}")
     return value

@@ -26,6 +26,13 @@ _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOST = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
 _URL = re.compile(r"https?://[^\s/?#@]+(:\d{1,5})?([/?#]\S*)?", re.IGNORECASE)
 _ADDR = re.compile(r"[^\s@<>()\[\],;:\"]+@[^\s@<>()\[\],;:\"]+\.?[^\s@<>()\[\],;:\"]*")
+# C0, DEL, C1 and the Unicode line and paragraph separators: what message ids refuse
+# (validation.CONTROL).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Numbers in query strings: ASCII only (str.isdigit() also takes "²" and "２", which int()
+# then refuses or reads), and no longer than an int64 so int() never sees 4,300 digits.
+_QUERY_INT = re.compile(r"[0-9]{1,19}")
+_QUERY_NUMBER = re.compile(r"-?[0-9]{1,19}(\.[0-9]{1,9})?")
 
 
 class Bad(Exception):
@@ -59,7 +66,7 @@ def string(*, max_len: int, min_len: int = 1) -> Check:
                       else f"must be at least {min_len} characters")
         if len(value) > max_len:
             raise Bad("too_long", f"must be at most {max_len} characters")
-        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        if _CONTROL.search(value) is not None:
             raise Bad("invalid_value", "must not contain control characters")
         return value
     return run
@@ -226,6 +233,22 @@ def address(value: Any) -> str:
     return text.lower()
 
 
+def query_integer(value: Any) -> Any:
+    """A query-string integer as an int; any other string becomes -1 (out of every range,
+    so the caller's own check refuses it); non-strings are returned for that check."""
+    if isinstance(value, str):
+        return int(value) if _QUERY_INT.fullmatch(value) else -1
+    return value
+
+
+def query_number(value: Any) -> Any:
+    """Like :func:`query_integer` for a plain decimal number ("1795567000", "1.5"); any other
+    string is returned unchanged, for the caller's type check to refuse."""
+    if isinstance(value, str) and _QUERY_NUMBER.fullmatch(value):
+        return float(value) if "." in value else int(value)
+    return value
+
+
 def timestamp(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float) \
             or not math.isfinite(value):
@@ -293,13 +316,15 @@ def forbid_fields(present: Iterable[str], allowed: Iterable[str], what: str) -> 
 
 def scoped_tenant(principal: Any, tenant_id: str | None) -> str:
     """The tenant a request acts on (api.md §2.3): a tenant key's own, or the admin's choice."""
+    if tenant_id == "":  # an empty field is a missing one, not a tenant named ""
+        tenant_id = None
     if getattr(principal, "is_tenant", False):
         own = principal.tenant_id
         if tenant_id is not None and tenant_id != own:
             raise Forbidden(f"this API key belongs to tenant '{own}', not '{tenant_id}'",
                             code="tenant_mismatch", detail={"tenant_id": tenant_id})
         return str(own)
-    if tenant_id is None or tenant_id == "":
+    if tenant_id is None:
         raise BadRequest("tenant_id is required with the admin token",
                          code="missing_parameter", detail={"parameter": "tenant_id"})
     if not isinstance(tenant_id, str):

@@ -32,7 +32,7 @@ def decode_cursor(cursor: str) -> int:
     return pk
 
 
-async def _require_tenant(db: Any, tenant_id: str | None) -> None:
+async def require_tenant(db: Any, tenant_id: str | None) -> None:
     """404 ``tenant_not_found`` for a named tenant that does not exist, as /accounts and
     /suppressions answer: an empty list would read as "no messages" (decisions: cli_data.md).
     ``db`` is the store or an open transaction; None (all tenants) needs no check."""
@@ -71,7 +71,7 @@ async def list_messages(core: Core, *, tenant_id: str | None, status: str | None
         raise BadRequest("'limit' must be between 1 and 1000", code="invalid_parameter",
                          detail={"parameter": "limit"})
     before = decode_cursor(cursor) if cursor else None
-    await _require_tenant(core.store, tenant_id)
+    await require_tenant(core.store, tenant_id)
     rows = await core.store.fetch("message_list", tenant_id=tenant_id, status=status,
                                   batch_code=batch_code, before_pk=before, limit=limit + 1)
     more = len(rows) > limit
@@ -145,7 +145,7 @@ async def delete_messages(core: Core, tenant_id: str, ids: object) -> dict[str, 
     wanted = check_ids(ids)
     removed, not_found, in_flight = 0, [], []
     async with core.store.transaction() as tx:
-        await _require_tenant(tx, tenant_id)
+        await require_tenant(tx, tenant_id)
         rows = {r["id"]: r for r in await tx.fetch("message_statuses", tenant_id=tenant_id,
                                                    ids=wanted)}
         for message_id in wanted:
@@ -164,7 +164,7 @@ async def retry_messages(core: Core, tenant_id: str, ids: object) -> dict[str, A
     retried, not_found, not_retryable = 0, [], []
     t = now()
     async with core.store.transaction() as tx:
-        await _require_tenant(tx, tenant_id)
+        await require_tenant(tx, tenant_id)
         rows = {r["id"]: r for r in await tx.fetch("message_statuses", tenant_id=tenant_id,
                                                    ids=wanted)}
         for message_id in wanted:
@@ -210,7 +210,7 @@ async def cleanup_messages(core: Core, tenant_id: str | None,
     if isinstance(age, bool) or not isinstance(age, int) or not 0 <= age <= MAX_EPOCH:
         raise BadRequest(f"'older_than_seconds' must be an integer from 0 to {MAX_EPOCH}",
                          code="invalid_parameter", detail={"parameter": "older_than_seconds"})
-    await _require_tenant(core.store, tenant_id)
+    await require_tenant(core.store, tenant_id)
     removed = 0
     while True:
         async with core.store.transaction() as tx:

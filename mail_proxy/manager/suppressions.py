@@ -19,6 +19,7 @@ from mail_proxy.manager.fields import (
     address,
     fail_if,
     nullable,
+    query_integer,
     read_body,
     require_object,
     scoped_tenant,
@@ -61,8 +62,7 @@ def _entry(row: dict[str, Any]) -> dict[str, Any]:
 async def list_suppressions(core: Core, tenant_id: str, *, address_filter: object = None,
                             limit: object = 100, cursor: object = None) -> dict[str, Any]:
     """GET /suppressions: ordered by address, ``next_cursor`` null on the last page."""
-    if isinstance(limit, str) and limit.isdigit():
-        limit = int(limit)
+    limit = query_integer(limit)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise _bad("limit", f"must be an integer between 1 and {MAX_PAGE}")
     wanted = None

@@ -55,7 +55,7 @@ _RESERVED = frozenset(name.lower() for name in (
     "From", "To", "Cc", "Bcc", "Subject", "Reply-To", "Date", "Message-ID", "MIME-Version",
     "Content-Type", "Content-Transfer-Encoding", "Return-Path", "X-Mail-Proxy-ID"))
 _CONTENT_TYPES = {"plain": "plain", "text/plain": "plain", "html": "html", "text/html": "html"}
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")
 _HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed in a value
 _MAX_DEFER_SECONDS = 366 * 86400
@@ -328,7 +328,7 @@ def _deferred_ts(entry: dict[str, Any], now: int) -> int | None:
     ts = math.floor(value)
     if not 0 <= ts <= now + _MAX_DEFER_SECONDS:
         reject("invalid_field", "deferred_ts",
-                "must lie between 0 and 366 days from now (epoch seconds)")
+                "must be epoch seconds, at most 366 days ahead (a past time means now)")
     return ts
 
 

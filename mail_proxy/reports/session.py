@@ -114,7 +114,10 @@ class Turn:
             result = await self._post(tenant, events)
             out.calls += 1
             if not result.ok:
-                failures += 1
+                # A call someone forced (run-now with a tenant) does not climb the backoff:
+                # repeated forcing would push a receiver's next try out to the cap in seconds.
+                if reason != FORCED or failures == 0:
+                    failures += 1
                 delay = backoff_seconds(failures, int(settings.report_backoff_max))
                 await ledger.record_failure(store, tenant_id, failures,
                                             math.ceil(time.time() + delay))

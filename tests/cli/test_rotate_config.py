@@ -175,3 +175,16 @@ def test_staged_rotation_across_two_instances_of_one_database(
     assert "pw-staged" not in staged.text + promoted.text
     bad = cli("main", "rotate-key", "--stage-key", "not-a-key")
     assert bad.code == 2 and "32 bytes" in bad.err
+    # the last step, on every host: drop the old key without minting a new one, which the
+    # other host would not hold (a prune that rotated first broke the other host's sends)
+    pruned = cli("main", "rotate-key", "--prune-only", "--yes")
+    assert pruned.code == 0, pruned.err
+    assert KeyRing.load(instance.folder).kids == [new_kid]
+    raw, plain = _stored_password(instance)
+    assert plain == "pw-staged" and f":{new_kid}:" in raw
+    _raw, plain_other = _stored_password(other)
+    assert plain_other == "pw-staged"
+    assert cli("other", "rotate-key", "--promote", new_kid, "--no-reencrypt", "--prune",
+               "--yes").code == 0  # --prune with --no-reencrypt was silently ignored
+    assert KeyRing.load(other.folder).kids == [new_kid]
+    assert cli("main", "rotate-key", "--prune-only", "--stage").code == 2

@@ -116,9 +116,11 @@ def test_messages_list_csv_delete_retry(cli: Any, tenant: str, tmp_path: Path) -
     r = cli("main", "acme", "messages", "retry", ids[0], "ghost")
     assert r.out.splitlines() == ["retried: 0", "not found: ghost",
                                   f"not retryable: {ids[0]} (message is already queued)"]
+    assert (r.code, r.err) == (1, "error: some messages were not retried (listed above)\n")
     r = cli("main", "acme", "messages", "delete", ids[0], "ghost", "--yes", "--json")
     assert json.loads(r.out) == {"ok": True, "removed": 1, "not_found": ["ghost"],
                                  "in_flight": []}
+    assert r.code == 1  # a script can tell that "ghost" was not there
     r = cli("main", "acme", "messages", "show", ids[1], "--history")
     assert r.code == 0 and "queued" in r.out
 

@@ -131,6 +131,28 @@ async def _wait_until(epoch: float) -> None:
     await asyncio.sleep(max(epoch - time.time(), 0) + 0.05)
 
 
+async def test_forced_calls_that_fail_do_not_climb_the_backoff(core, smtp_server) -> None:
+    """run-now with a tenant clears the wait and calls at once; when such calls fail, the
+    failure count stays where it was (a QA pass saw five forced calls push the next try of a
+    dead receiver from 16 s to the 300 s cap in two seconds)."""
+    configure(core, report_timeout=2, report_backoff_max=300)
+    async with Receiver() as rx:
+        await setup(core, smtp_server, rx)
+        await deliver(core, smtp_server.port, f.message(1))
+        rx.default = Reply(status=500)
+        rep = reporter(core)
+        assert await rep.run_once() == 1
+        assert (await tenant_row(core))["report_failures"] == 1
+        for _ in range(4):
+            rep.wake("acme", forced=True)
+            assert await rep.run_once() == 1
+        await rep.stop(1)
+        state = await tenant_row(core)
+        assert state["report_failures"] == 1
+        assert state["report_backoff_until"] - time.time() <= 2
+        assert len(rx.calls) == 5
+
+
 async def test_timeout_is_a_failure_and_keeps_events(core, smtp_server) -> None:
     configure(core, report_timeout=1)
     async with Receiver() as rx:

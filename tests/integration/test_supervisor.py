@@ -163,7 +163,10 @@ def test_busy_port_and_second_supervisor(
         port = busy.getsockname()[1]
         r = run_cli("start", "demo", "--port", str(port))
         assert r.returncode == 1
-        assert r.stderr.endswith(f"error: port {port} on 127.0.0.1 is in use\n")
+        assert r.stderr == (f"error: port {port} on 127.0.0.1 is in use\n"
+                            "hint: mail-proxy start demo --port N takes another\n")
+        assert "Created instance" not in r.stdout
+        assert not paths.instance_dir("demo").exists()  # a failed creation leaves nothing
     assert run_cli("start", "demo", "--wait", "10").returncode == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     second = subprocess.run([sys.executable, "-m", "mail_proxy.instance.supervisor", "demo"],
@@ -214,3 +217,28 @@ def test_a_new_instance_that_cannot_be_made_or_reach_its_database_is_not_kept(
     assert "cannot read key file" in r.stderr
     assert run_cli("start", "demo", "--wait", "10").returncode == 0  # the name is free
     assert record()["state"] == "RUNNING"
+
+
+def test_a_new_instance_missing_the_databases_key_is_not_kept(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """The refusal suggests the same start with --key-file: that only works when the failed
+    creation left nothing behind, and nothing said "Created instance" meanwhile."""
+    assert run_cli("start", "one", "--port", str(free_port()), "--wait", "10").returncode == 0
+    assert run_cli("one", "tenants", "add", "acme", "--no-api-key").returncode == 0
+    r = run_cli("one", "acme", "accounts", "add", "main", "--host", "127.0.0.1", "--port",
+                "2525", "--tls-mode", "none", "--user", "u", "--password", "pw", "--no-test")
+    assert r.returncode == 0, r.stderr
+    one = paths.instance_dir("one")
+    shared = f"sqlite://{one / 'mail_service.db'}"
+    r = run_cli("start", "two", "--db", shared, "--port", str(free_port()))
+    assert r.returncode == 2
+    assert "missing from the key ring of instance 'two'" in r.stderr
+    assert r.stderr.endswith("hint: instance 'two' was not kept; run the same command again "
+                             "with --key-file PATH (or MAIL_PROXY_ENCRYPTION_KEY set)\n")
+    assert "Created instance" not in r.stdout and "Admin token" not in r.stdout
+    assert not paths.instance_dir("two").exists()
+    r = run_cli("start", "two", "--db", shared, "--port", str(free_port()), "--key-file",
+                str(one / "encryption.key"), "--wait", "10")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Created instance 'two'")
+

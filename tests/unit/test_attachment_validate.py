@@ -108,6 +108,11 @@ def test_endpoint_and_mount_forms() -> None:
      "attachments[0].auth.token"),
     ({"filename": "a", "storage_path": "ftp://h/x", "fetch_mode": "http_url"},
      "attachments[0].storage_path"),
+    # credentials in the URL would be stored and shown in clear: they belong in 'auth'
+    ({"filename": "a", "storage_path": "https://user:pw@files.example.com/x"},
+     "attachments[0].storage_path"),
+    ({"filename": "a", "storage_path": "https://token@files.example.com/x"},
+     "attachments[0].storage_path"),
 ])
 def test_schema_errors_name_the_field(item: dict, field: str) -> None:
     err = rejected([item])

@@ -135,3 +135,14 @@ def test_instance_name_wins_over_tenant_word() -> None:
     r = resolve_argv(["other", "zeta", "suspend"], world(current=("main", "acme")))
     assert (r.instance, r.tenant, r.args, r.used_context) == ("other", "zeta", ["suspend"],
                                                               False)
+
+
+def test_a_mistyped_command_gets_a_suggestion() -> None:
+    typo = fail(["stauts", "main"], world(instances=("main",)))
+    assert (typo.exit_code, typo.message) == (3, "instance 'stauts' not found")
+    assert typo.hint == "did you mean 'status'? mail-proxy list shows the instances"
+    tenant_word = fail(["main", "tenant", "list"], world())
+    assert tenant_word.hint == ("did you mean 'tenants'? mail-proxy main tenants list shows "
+                                "the tenants")
+    far = fail(["main", "zzz"], world())
+    assert far.hint == "mail-proxy main tenants list shows the tenants"

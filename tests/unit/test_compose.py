@@ -158,3 +158,16 @@ def test_envelope_sender_precedence() -> None:
         == "rp@acme.test"
     assert envelope(payload(), bounce_return_path="b@acme.test")[0] == "b@acme.test"
     assert envelope(payload())[0] == "billing@acme.test"
+
+
+@pytest.mark.parametrize("brk", ["\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029"])
+def test_every_line_break_python_knows_is_folded(brk: str) -> None:
+    """The email package refuses a header value holding any str.splitlines() boundary:
+    such a subject, header or filename once failed every attempt as an internal error."""
+    p = payload(subject=f"hello{brk}X-Injected: yes", headers={"X-Tag": f"v{brk}X-Other: 1"})
+    part = AttachmentPart(filename=f"f{brk}x.txt", content=b"hi", mime_type="text/plain")
+    msg = parse(build(p, (part,)))
+    assert msg["Subject"] == "hello X-Injected: yes"
+    assert msg["X-Tag"] == "v X-Other: 1"
+    assert "X-Injected" not in header_names(build(p)) and "X-Other" not in header_names(build(p))
+    assert [a.get_filename() for a in msg.iter_attachments()] == ["f x.txt"]

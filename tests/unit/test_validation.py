@@ -150,6 +150,8 @@ def test_minimal_message_is_normalised() -> None:
     (msg(batch_code="*"), "invalid_field", "batch_code"),
     (msg(batch_code="b" * 65), "invalid_field", "batch_code"),
     (msg(batch_code="a\x00"), "invalid_field", "batch_code"),
+    (msg(batch_code="a\u2029b"), "invalid_field", "batch_code"),  # a paragraph separator
+    (msg(id="id-\u2028x"), "invalid_field", "id"),  # a line separator, raw in log lines
     (msg(attachments={}), "invalid_attachment", "attachments"),
     (msg(attachments=[{"filename": "a.txt"}]), "invalid_attachment",
      "attachments[0].storage_path"),

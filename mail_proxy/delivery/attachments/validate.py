@@ -166,6 +166,12 @@ def _check_url(url: str, where: str, label: str) -> None:
     if parts is None or parts.scheme not in ("http", "https") or not host:
         raise _bad("invalid_attachment", where,
                    f"{label}: '{url}' is not an http or https URL with a host")
+    if "@" in parts.netloc:
+        # user:password in the URL would be stored and shown with the message, where the
+        # 'auth' object is encrypted and masked (as client_base_url refuses it too)
+        raise _bad("invalid_attachment", where,
+                   f"{label}: the URL must not carry credentials before its host; "
+                   "put them in 'auth'")
 
 
 def _optional(item: dict[str, Any], key: str, where: str, label: str, pattern: re.Pattern[str],

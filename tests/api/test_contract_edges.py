@@ -1,0 +1,150 @@
+"""Edges of the API contract a QA pass found answered other than api.md and the decisions
+say (hunt of 2026-11-25): each is answered as documented now."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.api.conftest import LiveServer
+from tests.api.test_hostile_requests import raw_exchange
+
+
+@pytest.mark.parametrize("path", ["/command-log", "/suppressions"])
+@pytest.mark.parametrize("limit", ["²", "２", "1" * 5000, " 5", "1_0"])
+def test_a_limit_of_anything_but_plain_digits_is_400(live: LiveServer, path: str,
+                                                     limit: str) -> None:
+    # "²" passed str.isdigit() and then failed int(): a 500 with a traceback in the log
+    answer = live.call("GET", path, live.admin_token, params={"tenant_id": "acme",
+                                                              "limit": limit})
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_parameter"), limit
+    assert answer.json()["detail"] == {"parameter": "limit"}
+
+
+@pytest.mark.parametrize("path", ["/command-log", "/suppressions"])
+def test_a_limit_of_plain_digits_still_works(live: LiveServer, path: str) -> None:
+    answer = live.call("GET", path, live.admin_token, params={"tenant_id": "acme",
+                                                              "limit": "2"})
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("since", ["1_795_567_000", "１７９５５６７０００", "1e9", "inf"])
+def test_command_log_times_are_plain_decimal_numbers(live: LiveServer, since: str) -> None:
+    answer = live.call("GET", "/command-log", live.admin_token, params={"since": since})
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_parameter"), since
+    for good in ("1795567000", "1795567000.5", "0"):
+        assert live.call("GET", "/command-log", live.admin_token,
+                         params={"since": good}).status_code == 200, good
+
+
+@pytest.mark.parametrize("how", [{"params": {"older_than_seconds": " 10"}},
+                                 {"json": {"older_than_seconds": " 10 "}}])
+def test_cleanup_age_with_blanks_is_400(live: LiveServer, how: dict[str, object]) -> None:
+    answer = live.call("POST", "/commands/cleanup-messages", live.admin_token, **how)
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_parameter")
+
+
+@pytest.mark.parametrize("code", ["a\u0085b", "a\u2028b", "a\x7fb"])
+def test_suspend_refuses_a_batch_code_no_message_could_carry(live: LiveServer,
+                                                             code: str) -> None:
+    answer = live.call("POST", "/commands/suspend", live.keys["acme"],
+                       json={"batch_code": code})
+    assert answer.status_code == 422, answer.text
+    assert [f["field"] for f in answer.json()["detail"]] == ["batch_code"]
+
+
+def test_an_empty_tenant_id_is_a_missing_one(live: LiveServer) -> None:
+    as_admin = live.call("POST", "/commands/delete-messages", live.admin_token,
+                         json={"tenant_id": "", "ids": ["x"]})
+    assert (as_admin.status_code, as_admin.json()["code"]) == (400, "missing_parameter")
+    listed = live.call("GET", "/messages", live.admin_token, params={"tenant_id": ""})
+    assert listed.status_code == 200  # the admin's list of every tenant, as with no parameter
+    as_tenant = live.call("POST", "/commands/retry-messages", live.keys["acme"],
+                          json={"tenant_id": "", "ids": ["nope"]})
+    assert as_tenant.status_code == 200, as_tenant.text  # the key's own tenant
+    suppression = live.call("POST", "/suppressions", live.keys["acme"],
+                            json={"tenant_id": "", "address": "empty-tenant@x.test"})
+    assert suppression.status_code in (200, 201), suppression.text
+
+
+def test_run_now_for_an_unknown_tenant_is_404(live: LiveServer) -> None:
+    answer = live.call("POST", "/commands/run-now", live.admin_token,
+                       params={"tenant_id": "no-such-tenant"})
+    assert (answer.status_code, answer.json()["code"]) == (404, "tenant_not_found")
+    assert live.call("POST", "/commands/run-now", live.admin_token,
+                     params={"tenant_id": "acme"}).status_code == 200
+    assert live.call("POST", "/commands/run-now", live.admin_token).status_code == 200
+
+
+def test_a_request_id_with_a_space_is_echoed(live: LiveServer) -> None:
+    answer = live.call("GET", "/health", headers={"X-Request-ID": "job 42"})
+    assert answer.headers["x-request-id"] == "job 42"
+
+
+def test_integer_settings_accept_whole_floats(live: LiveServer) -> None:
+    answer = live.call("PATCH", "/instance", live.admin_token, json={"lease_seconds": 90.0})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["instance"]["settings"]["lease_seconds"] == 90
+    bad = live.call("PATCH", "/instance", live.admin_token, json={"lease_seconds": 90.5})
+    assert bad.status_code == 422
+    live.call("PATCH", "/instance", live.admin_token, json={"lease_seconds": None})
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"FOO /status HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST /commands/run-now HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n",
+    b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+])
+def test_requests_the_parser_refuses_get_a_json_400(live: LiveServer,
+                                                    request_bytes: bytes) -> None:
+    answer = raw_exchange(live, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"content-type: application/json" in head.lower()
+    assert b"x-request-id: " in head.lower()
+    assert json.loads(body)["code"] == "malformed_request"
+    assert live.call("GET", "/health").status_code == 200
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "169.254.169.254", "10.1.2.3", "::1",
+                                  "localhost", "0.0.0.0"])
+def test_a_tenant_key_cannot_point_an_account_at_a_private_host(live: LiveServer,
+                                                               host: str) -> None:
+    """Otherwise any tenant could make the worker connect to loopback, link-local or
+    internal services and read their banners back in the error text (security hunt)."""
+    created = live.call("POST", "/account", live.keys["acme"],
+                        json={"id": "probe", "host": host, "port": 6379, "tls_mode": "none"})
+    assert (created.status_code, created.json()["code"]) == (422, "validation_error"), created.text
+    assert created.json()["detail"][0]["field"] == "host"
+    assert created.json()["detail"][0]["code"] == "host_not_allowed"
+    patched = live.call("PATCH", "/account/smtp1", live.keys["acme"], json={"host": host})
+    assert patched.status_code == 422, patched.text
+    pec = live.call("POST", "/account", live.keys["acme"],
+                    json={"id": "pec", "host": "smtp.example.com", "port": 465, "is_pec": True,
+                          "imap_host": host})
+    assert [f["field"] for f in pec.json()["detail"]] == ["imap_host"], pec.text
+
+
+def test_the_admin_and_allow_private_urls_may_set_private_hosts(live: LiveServer) -> None:
+    admin = live.call("POST", "/account", live.admin_token,
+                      json={"tenant_id": "acme", "id": "relay", "host": "127.0.0.1",
+                            "port": 2525, "tls_mode": "none"})
+    assert admin.status_code == 201, admin.text
+    live.call("PATCH", "/instance", live.admin_token, json={"allow_private_urls": True})
+    try:
+        tenant = live.call("PATCH", "/account/relay", live.keys["acme"],
+                           json={"host": "10.0.0.5"})
+        assert tenant.status_code == 200, tenant.text
+    finally:
+        live.call("PATCH", "/instance", live.admin_token, json={"allow_private_urls": None})
+        live.call("DELETE", "/account/relay", live.admin_token, params={"tenant_id": "acme"})
+    reserved = live.call("PATCH", "/account/smtp1", live.keys["acme"],
+                         json={"host": "198.51.100.7"})  # TEST-NET-2: not global, refused
+    assert reserved.status_code == 422
+    named = live.call("PATCH", "/account/smtp1", live.keys["acme"],
+                      json={"host": "smtp.unresolvable.invalid"})
+    assert named.status_code == 200, named.text  # no answer yet: it fails at delivery
+    live.call("PATCH", "/account/smtp1", live.admin_token, params={"tenant_id": "acme"},
+              json={"host": "smtp.example.com"})

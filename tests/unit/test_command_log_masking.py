@@ -1,0 +1,36 @@
+"""What the command log keeps of a request or answer (api.md §8): secrets are masked even
+when a client names them unexpectedly (security hunt, 2026-11-25)."""
+
+from __future__ import annotations
+
+from mail_proxy.manager.command_log import MASK, clean
+
+
+def test_known_secret_keys_are_masked_and_flags_kept() -> None:
+    body = {"password": "pw", "signing_secret": "s", "has_password": True, "token": None}
+    assert clean(body) == {"password": MASK, "signing_secret": MASK, "has_password": True,
+                           "token": None}
+
+
+def test_misspelt_or_unknown_secret_names_are_masked() -> None:
+    assert clean({"passwd": "x", "smtp_token": "y", "client_secret_2": "z"}) == {
+        "passwd": MASK, "smtp_token": MASK, "client_secret_2": MASK}
+
+
+def test_credential_objects_keep_only_method_and_user() -> None:
+    auth = {"method": "basic", "user": "app", "password": "pw", "extra": "leak"}
+    assert clean({"client_auth": auth}) == {
+        "client_auth": {"method": "basic", "user": "app", "password": MASK, "extra": MASK}}
+    # a refused request may carry the credential as a bare string
+    assert clean({"attachments": [{"auth": "SECRETzz19"}]}) == {
+        "attachments": [{"auth": MASK}]}
+    assert clean({"auth": None}) == {"auth": None}
+
+
+def test_url_passwords_are_masked_wherever_they_appear() -> None:
+    body = {"attachments": [{"storage_path": "https://user:SECRET16@h.test/x?a=b"}],
+            "note": "see http://u:p@host.test and ftp://x@host.test"}
+    cleaned = clean(body)
+    assert cleaned["attachments"][0]["storage_path"] == f"https://user:{MASK}@h.test/x?a=b"
+    assert cleaned["note"] == f"see http://u:{MASK}@host.test and ftp://x@host.test"
+    assert "SECRET16" not in str(cleaned)
