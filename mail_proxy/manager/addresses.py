@@ -106,6 +106,10 @@ def _spec(spec: str, original: str) -> tuple[str, str, str]:
         if len(local) < 2 or not local.endswith('"') or \
                 _QCONTENT.fullmatch(local, 1, len(local) - 1) is None:
             raise AddressError(original)
+        if "<" in local or ">" in local:
+            # legal inside quotes, but a relay that reads "<...>" naively would take the rest
+            # of RCPT TO:<"x> NOTIFY=NEVER"@y> as ESMTP parameters; no real mailbox needs it
+            raise AddressError(original, "a quoted local part may not contain '<' or '>'")
     elif _DOT_ATOM.fullmatch(local) is None:
         raise AddressError(original)
     if len(local) > 64:

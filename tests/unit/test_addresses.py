@@ -69,6 +69,9 @@ def test_valid_lists_and_normal_form(text: str, expected: list[str]) -> None:
     ("a@[192.0.2.1]", "domain literals are not accepted"),
     ("a@x.test\r\nBcc: evil@z.test", "control characters are not allowed"),
     ("a" * 65 + "@x.test", "the local part is longer than 64 characters"),
+    # an envelope of RCPT TO:<"x> NOTIFY=NEVER"@y.test> misleads naive relays
+    ('"x> NOTIFY=NEVER"@y.test', "a quoted local part may not contain '<' or '>'"),
+    ('Ann <"r<x"@a.test>', "a quoted local part may not contain '<' or '>'"),
 ])
 def test_invalid_addresses(text: str, detail: str | None) -> None:
     with pytest.raises(AddressError) as caught:
