@@ -44,7 +44,8 @@ def rotate_key(ctx: typer.Context,
                                    "print it once, for the other instances.")] = False,
                stage_key: Annotated[str | None, typer.Option(
                    "--stage-key", metavar="BASE64",
-                   help="Add this key (from --stage elsewhere) as a secondary key.")] = None,
+                   help="Add this key (from --stage elsewhere) as a secondary key; "
+                        "'-' reads it from stdin, out of the process list.")] = None,
                promote: Annotated[str | None, typer.Option(
                    "--promote", metavar="KID",
                    help="Make this staged key the primary and re-encrypt.")] = None,
@@ -76,6 +77,10 @@ def rotate_key(ctx: typer.Context,
                                   "does not rewrite", "rotate it where it is defined")
     path = old.path
     if stage or stage_key is not None:
+        if stage_key == "-":
+            import sys
+
+            stage_key = sys.stdin.readline()
         return _stage(obj, config.folder, path, old, generate_key() if stage
                       else _decode_key(stage_key or ""), show=stage)
     if prune_only:

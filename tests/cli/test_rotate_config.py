@@ -160,7 +160,7 @@ def test_staged_rotation_across_two_instances_of_one_database(
     new_kid = KeyRing([base64.b64decode(new_key)]).primary_kid
     ring = KeyRing.load(instance.folder)
     assert ring.primary_kid == old_kid and new_kid in ring.kids  # decrypts, does not encrypt
-    assert cli("other", "rotate-key", "--stage-key", new_key).code == 0
+    assert cli("other", "rotate-key", "--stage-key", "-", stdin=new_key + "\n").code == 0
     assert new_kid in KeyRing.load(other.folder).kids
 
     promoted = cli("main", "rotate-key", "--promote", new_kid)
