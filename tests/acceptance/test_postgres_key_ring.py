@@ -39,9 +39,12 @@ def test_missing_key_is_refused_and_key_file_joins(pg_url) -> None:
         r = cli("start", "two", "--db", pg_url, "--port", str(free_port()))
         assert r.returncode == 2
         lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: the database holds values")
+        assert len(lines) == 2 and lines[0].startswith("error: the database holds values")
         assert kid in lines[0] and "encryption.key" in lines[0]
+        assert lines[1] == ("hint: instance 'two' was not kept; run the same command again "
+                            "with --key-file PATH (or MAIL_PROXY_ENCRYPTION_KEY set)")
         assert "s3cret-pw" not in r.stderr + r.stdout
+        assert not (home / "two").exists()
 
         r = cli("start", "three", "--db", pg_url, "--port", str(free_port()),
                 "--key-file", str(home / "one" / "encryption.key"))
