@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -40,12 +41,17 @@ def _rate_limit(request: Request, path: str) -> None:
                        headers={"Retry-After": retry_after(wait)})
 
 
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")
+
+
 def endpoint(path: str, fn: Handler) -> Handler:
     """Wrap a handler: rate limit, turn every exception into JSON, record the command log,
     and tag the route for metrics."""
 
+    label = _CONVERTER.sub(r"{\1}", path)  # "/messages/{id}", as api.md writes routes
+
     async def wrapped(request: Request) -> Response:
-        request.scope["mp_route"] = path
+        request.scope["mp_route"] = label
         try:
             _rate_limit(request, path)
             response = await fn(request)

@@ -20,6 +20,7 @@ from mail_proxy.delivery import leases, ratelimit
 from mail_proxy.delivery.accounts import AccountConfigs
 from mail_proxy.delivery.outcomes import Claimed, Recorder
 from mail_proxy.delivery.sender import Sender
+from mail_proxy.delivery.slots import SendSlots
 from mail_proxy.manager.core import now
 
 log = logging.getLogger("mail_proxy.delivery")
@@ -63,14 +64,14 @@ class Dispatcher:
         self.metrics = metrics
         self.configs = AccountConfigs(core)
         self.recorder = Recorder(core.store, owner)
+        self.leases = leases.LeaseGuard(core.store, owner, lambda: self.held)
         self.sender = Sender(core, configs=self.configs, recorder=self.recorder, smtp=smtp,
                              fetcher=fetcher, metrics=metrics,
-                             on_event=on_event or (lambda _t: None))
+                             on_event=on_event or (lambda _t: None), lease_guard=self.leases)
         self.lanes: dict[tuple[str, str], Lane] = {}
         self._wake = asyncio.Event()
         self._stopping = False
-        self._slots = asyncio.Semaphore(core.settings.max_concurrent_sends)
-        self._slot_size = core.settings.max_concurrent_sends
+        self._slots = SendSlots(core.settings.max_concurrent_sends)
         self._rotation = 0
         self._last_recovery = 0.0
         self._next_due: int | None = None
@@ -137,12 +138,17 @@ class Dispatcher:
         settings = self.core.settings
         if not settings.dispatch_enabled or self._stopping:
             return 0
-        self._resize_slots(settings.max_concurrent_sends)
+        self._slots.resize(settings.max_concurrent_sends)
         t = now()
         await self._promote(t)
         if time.monotonic() - self._last_recovery >= RECOVERY_INTERVAL:
             self._last_recovery = time.monotonic()
-            await leases.recover_expired(self.core.store, max_retries=settings.max_retries)
+            recovered = await leases.recover_expired(self.core.store,
+                                                     max_retries=settings.max_retries)
+            if self.metrics is not None:
+                for tenant_id, account_id, failed in recovered:
+                    if failed:  # T14b ends the message in error (metrics.md: gmp_errors_total)
+                        self.metrics.child("errors_total", tenant_id, account_id).inc()
         claimed = await self._claim(t)
         if self._stopping and claimed:
             # The drain started while this claim was in progress and has already given
@@ -174,17 +180,23 @@ class Dispatcher:
         store = self.core.store
         accounts = await store.fetch("dispatch_accounts", now=t)
         plan: list[tuple[str, str, int, list[str]]] = []
+        tenant_room: dict[str, int] = {}
         if accounts:
             start = self._rotation % len(accounts)
             self._rotation += 1
             accounts = accounts[start:] + accounts[:start]
+        limited: list[str] = []  # accounts whose priority-0 messages the pre-check governs
         for row in accounts:
             key = (row["tenant_id"], row["account_id"])
             if self._rate_blocked.get(key, 0) > t:
+                limited.append(f"{key[0]}/{key[1]}")
                 continue
             config = await self.configs.get(*key)
             if config is None:
                 continue
+            limits = config.limits
+            if limits.tenant or (limits.account and limits.behavior == "defer"):
+                limited.append(f"{key[0]}/{key[1]}")
             lane = self.lanes.get(key)
             if lane is not None and not self._low_water(lane):
                 continue  # well stocked: claimed again at low water, in one bigger claim
@@ -192,23 +204,34 @@ class Dispatcher:
             if capacity <= 0:
                 continue
             # reject accounts: only the tenant's windows (always defer) are pre-checked
-            checked = config.limits if config.limits.behavior == "defer" else \
-                ratelimit.Limits(account=(), tenant=config.limits.tenant)
-            if checked.any:
-                left, free_at = await ratelimit.remaining(store, key[0], key[1], checked, t)
-                if left is not None:
-                    if left <= 0:
-                        self._rate_blocked[key] = free_at or t + 1
-                        continue
-                    # held messages that have not reserved yet will need slots too
-                    capacity = min(capacity, left - (lane.held if lane else 0))
-                    if capacity <= 0:
-                        continue
+            if limits.account and limits.behavior == "defer":
+                left, free_at = await ratelimit.remaining(
+                    store, key[0], key[1], ratelimit.Limits(account=limits.account, tenant=()), t)
+                if left is not None and left <= 0:
+                    self._rate_blocked[key] = free_at or t + 1
+                    continue
+                # held messages that have not reserved yet will need slots too
+                capacity = min(capacity, (left or 0) - (lane.held if lane else 0))
+            if limits.tenant:
+                room = await self._tenant_room(key, limits, t, tenant_room)
+                if room is None:
+                    continue  # the tenant's windows are full: blocked until a slot frees
+                capacity = min(capacity, room)
+            if capacity <= 0:
+                continue
+            if limits.tenant:
+                # the tenant's other accounts share what is left (one worker, one cycle)
+                tenant_room[key[0]] -= capacity
             suspended = json.loads(row["suspended_batches"] or "[]")
             plan.append((key[0], key[1], capacity, suspended))
         lease = settings.lease_seconds
+        # Priority-0 messages of rate-limited accounts are left to the account's own claim
+        # (priority first, within the room the pre-check found): the immediate pass would
+        # take them all, and those beyond the room would be deferred with an event, again
+        # every window (delivery.md §6.3: waiting for a slot produces no events).
         calls = [("claim_immediate", {"me": self.owner, "now": t, "lease": lease,
-                                      "n": settings.immediate_batch_size})]
+                                      "n": settings.immediate_batch_size,
+                                      "limited": limited})]
         calls += [("claim_account", {"me": self.owner, "now": t, "lease": lease,
                                      "tenant_id": tenant_id, "account_id": account_id, "n": n,
                                      "suspended": suspended})
@@ -218,13 +241,27 @@ class Dispatcher:
         # once. Accounts were claimed up to their capacity; they ask for more themselves
         # (a wake-up at low water, see _low_water).
         self._more_ready = len(found[0]) >= settings.immediate_batch_size
-        return [Claimed.from_row(r) for rows in found for r in rows]
+        claimed_at = time.time()
+        return [Claimed.from_row(r, claimed_at) for rows in found for r in rows]
 
-    def _resize_slots(self, size: int) -> None:
-        if size != self._slot_size:
-            # New sends use the new bound; sends holding old slots finish on the old one.
-            self._slots = asyncio.Semaphore(size)
-            self._slot_size = size
+    async def _tenant_room(self, key: tuple[str, str], limits: ratelimit.Limits, t: int,
+                           rooms: dict[str, int]) -> int | None:
+        """Slots the tenant's windows leave for this cycle's claims, or None (and the account
+        blocked) when they are full. Read once per tenant and cycle, less what this worker
+        already holds for the tenant: every account of the tenant shares it, so a tenant
+        limit over several accounts never claims more than it can send (delivery.md §6.3:
+        no ``rate_limit`` events from a single worker)."""
+        tenant_id = key[0]
+        if tenant_id not in rooms:
+            left, free_at = await ratelimit.remaining(
+                self.core.store, tenant_id, key[1],
+                ratelimit.Limits(account=(), tenant=limits.tenant), t)
+            if left is not None and left <= 0:
+                self._rate_blocked[key] = free_at or t + 1
+                return None
+            held = sum(lane.held for k, lane in self.lanes.items() if k[0] == tenant_id)
+            rooms[tenant_id] = (left or 0) - held
+        return rooms[tenant_id]
 
     # lanes -------------------------------------------------------------------------------
     def _enqueue(self, msg: Claimed) -> None:
@@ -321,7 +358,7 @@ class Dispatcher:
             await asyncio.sleep(lease / 4)
             if self.held:
                 try:
-                    await leases.renew(self.core.store, self.owner, lease)
+                    await self.leases.renew(lease)
                 except Exception as exc:  # the next renewal retries; leases outlast 3 misses
                     log.error("lease renewal failed: %s", exc)
 

@@ -43,15 +43,17 @@ class Claimed:
     is_pec: bool
     has_secrets: bool
     payload: str
+    claimed_at: float = 0.0  # wall time the claim committed (leases.LeaseGuard)
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Claimed:
+    def from_row(cls, row: dict[str, Any], claimed_at: float = 0.0) -> Claimed:
         return cls(pk=row["pk"], id=row["id"], tenant_id=row["tenant_id"],
                    account_id=row["account_id"], priority=row["priority"],
                    batch_code=row["batch_code"], created_at=row["created_at"],
                    deferred_ts=row["deferred_ts"], attempts=row["attempts"],
                    smtp_message_id=row["smtp_message_id"], is_pec=bool(row["is_pec"]),
-                   has_secrets=bool(row["has_secrets"]), payload=row["payload"])
+                   has_secrets=bool(row["has_secrets"]), payload=row["payload"],
+                   claimed_at=claimed_at)
 
     @property
     def order(self) -> tuple[int, int, int]:

@@ -90,7 +90,13 @@ class RetryPolicy:
 
 
 def _expired_text(policy: RetryPolicy, last: str) -> str:
-    return f"message expired (max_message_age {policy.max_message_age} s): {last}"
+    return expired_text(policy.max_message_age, last)
+
+
+def expired_text(max_message_age: int, last: str) -> str:
+    """The failure text of an expired message, whatever made it expire (a retry or a
+    throttle pause beyond ``max_message_age``): one format for one code."""
+    return f"message expired (max_message_age {max_message_age} s): {last}"
 
 
 def throttle_delay(level: int, base: int, max_delay: int) -> int:

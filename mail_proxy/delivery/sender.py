@@ -14,7 +14,7 @@ from mail_proxy.delivery import ratelimit
 from mail_proxy.delivery.accounts import AccountConfig, AccountConfigs
 from mail_proxy.delivery.compose import AttachmentPart, build_message, envelope
 from mail_proxy.delivery.outcomes import Claimed, Recorder
-from mail_proxy.delivery.retry import RetryPolicy, throttle_delay
+from mail_proxy.delivery.retry import RetryPolicy, expired_text, throttle_delay
 from mail_proxy.errors import DeliveryFailure, PermanentFailure, TransientFailure
 from mail_proxy.manager.core import now
 
@@ -31,8 +31,9 @@ def _nothing() -> None:
 class Sender:
     def __init__(self, core: Any, *, configs: AccountConfigs, recorder: Recorder, smtp: Any,
                  fetcher: Any | None, metrics: Any | None,
-                 on_event: Callable[[str], None]) -> None:
+                 on_event: Callable[[str], None], lease_guard: Any | None = None) -> None:
         self.core = core
+        self.lease_guard = lease_guard
         self.configs = configs
         self.recorder = recorder
         self.smtp = smtp
@@ -60,6 +61,12 @@ class Sender:
                 f"internal error: {type(exc).__name__}", code="internal_error"), attempted=True)
 
     async def _send(self, msg: Claimed, transmitted: Callable[[], None]) -> None:
+        if self.lease_guard is not None and not await self.lease_guard.holds(
+                msg.pk, msg.claimed_at, self.core.settings.lease_seconds):
+            # Nothing is written: the message is another worker's now (delivery.md §2.6).
+            log.warning("message %s/%s not sent here: this worker's lease lapsed (was it "
+                        "paused?) and another worker took it", msg.tenant_id, msg.id)
+            return
         config = await self.configs.get(msg.tenant_id, msg.account_id)
         t = now()
         if config is None:
@@ -125,9 +132,9 @@ class Sender:
                 self._observed(config, None)
             finally:
                 transmitted()
-            if self.metrics is not None:
-                self.metrics.child("send_seconds", msg.tenant_id, msg.account_id).observe(
-                    time.perf_counter() - started)
+                if self.metrics is not None:  # refused and throttled transactions too
+                    self.metrics.child("send_seconds", msg.tenant_id, msg.account_id).observe(
+                        time.perf_counter() - started)
             sent = True
         except DeliveryFailure as failure:
             await self._failed(msg, config, failure, attempted=True, escalate=not late_throttle)
@@ -272,7 +279,7 @@ class Sender:
         if age_limit and until > msg.not_before + age_limit:
             await self.recorder.error(msg, code="expired", attempted=False,
                                       smtp_code=failure.smtp_code, reportable=config.reportable,
-                                      text=f"message expired while throttled: {failure.message}")
+                                      text=expired_text(age_limit, failure.message))
             self._count("errors_total", msg)
         else:
             await self.recorder.deferred(msg, next_attempt_at=until, code="throttled",

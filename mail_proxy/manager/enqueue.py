@@ -162,7 +162,7 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
             core.wake(tenant_id)
         await core.store.notify(",".join(sorted({m.tenant_id for _, m in accepted})))
     if core.metrics is not None:
-        _count(core, accepted, rejected, stored)
+        _count(core, accepted, rejected, stored, entries, ctx)
     answer: dict[str, Any] = {"ok": True, "queued": stored, "rejected": rejected}
     answer_recorded = stored > 0 and audit is not None and settings.command_log_enabled
     if answer_recorded:
@@ -217,7 +217,7 @@ async def _store_accepted(core: Core, accepted: list[tuple[int, ValidMessage]],
 
 
 def _count(core: Core, accepted: list[tuple[int, ValidMessage]], rejected: list[dict[str, Any]],
-           stored: int) -> None:
+           stored: int, entries: list[Any], ctx: ValidationContext) -> None:
     late = {r["index"] for r in rejected}
     per_tenant: dict[str, int] = {}
     for index, m in accepted:
@@ -226,7 +226,17 @@ def _count(core: Core, accepted: list[tuple[int, ValidMessage]], rejected: list[
     for tenant_id, n in per_tenant.items():
         core.metrics.enqueued_total.labels(tenant_id).inc(n)
     for r in rejected:
-        core.metrics.rejected_total.labels("", r["code"]).inc()
+        entry = entries[r["index"]] if 0 <= r["index"] < len(entries) else None
+        core.metrics.rejected_total.labels(_rejection_tenant(entry, ctx), r["code"]).inc()
+
+
+def _rejection_tenant(entry: object, ctx: ValidationContext) -> str:
+    """The tenant a rejected message was meant for, as metrics.md §4 labels it; "" when it
+    names no existing tenant, so that made-up tenant ids cannot add series without end."""
+    own = entry.get("tenant_id") if isinstance(entry, dict) else None
+    tenant_id = own if isinstance(own, str) and own else (ctx.request_tenant_id
+                                                          or ctx.key_tenant_id)
+    return tenant_id if tenant_id and tenant_id in ctx.tenants else ""
 
 
 class AllRejected(BadRequest):

@@ -148,3 +148,20 @@ def test_the_admin_and_allow_private_urls_may_set_private_hosts(live: LiveServer
     assert named.status_code == 200, named.text  # no answer yet: it fails at delivery
     live.call("PATCH", "/account/smtp1", live.admin_token, params={"tenant_id": "acme"},
               json={"host": "smtp.example.com"})
+
+
+def test_rejections_are_counted_for_their_tenant_and_routes_read_as_in_api_md(
+        live: LiveServer) -> None:
+    bad = {"id": "rej-1", "from": "a@acme.test", "to": ["not an address"], "subject": "s",
+           "body": "b", "account_id": "smtp1"}
+    answer = live.call("POST", "/commands/add-messages", live.keys["acme"],
+                       json={"messages": [bad]})
+    assert answer.status_code == 400, answer.text
+    made_up = dict(bad, tenant_id="no-such-tenant")
+    live.call("POST", "/commands/add-messages", live.admin_token, json={"messages": [made_up]})
+    live.call("GET", "/messages/nope", live.keys["acme"])
+    text = live.call("GET", "/metrics", live.admin_token).text
+    assert 'gmp_rejected_total{code="invalid_address",tenant_id="acme"} 1.0' in text
+    # a tenant that does not exist adds no series of its own
+    assert 'tenant_id="no-such-tenant"' not in text
+    assert 'route="/messages/{id}"' in text and "{id:path}" not in text

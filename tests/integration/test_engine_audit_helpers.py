@@ -68,7 +68,7 @@ def spy_data(server: Any) -> list[bytes]:
 @contextlib.asynccontextmanager
 async def sends_blocked(d: Dispatcher) -> AsyncIterator[None]:
     """Hold every worker send slot, so claimed messages wait at step 1 of delivery.md §3."""
-    size = d._slot_size
+    size = d._slots.size
     for _ in range(size):
         await d._slots.acquire()
     try:

@@ -190,3 +190,81 @@ async def test_lease_lost_error_is_reported_to_a_tenant_with_a_sync_url(
                                   "JOIN messages m ON m.pk = e.message_pk "
                                   "WHERE e.event_type = 'error'")
     assert rows == [(1, None)]
+
+
+async def test_a_new_max_concurrent_sends_reaches_the_loops_already_waiting(
+        core, smtp_server) -> None:
+    """Swapping the slot semaphore on a settings change stranded the loops waiting on the old
+    one (their messages stayed `sending` until the worker stopped) and let sends release
+    into the new one past its bound (QA hunt of 2026-11-25)."""
+    core.settings.max_concurrent_sends = 1
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    for n in (1, 2, 3):
+        await f.enqueue(core, f.message(n))
+    d = make(core)
+    try:
+        async with sends_blocked(d):
+            assert await d.run_once() == 3
+            await asyncio.sleep(0.05)
+            assert smtp_server.messages == []  # all three loops wait for a slot
+            core.settings.max_concurrent_sends = 3
+            await d.run_once()  # a cycle applies the new bound
+            for _ in range(300):  # the held slot stays held: two run at once, then the third
+                assert d._slots.used <= 3
+                if len(smtp_server.messages) == 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(smtp_server.messages) == 3
+        await settle(d)
+    finally:
+        await d.smtp.close()
+    assert len(smtp_server.messages) == 3
+    assert d._slots.used == 0
+    assert [(await message(core, f"m-{n}"))["status"] for n in (1, 2, 3)] == ["sent"] * 3
+
+
+async def test_a_worker_paused_past_its_lease_does_not_send_what_another_took(
+        core, smtp_server, monkeypatch) -> None:
+    """A worker frozen longer than its lease (SIGSTOP, a paused VM) must not send, on waking,
+    the messages another worker recovered and sent meanwhile (QA hunt of 2026-11-25: 20 of
+    600 messages arrived twice with no crash at all)."""
+    from mail_proxy.delivery import leases
+
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    await f.enqueue(core, *[f.message(n) for n in (1, 2, 3)])
+    paused, other = make(core, "paused:1:x"), make(core, "other:2:y")
+    try:
+        async with sends_blocked(paused):
+            assert await paused.run_once() == 3  # claimed; every send waits for a slot
+            await leases.renew(core.store, "paused:1:x", -10)  # the pause outlasts the lease
+            await settle(other)  # recovers them (T14) and sends them
+            assert len(smtp_server.messages) == 3
+            # the paused worker wakes up: its clock says the leases may have lapsed
+            monkeypatch.setattr(leases.LeaseGuard, "MARGIN", 1000.0)
+        await settle(paused)
+    finally:
+        await paused.smtp.close()
+        await other.smtp.close()
+    assert len(smtp_server.messages) == 3  # not six
+    for n in (1, 2, 3):
+        msg = await message(core, f"m-{n}")
+        assert msg["status"] == "sent" and msg["attempts"] == 2  # one lost, one delivered
+
+
+async def test_a_worker_that_kept_its_leases_sends_after_checking(core, smtp_server,
+                                                                  monkeypatch) -> None:
+    from mail_proxy.delivery import leases
+
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    await f.enqueue(core, f.message(1))
+    d = make(core)
+    monkeypatch.setattr(leases.LeaseGuard, "MARGIN", 1000.0)  # every send checks first
+    try:
+        await settle(d)
+    finally:
+        await d.smtp.close()
+    assert len(smtp_server.messages) == 1
+    assert (await message(core, "m-1"))["status"] == "sent"

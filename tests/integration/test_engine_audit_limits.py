@@ -143,7 +143,11 @@ async def test_per_tenant_limit_spans_two_accounts(core, smtp_server) -> None:
     await deliver(core)
     assert len(smtp_server.messages) == 3
     state = await counts(core, "acme")
-    assert state["sent"] == 3 and state["queued"] + state["deferred"] == 3
+    # one worker shares the tenant's room among its accounts: nothing is claimed beyond it,
+    # so nothing is deferred with an event (delivery.md §6.3; QA hunt of 2026-11-25)
+    assert state["sent"] == 3 and state["queued"] == 3 and state["deferred"] == 0
+    ids = [f"m-a{a}-{i}" for a in (1, 2) for i in range(3)]
+    assert await sent_events(core, ids) == []
     rows = await core.store.fetch("send_log_nth_tenant", tenant_id="acme", since=now() - 60,
                                   offset=0)
     assert rows  # the log holds the tenant's sends
@@ -193,3 +197,16 @@ async def test_restart_in_the_middle_of_a_rate_window(core, keyring, sqlite_url,
         assert (await counts(again, "acme"))["sent"] == 4
     finally:
         await again.close()  # closing the fixture's core again is harmless
+
+
+async def test_priority_zero_waits_queued_behind_a_full_window(core, smtp_server) -> None:
+    """The immediate pass skipped the pre-check: each priority-0 message behind a full window
+    was claimed and deferred with a reportable event, again every window (N^2/2 events)."""
+    await f.tenant(core)
+    await f.account(core, smtp_server.port, limit_per_minute=1, max_connections=1)
+    ids = [f"m-{i}" for i in range(3)]
+    await f.enqueue(core, *[f.message(i, priority=0) for i in range(3)])
+    await deliver(core)
+    state = await counts(core, "acme")
+    assert state["sent"] == 1 and state["queued"] == 2 and state["deferred"] == 0
+    assert await sent_events(core, ids) == []

@@ -98,7 +98,8 @@ async def test_apply_steps_records_a_batch_of_outcomes_in_one_transaction(core) 
     await f.account(core, 2525)
     await f.enqueue(core, *[f.message(i) for i in range(7)])
     found = await core.store.apply_fetches([
-        ("claim_immediate", {"me": "w1", "now": now(), "lease": 60, "n": 100}),
+        ("claim_immediate", {"me": "w1", "now": now(), "lease": 60, "n": 100,
+                             "limited": []}),
         ("claim_account", {"me": "w1", "now": now(), "lease": 60, "tenant_id": "acme",
                            "account_id": "main", "n": 5, "suspended": []})])
     claimed = sorted(r["pk"] for rows in found for r in rows)
@@ -187,10 +188,27 @@ async def test_expired_lease_is_recovered_once(core) -> None:
     await leases.renew(core.store, "dead:1:x", -10)  # the lease now lies in the past
     results = await asyncio.gather(*[leases.recover_expired(
         core.store, max_retries=5) for _ in range(3)])
-    assert sum(results) == 5
+    assert sum(map(len, results)) == 5
+    assert {r for rs in results for r in rs} == {("acme", "main", False)}
     msg = await get_message(core, "acme", "m-0")
     assert msg["status"] == "queued" and msg["attempts"] == 1
     assert [e["event_type"] for e in msg["events"]] == ["lease_expired"]
+    assert msg["last_error"] == "worker lost during delivery"
+
+
+async def test_a_lease_lost_with_no_retry_left_ends_in_error_with_the_prefix(core) -> None:
+    await f.tenant(core)
+    await f.account(core, 2525)
+    await f.enqueue(core, f.message(1))
+    dispatcher = make_dispatcher(core, "dead:1:x")
+    assert len(await dispatcher._claim(0)) == 1
+    await leases.renew(core.store, "dead:1:x", -10)
+    assert await leases.recover_expired(core.store, max_retries=0) == [("acme", "main", True)]
+    msg = await get_message(core, "acme", "m-1")
+    assert msg["status"] == "error" and msg["last_error_code"] == "lease_expired"
+    # the failure text has the prefix of its event (messages.md §7)
+    assert msg["last_error"] == "max retries (0) exceeded: worker lost during delivery"
+    assert msg["events"][-1]["description"] == msg["last_error"]
 
 
 async def test_closed_store_is_unavailable(core) -> None:

@@ -55,6 +55,7 @@ WITH picked (picked_pk) AS MATERIALIZED (
        AND (m.batch_code IS NULL
             OR NOT (t.suspended_batches::jsonb ? m.batch_code))
        AND (a.throttle_until IS NULL OR a.throttle_until <= :now)
+       AND m.tenant_id || '/' || COALESCE(m.account_id, '') <> ALL(:limited::text[])
      ORDER BY m.created_at, m.pk
      LIMIT :n
        FOR UPDATE OF m SKIP LOCKED)
@@ -70,6 +71,9 @@ RETURNING pk, id, tenant_id, account_id, priority, batch_code, created_at, defer
 UPDATE messages SET lease_expires_at = :now::bigint + :lease::bigint, updated_at = :now
  WHERE status = 'sending' AND lease_owner = :me;
 
+-- name: lease_owned
+SELECT pk FROM messages WHERE status = 'sending' AND lease_owner = :me;
+
 -- name: lease_expired
 SELECT m.pk, m.id, m.tenant_id, m.account_id, m.attempts, m.lease_owner,
        t.client_base_url IS NOT NULL AS reportable
@@ -81,7 +85,7 @@ SELECT m.pk, m.id, m.tenant_id, m.account_id, m.attempts, m.lease_owner,
 -- name: lease_recover
 UPDATE messages
    SET status = :status, attempts = attempts + 1, next_attempt_at = :next_attempt_at,
-       last_error = 'worker lost during delivery', last_error_code = 'lease_expired',
+       last_error = :last_error, last_error_code = 'lease_expired',
        lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,
        finished_at = :finished_at, settled_at = :settled_at
  WHERE pk = :pk AND status = 'sending' AND lease_owner = :owner AND lease_expires_at < :now;

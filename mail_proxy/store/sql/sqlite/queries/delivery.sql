@@ -44,6 +44,8 @@ UPDATE messages
                  AND (m.batch_code IS NULL
                       OR m.batch_code NOT IN (SELECT value FROM json_each(t.suspended_batches)))
                  AND (a.throttle_until IS NULL OR a.throttle_until <= :now)
+                 AND m.tenant_id || '/' || COALESCE(m.account_id, '')
+                     NOT IN (SELECT value FROM json_each(:limited))
                ORDER BY m.created_at, m.pk
                LIMIT :n)
    AND status = 'queued'
@@ -53,6 +55,9 @@ RETURNING pk, id, tenant_id, account_id, priority, batch_code, created_at, defer
 -- name: lease_renew
 UPDATE messages SET lease_expires_at = :now + :lease, updated_at = :now
  WHERE status = 'sending' AND lease_owner = :me;
+
+-- name: lease_owned
+SELECT pk FROM messages WHERE status = 'sending' AND lease_owner = :me;
 
 -- name: lease_expired
 SELECT m.pk, m.id, m.tenant_id, m.account_id, m.attempts, m.lease_owner,
@@ -64,7 +69,7 @@ SELECT m.pk, m.id, m.tenant_id, m.account_id, m.attempts, m.lease_owner,
 -- name: lease_recover
 UPDATE messages
    SET status = :status, attempts = attempts + 1, next_attempt_at = :next_attempt_at,
-       last_error = 'worker lost during delivery', last_error_code = 'lease_expired',
+       last_error = :last_error, last_error_code = 'lease_expired',
        lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,
        finished_at = :finished_at, settled_at = :settled_at
  WHERE pk = :pk AND status = 'sending' AND lease_owner = :owner AND lease_expires_at < :now;
