@@ -233,27 +233,22 @@ def _wait_recorded(folder: Path, proc: subprocess.Popen[bytes], limit: float) ->
 
 
 def _preflight(name: str, folder: Path, config: ProcessConfig, created: bool) -> None:
+    """--db and --key-file apply only when creating: a new instance whose database cannot be
+    opened, or whose key ring misses the database's keys, is not kept, so that the corrected
+    command (the one the error suggests) can simply run again."""
     from mail_proxy.instance.preflight import preflight
     from mail_proxy.store.errors import StoreUnavailable
 
     try:
         preflight(config)
-    except StoreUnavailable as exc:
+    except (StoreUnavailable, ConfigurationError) as exc:
         if created:
-            # --db applies only when creating: a new instance whose database cannot be
-            # opened is not kept, so that the corrected command can simply run again
             shutil.rmtree(folder, ignore_errors=True)
-            exc.hint = (f"instance '{name}' was not kept; correct --db (or start the "
-                        "database) and run the same command again")
-        raise
-    except ConfigurationError as exc:
-        if created:
-            # a key ring missing the database's keys: --key-file, like --db, only applies
-            # when creating, so the new instance goes and the command the error suggests
-            # (the same start with --key-file) works as printed
-            shutil.rmtree(folder, ignore_errors=True)
-            exc.hint = (f"instance '{name}' was not kept; run the same command again "
-                        "with --key-file PATH (or MAIL_PROXY_ENCRYPTION_KEY set)")
+            fix = ("correct --db (or start the database) and run the same command again"
+                   if isinstance(exc, StoreUnavailable) else
+                   "run the same command again with --key-file PATH (or "
+                   "MAIL_PROXY_ENCRYPTION_KEY set)")
+            exc.hint = f"instance '{name}' was not kept; {fix}"
         raise
 
 
