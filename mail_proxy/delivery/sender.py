@@ -13,6 +13,7 @@ from typing import Any
 from mail_proxy.delivery import ratelimit
 from mail_proxy.delivery.accounts import AccountConfig, AccountConfigs
 from mail_proxy.delivery.compose import AttachmentPart, build_message, envelope
+from mail_proxy.delivery.leases import LeaseGuard
 from mail_proxy.delivery.outcomes import Claimed, Recorder
 from mail_proxy.delivery.retry import RetryPolicy, expired_text, throttle_delay
 from mail_proxy.errors import DeliveryFailure, PermanentFailure, TransientFailure
@@ -31,7 +32,7 @@ def _nothing() -> None:
 class Sender:
     def __init__(self, core: Any, *, configs: AccountConfigs, recorder: Recorder, smtp: Any,
                  fetcher: Any | None, metrics: Any | None,
-                 on_event: Callable[[str], None], lease_guard: Any | None = None) -> None:
+                 on_event: Callable[[str], None], lease_guard: LeaseGuard | None = None) -> None:
         self.core = core
         self.lease_guard = lease_guard
         self.configs = configs
