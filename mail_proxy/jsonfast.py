@@ -22,6 +22,7 @@ _MAX_INT_DIGITS = sys.get_int_max_str_digits() or 4300
 _INFINITIES = (float("inf"), float("-inf"))
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # an escaped half of a UTF-16 pair
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_NUL = re.compile("\x00")
 _compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 # ASCII: also writes lone surrogates, which have no UTF-8 form
 _lenient = json.JSONEncoder(separators=(",", ":"), default=str).encode
@@ -80,19 +81,25 @@ def loads_strict(data: bytes | str) -> Any:
         raise NotUsableJson(f"a number has more than {_MAX_INT_DIGITS:,} digits") from None
     # The search costs about 0.4 ms on a 1,000-message batch; the walk runs only on a hit
     # (escaped pairs, as json.dumps writes emoji, hit too and pass the walk).
-    if _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(value):
+    if _SURROGATE_ESCAPE.search(text) and _holds(value, _SURROGATE):
         raise NotUnicodeText("a string holds a lone UTF-16 surrogate (an escape such as "
                              "\\ud800 without its pair), which is not Unicode text")
+    # NUL is text to SQLite and an error to PostgreSQL (a 500 on 13 routes), and no field of
+    # this API, nor an e-mail, has a use for it: refused alike on both backends
+    if "\\u0000" in text and _holds(value, _NUL):
+        raise NotUnicodeText("a string holds a NUL character (\\u0000), which no field "
+                             "accepts")
     return value
 
 
-def _holds_lone_surrogate(value: Any) -> bool:
-    # json.loads joins escaped pairs into one character: any surrogate left is alone
+def _holds(value: Any, pattern: re.Pattern[str]) -> bool:
+    """Whether any string (key or value) in ``value`` matches ``pattern``; json.loads joins
+    escaped surrogate pairs into one character, so a surrogate left is a lone one."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if _SURROGATE.search(item):
+            if pattern.search(item):
                 return True
         elif isinstance(item, dict):
             stack.extend(item)

@@ -49,6 +49,13 @@ class ApiMiddleware:
                 response = error_response(503, "shutting_down", "the service is shutting down")
                 await response(scope, receive, send_with_id)
                 return
+            if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):
+                # PostgreSQL cannot store or compare text holding NUL (a 500 on every route
+                # taking an id), and no id, name or address has a use for it
+                response = error_response(400, "invalid_parameter",
+                                          "the path or query string holds a NUL character")
+                await response(scope, receive, send_with_id)
+                return
             limit = self.api.core.settings.max_request_bytes
             declared = headers.get(b"content-length")
             if declared is not None:

@@ -32,6 +32,7 @@ from mail_proxy.store.errors import StoreUnavailable, UniqueViolation
 
 T = TypeVar("T")
 log = logging.getLogger("mail_proxy.store")
+NOTIFY_MAX_BYTES = 8000  # PostgreSQL refuses a NOTIFY payload of this size or more
 CHANNEL = "mail_proxy_wake"
 # Fixed key of pg_advisory_lock: serialises concurrent migrations of every worker (data.md §3).
 MIGRATION_LOCK = 0x6D61696C  # "mail"
@@ -420,11 +421,18 @@ class PostgresStore:
             return [await tx.fetch(query, **params) for query, params in calls]
 
     async def notify(self, payload: str) -> None:
+        """Best effort, after a commit: the answer must not turn into an error for a write
+        that is already durable (a 500 made clients resend batches that had been stored),
+        and listeners poll anyway. A payload past PostgreSQL's 8000-byte limit (a batch
+        naming a hundred tenants with long ids) is sent empty: "wake up for everyone"."""
+        if len(payload.encode("utf-8")) >= NOTIFY_MAX_BYTES:
+            payload = ""
         try:
             async with self._connection() as conn:
                 await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
         except Exception as exc:
-            raise _translate(exc) from exc
+            log.warning("NOTIFY failed (%s); other workers find the new messages at their "
+                        "next cycle", _translate(exc))
 
     # LISTEN ------------------------------------------------------------------------------
     async def listen(self, callback: Callable[[str], None]) -> None:

@@ -165,3 +165,21 @@ def test_rejections_are_counted_for_their_tenant_and_routes_read_as_in_api_md(
     # a tenant that does not exist adds no series of its own
     assert 'tenant_id="no-such-tenant"' not in text
     assert 'route="/messages/{id}"' in text and "{id:path}" not in text
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs"), [
+    ("GET", "/messages/a%00b", {}),
+    ("GET", "/messages", {"params": {"tenant_id": "acme", "cursor": "a\x00"}}),
+    ("DELETE", "/suppressions/x%00@y.test", {}),
+    ("POST", "/suppressions", {"json": {"address": "a\x00@x.test"}}),
+    ("POST", "/commands/add-messages", {"json": {"messages": [
+        {"id": "nul-1", "from": "a@acme.test", "to": ["b@example.com"], "subject": "s\x00",
+         "body": "b"}]}}),
+])
+def test_nul_characters_are_refused_alike_on_every_backend(live: LiveServer, method: str,
+                                                           path: str, kwargs: dict) -> None:
+    """SQLite stored text holding NUL; PostgreSQL answered 500 (QA hunt of 2026-11-25)."""
+    answer = live.call(method, path, live.keys["acme"], **kwargs)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] in ("invalid_parameter", "invalid_json")
+    assert "NUL" in answer.json()["error"]

@@ -86,6 +86,30 @@ async def test_notify_reaches_listeners_and_listen_survives_a_lost_connection(
         await sender.close()
 
 
+async def test_notify_is_best_effort_and_a_long_payload_wakes_everyone(pg_url: str) -> None:
+    """A batch naming a hundred tenants with long ids made a payload past PostgreSQL's 8000
+    bytes: the NOTIFY after the commit failed and the stored batch was answered 500."""
+    sender, receiver = PostgresStore(pg_url, pool_size=2), PostgresStore(pg_url, pool_size=2)
+    await sender.open()
+    await receiver.open()
+    got: list[str] = []
+    arrived = asyncio.Event()
+
+    def on_wake(payload: str) -> None:
+        got.append(payload)
+        arrived.set()
+
+    try:
+        await receiver.listen(on_wake)
+        await sender.notify(",".join(f"tenant-{n:03d}-" + "x" * 50 for n in range(140)))
+        await asyncio.wait_for(arrived.wait(), 5)
+        assert got == [""]
+    finally:
+        await receiver.close()
+    await sender.close()
+    await sender.notify("acme")  # a closed store: logged, never raised after a commit
+
+
 async def test_booleans_and_lists_are_coerced(pg_url: str) -> None:
     store = PostgresStore(pg_url)
     await store.open()
