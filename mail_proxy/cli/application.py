@@ -219,12 +219,15 @@ def instance_or_context(name: str | None) -> str:
 def table(columns: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     tab = Table(box=None, pad_edge=False, header_style="bold")
     for column in columns:
         tab.add_column(column, overflow="fold")
     for row in rows:
-        tab.add_row(*row)
+        # Text, not markup: cells hold what clients and SMTP servers wrote ("[/]" in a
+        # subject crashed the listing, "[b]" vanished from it)
+        tab.add_row(*(Text(value) for value in row))
     # a pipe or file gets whole lines: wrapping at 80 columns would break grep and awk
     Console(width=None if sys.stdout.isatty() else 1000).print(tab)
 

@@ -49,7 +49,9 @@ class Asker:
             return given
 
         def check(text: str) -> str | None:
-            if not text.strip().isdigit():
+            text = text.strip()
+            # "²" passes isdigit() and fails int(), as do 4,300 digits
+            if not (text.isascii() and text.isdigit()) or len(text) > 18:
                 return "enter a whole number"
             value = int(text)
             if value < low or (high is not None and value > high):

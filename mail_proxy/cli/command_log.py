@@ -73,7 +73,10 @@ def export(ctx: typer.Context, tenant: TenantOpt = None, since: SinceOpt = None,
         print_json(document)
         return
     text = json.dumps(document, indent=2) + "\n"
-    output.write_text(text, encoding="utf-8")
+    from mail_proxy.instance.paths import os_errors
+
+    with os_errors("write", output):
+        output.write_text(text, encoding="utf-8")
     err(f"wrote {len(answer['commands'])} commands to {output}")
 
 

@@ -149,12 +149,13 @@ def record_table(pairs: list[tuple[str, str]]) -> None:
     """A two-column ``field  value`` listing for ``show`` commands (no header)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     tab = Table(box=None, pad_edge=False, show_header=False)
     tab.add_column(style="bold")
     tab.add_column(overflow="fold")
     for key, value in pairs:
-        tab.add_row(key, value)
+        tab.add_row(Text(key), Text(value))  # literal text, never markup (see table())
     Console(width=None if sys.stdout.isatty() else 1000).print(tab)
 
 

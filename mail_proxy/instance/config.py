@@ -7,6 +7,7 @@ their own 0600 files in the instance folder (cli.md §2, settings.md §3).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -323,6 +324,10 @@ def _read_secret(path: Path) -> str | None:
         value = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"cannot read {path}: not UTF-8 text") from None
+    except OSError as exc:  # a folder where the file belongs, no permission
+        raise ConfigurationError(f"cannot read {path}: {exc.strerror or exc}") from None
     return value or None
 
 
@@ -404,8 +409,12 @@ def port_free(host: str, port: int) -> bool:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(address)
-        except OSError:
-            return False
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            # an address this host does not have, a privileged port: no --port fixes that
+            raise ConfigurationError(f"cannot listen on {host}:{port}: "
+                                     f"{exc.strerror or exc}") from None
     return True
 
 

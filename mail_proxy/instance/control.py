@@ -123,12 +123,13 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
         if config is None:
             config = _existing(name, host=host, port=port, db=db, key_file=key_file)
         if config is not None:
-            if not port_free(config.host, config.port):
-                if created:  # not kept, as below: the same start with --port creates it
+            try:
+                _check_port(name, config.host, config.port)
+                _preflight(name, config, created)
+            except MailProxyError:
+                if created:  # a failed creation keeps nothing: the corrected start runs again
                     shutil.rmtree(folder, ignore_errors=True)
-                raise OperationFailed(f"port {config.port} on {config.host} is in use",
-                                      hint=f"mail-proxy start {name} --port N takes another")
-            _preflight(name, folder, config, created)
+                raise
             if created:  # only now: a new instance whose preflight failed is not kept
                 out(f"Created instance '{name}' in {config.folder}")
                 out(f"Admin token (stored in {folder / 'api_token'}): {config.api_token}")
@@ -216,6 +217,9 @@ def _existing(name: str, *, host: str | None, port: int | None, db: str | None,
     if supervisor_alive(read_record(folder)):
         return None
     if host is not None or port is not None:
+        # checked before it is saved: a refused start must not change the configuration
+        current = resolve_process_config(name, need_token=False)
+        _check_port(name, host or current.host, port or current.port)
         update_config(folder, host=host, port=port)
     config = resolve_process_config(name)
     check_database(config)
@@ -232,10 +236,16 @@ def _wait_recorded(folder: Path, proc: subprocess.Popen[bytes], limit: float) ->
         time.sleep(0.05)
 
 
-def _preflight(name: str, folder: Path, config: ProcessConfig, created: bool) -> None:
+def _check_port(name: str, host: str, port: int) -> None:
+    if not port_free(host, port):
+        raise OperationFailed(f"port {port} on {host} is in use",
+                              hint=f"mail-proxy start {name} --port N takes another")
+
+
+def _preflight(name: str, config: ProcessConfig, created: bool) -> None:
     """--db and --key-file apply only when creating: a new instance whose database cannot be
-    opened, or whose key ring misses the database's keys, is not kept, so that the corrected
-    command (the one the error suggests) can simply run again."""
+    opened, or whose key ring misses the database's keys, is not kept (``start`` removes
+    it), so the corrected command, the one the hint names, can simply run again."""
     from mail_proxy.instance.preflight import preflight
     from mail_proxy.store.errors import StoreUnavailable
 
@@ -243,7 +253,6 @@ def _preflight(name: str, folder: Path, config: ProcessConfig, created: bool) ->
         preflight(config)
     except (StoreUnavailable, ConfigurationError) as exc:
         if created:
-            shutil.rmtree(folder, ignore_errors=True)
             fix = ("correct --db (or start the database) and run the same command again"
                    if isinstance(exc, StoreUnavailable) else
                    "run the same command again with --key-file PATH (or "

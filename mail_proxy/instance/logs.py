@@ -59,7 +59,8 @@ def tail(path: Path, lines: int) -> list[str]:
         return []
     try:
         with path.open("r", encoding="utf-8", errors="replace") as fh:
-            return [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
+            # more lines than a deque can be told to hold is "all of them"
+            return [line.rstrip("\n") for line in deque(fh, maxlen=min(lines, sys.maxsize))]
     except FileNotFoundError:
         return []
 

@@ -122,8 +122,14 @@ def _db(instance: str) -> tuple[str, str | None]:
 
 
 def checked_tenant_ids(instance: str, limit: float = TIME_LIMIT) -> list[str]:
-    """Tenant ids, or the MailProxyError that stops the instance's own commands."""
-    url, password = _db(instance)
+    """Tenant ids, or the MailProxyError that stops the instance's own commands: a missing
+    SQLite file is that error (exit 3), not "no tenants" (then "tenant 'x' not found")."""
+    from mail_proxy.instance.config import resolve_process_config
+    from mail_proxy.instance.database import check_database
+
+    config = resolve_process_config(instance, need_token=False)
+    check_database(config)
+    url, password = config.db_url, config.db_password
     rows = _query(url, "SELECT id FROM tenants ORDER BY id", password=password, limit=limit)
     return [str(r[0]) for r in rows]
 

@@ -43,6 +43,14 @@ def home() -> Path:
 
 def ensure_home() -> Path:
     root = home()
+    try:
+        str(root).encode("utf-8")
+    except UnicodeEncodeError:
+        # bytes that are not UTF-8 reach Python as lone surrogates, which config.toml cannot
+        # hold: the instance would be created with a configuration nothing can read back
+        raise ConfigurationError(f"MAIL_PROXY_HOME is not UTF-8 text: "
+                                 f"{str(root).encode('utf-8', 'backslashreplace').decode()}"
+                                 ) from None
     make_private_dir(root)
     return root
 
@@ -178,7 +186,7 @@ def read_current() -> tuple[str | None, str | None]:
     """The (instance, tenant) stored by ``use``; missing parts are None."""
     try:
         text = (home() / CURRENT_FILE).read_text(encoding="utf-8").strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # unreadable is no context: `use` rewrites it
         return None, None
     if not text:
         return None, None

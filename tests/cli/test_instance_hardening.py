@@ -389,3 +389,71 @@ def test_environment_configured_databases_are_still_created_on_first_use(
     r = cli("tenants", "list")
     assert r.code == 0, r.text
     assert db.is_file()
+
+
+# -- CLI hunt of 2026-11-25 ---------------------------------------------------------------
+
+def test_tenant_level_commands_report_a_missing_database(cli: Any, with_tenant: Path) -> None:
+    (with_tenant / "mail_service.db").rename(with_tenant / "elsewhere.db")
+    for argv in (("i1", "tenants", "list"), ("i1", "t1", "accounts", "list"), ("i1", "t1")):
+        r = cli(*argv)
+        assert r.code == 3, (argv, r.text)
+        assert "the database of instance 'i1' is missing" in r.err and "not found" not in r.err
+
+
+def test_unreadable_context_and_secret_files_are_one_line(cli: Any, with_tenant: Path) -> None:
+    current = paths.home() / ".current"
+    current.write_bytes(b"\xff\xfe")
+    assert cli("use", "--clear").code == 0  # the way out works
+    assert not current.exists()
+    current.write_bytes(b"\xff\xfe")
+    r = cli("current")
+    no_surprise(r.text)
+    token = with_tenant / "api_token"
+    token.write_bytes(b"\xff\xfe" * 20)
+    r = cli("i1", "token")
+    assert r.code == 2 and f"cannot read {token}: not UTF-8 text" in r.err, r.text
+    token.unlink()
+    token.mkdir()
+    r = cli("i1", "token")
+    assert r.code == 2 and f"cannot read {token}" in r.err, r.text
+    no_surprise(r.text)
+
+
+def test_export_to_a_bad_path_and_huge_log_counts_are_one_line(cli: Any, with_tenant: Path,
+                                                                tmp_path: Path) -> None:
+    for target in (tmp_path / "missing" / "x.json", tmp_path):
+        r = cli("i1", "command-log", "export", "-o", str(target))
+        assert r.code == 2 and r.err.startswith(f"error: cannot write {target}: "), r.text
+    r = cli("logs", "i1", "-n", "99999999999999999999")
+    assert r.code == 0, r.text
+    no_surprise(r.text)
+
+
+def test_a_refused_start_changes_no_configuration(cli: Any, with_tenant: Path) -> None:
+    import socket
+
+    before = read_toml(with_tenant)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = cli("start", "i1", "--port", str(port))
+    assert r.code == 1 and "is in use" in r.err, r.text
+    assert read_toml(with_tenant) == before
+    r = cli("start", "i1", "--host", "192.0.2.1")  # an address this host does not have
+    assert r.code == 2 and "cannot listen on 192.0.2.1:" in r.err, r.text
+    assert read_toml(with_tenant) == before
+    r = cli("start", "fresh", "--host", "192.0.2.1", "--port", str(free_port()))
+    assert r.code == 2 and not paths.instance_dir("fresh").exists(), r.text
+
+
+def test_a_home_that_is_not_utf8_creates_nothing(tmp_path: Path) -> None:
+    home = os.fsencode(tmp_path) + b"/h\xff"
+    env = {**os.environ, "MAIL_PROXY_HOME": os.fsdecode(home)}
+    r = subprocess.run([sys.executable, "-m", "mail_proxy", "start", "zz", "--port",
+                        str(free_port()), "--wait", "0"], env=env, capture_output=True,
+                       timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.decode().startswith("error: MAIL_PROXY_HOME is not UTF-8 text: ")
+    assert not os.path.exists(home)

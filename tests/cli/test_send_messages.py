@@ -131,3 +131,20 @@ def test_eml_requires_from_and_subject(header: bytes) -> None:
 
     with pytest.raises(EmlError):
         parse_eml(header + b"To: b@example.com\r\n\r\nbody\r\n")
+
+
+def test_send_refuses_what_is_not_a_regular_eml_of_sane_size(cli: Any, tenant: str,
+                                                             tmp_path: Path,
+                                                             monkeypatch: Any) -> None:
+    """/dev/zero was read for ever (Ctrl-C could not stop it) and an 85 MB file took 770 MB of
+    memory before its message was refused (CLI hunt of 2026-11-25)."""
+    from mail_proxy.cli import send
+
+    monkeypatch.setattr(send, "EML_MAX_BYTES", 1000)
+    big = tmp_path / "big.eml"
+    big.write_bytes(b"From: a@acme.test\r\nSubject: s\r\n\r\n" + b"x" * 2000)
+    r = cli("main", "acme", "send", "/dev/zero", str(big), "--json")
+    assert r.code == 1
+    reasons = [e["reason"] for e in json.loads(r.out)["rejected"]]
+    assert reasons[0] == "not a regular file"
+    assert reasons[1].startswith("larger than 0 MiB")

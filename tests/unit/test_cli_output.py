@@ -126,3 +126,16 @@ def test_delete_needs_force_without_terminal() -> None:
     r = cli("delete", "main", "--force")
     assert (r.returncode, r.stdout) == (0, "deleted instance 'main'\n")
     assert not paths.instance_dir("main").exists()
+
+
+def test_table_cells_are_literal_text_not_markup(capsys) -> None:
+    """Cells hold what clients and SMTP servers wrote: "[/]" crashed a listing with a
+    MarkupError and "[b]" vanished from it (CLI hunt of 2026-11-25)."""
+    from mail_proxy.cli.application import table
+    from mail_proxy.cli.dataview import record_table
+
+    table(["ID", "SUBJECT"], [["m-1", "price [b]not[/b] [red]final"], ["m-2", "broken [/]"]])
+    record_table([("subject", "[/] and [bold]x[/bold]")])
+    shown = capsys.readouterr().out
+    assert "price [b]not[/b] [red]final" in shown
+    assert "broken [/]" in shown and "[/] and [bold]x[/bold]" in shown

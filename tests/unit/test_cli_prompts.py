@@ -51,3 +51,15 @@ def test_with_default_joins_a_remark() -> None:
     assert prompts.with_default("Messages per hour (0 = unlimited)", "0") == (
         "Messages per hour (0 = unlimited; default 0)")
     assert prompts.with_default("Sync path", "") == "Sync path"
+
+
+def test_a_number_prompt_asks_again_after_a_digit_int_cannot_read(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """"²" passed str.isdigit() and then failed int(): "unexpected ValueError", exit 1."""
+    from mail_proxy.cli.asking import Asker
+
+    answers = iter(["²", "9" * 5000, "25"])
+    monkeypatch.setattr(prompts, "text", lambda label, **kw: next(answers))
+    assert Asker(can_prompt=True).integer("Port", None, flag="--port", default=587,
+                                          low=1, high=65535) == 25
+    assert capsys.readouterr().err.count("enter a whole number") == 2
