@@ -235,9 +235,13 @@ class Worker:
                 return
 
     def reload(self) -> None:
-        """SIGHUP: re-read the admin token, the key ring and the settings."""
+        """SIGHUP: reopen the log file, re-read the admin token, the key ring and the
+        settings."""
         from mail_proxy.instance.config import resolve_process_config
+        from mail_proxy.instance.logs import reopen_files
         from mail_proxy.security.crypto import KeyRing
+
+        reopen_files(logging.getLogger())
 
         try:
             fresh = resolve_process_config(self.config.name if self.config.folder else None)
@@ -256,15 +260,21 @@ class Worker:
         log.info("stopping: draining (budget %.0f s)", timeout)
         self.api.state = "stopping"
         self.metrics.set_state("stopping")
-        await self.dispatcher.drain(timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # One budget for every step, the drain and the report calls side by side: one after
+        # the other they could take 55 s, past the supervisor's SIGKILL at budget + 10 s
+        # (and the systemd unit's TimeoutStopSec), cutting the drain short.
+        steps = [self.dispatcher.drain(timeout)]
         if self.reporter is not None:
-            await self.reporter.stop(timeout=min(timeout, 15.0))
+            steps.append(self.reporter.stop(timeout=min(timeout, 15.0)))
+        await asyncio.gather(*steps)
         await self.smtp.close()
         await self.fetcher.close()
         self.server.should_exit = True
         http = self.tasks[0]
         with contextlib.suppress(asyncio.TimeoutError, Exception):
-            await asyncio.wait_for(http, timeout=10)
+            await asyncio.wait_for(http, timeout=max(1.0, min(10.0, deadline - loop.time() + 5)))
         for task in self.tasks[1:]:
             task.cancel()
         await asyncio.gather(*self.tasks[1:], return_exceptions=True)

@@ -26,6 +26,12 @@ def serve(name: Annotated[str | None, typer.Argument(
           port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port.")] = None,
           ) -> int:
     """Run the worker in the foreground without a supervisor."""
+    import signal
+
+    # a reload (SIGHUP: token --regenerate, rotate-key, systemctl reload) that arrives
+    # before the worker's own handler is in place must not kill it: its default action is
+    # to terminate, which a supervisor counted as a crash
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from mail_proxy.instance.config import resolve_process_config
     from mail_proxy.instance.keyring import check_key_ring
     from mail_proxy.instance.states import read_record, supervisor_alive

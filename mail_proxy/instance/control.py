@@ -331,11 +331,39 @@ def _kill(pid: object, create_time: object) -> None:
             pass
 
 
+def _stop_orphan(name: str, record: dict, timeout: float | None, force: bool,
+                 err: Say) -> bool:
+    """A worker whose supervisor was killed drains and exits on its own within a few
+    seconds; ``stop`` meanwhile said "not running" and forgot its pid while it still served
+    (a ``start`` then found the port in use). Stop it as the supervisor would have."""
+    pid, created = record.get("worker_pid"), record.get("worker_create_time")
+    if not is_alive(pid, created):
+        return False
+    err(f"the supervisor of '{name}' is gone; stopping its worker {pid}")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(int(pid), signal.SIGTERM)  # type: ignore[arg-type]
+    deadline = time.monotonic() + (_stop_timeout(name, err) if timeout is None else timeout)
+    while is_alive(pid, created) and time.monotonic() < deadline:
+        time.sleep(POLL)
+    if is_alive(pid, created):
+        if not force:
+            raise OperationFailed(f"the worker of '{name}' is still draining; use --force "
+                                  "to kill it")
+        _kill(pid, created)
+    return True
+
+
 def stop(name: str, *, timeout: float | None = None, force: bool = False,
          out: Say, err: Say) -> int:
     folder = paths.existing_instance(name)
     record = read_record(folder)
     if not supervisor_alive(record):
+        if record is not None and _stop_orphan(name, record, timeout, force, err):
+            record.update(state=State.STOPPED.value, worker_pid=None, worker_create_time=None)
+            with paths.os_errors("write", folder / STATE_FILE):
+                write_record(folder, record)
+            out("stopped")
+            return 0
         if record is not None and recorded_state(record) in ACTIVE_STATES:
             record.update(state=State.STOPPED.value, worker_pid=None, worker_create_time=None)
             with paths.os_errors("write", folder / STATE_FILE):

@@ -53,6 +53,18 @@ def supervisor_logger(folder: Path, *, to_terminal: bool) -> logging.Logger:
     return logger
 
 
+def reopen_files(logger: logging.Logger) -> None:
+    """SIGHUP (cli.md §9.2): write to the log files' current paths again, so a file
+    rotated away by logrotate or deleted is not written to unseen until the next
+    size-based rotation."""
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            with handler.lock:  # type: ignore[union-attr]
+                if handler.stream is not None:
+                    handler.stream.close()
+                handler.stream = handler._open()
+
+
 def tail(path: Path, lines: int) -> list[str]:
     """The last ``lines`` lines of ``path`` (empty when it does not exist)."""
     if lines <= 0:

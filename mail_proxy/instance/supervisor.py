@@ -30,7 +30,7 @@ from mail_proxy import __version__
 from mail_proxy.errors import MailProxyError
 from mail_proxy.instance import paths
 from mail_proxy.instance.config import probe_host, resolve_process_config
-from mail_proxy.instance.logs import supervisor_logger
+from mail_proxy.instance.logs import reopen_files, supervisor_logger
 from mail_proxy.instance.states import State, new_record, process_create_time, write_record
 
 BACKOFF_STEPS = (1, 2, 4, 8, 16, 30)
@@ -102,6 +102,7 @@ class Supervisor:
             self.stop_event.set()
 
     def forward_hup(self) -> None:
+        reopen_files(self.log)
         if self.proc is not None and self.proc.returncode is None:
             self.log.info("SIGHUP received: forwarded to worker %d", self.proc.pid)
             self.proc.send_signal(signal.SIGHUP)
@@ -167,9 +168,20 @@ class Supervisor:
         return proc
 
     async def pump(self, stream: asyncio.StreamReader | None) -> None:
+        """Copy the worker's output into the log, line by line. A line longer than the
+        stream's buffer (64 KiB) is logged in pieces: readline() raised on it, this task
+        ended, the worker then blocked on a full pipe and its death went unnoticed."""
         if stream is None:
             return
-        while line := await stream.readline():
+        while True:
+            try:
+                line = await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as end:
+                line = end.partial  # the last line without its newline, or b"" at the end
+                if not line:
+                    return
+            except asyncio.LimitOverrunError as over:
+                line = await stream.read(over.consumed or PUMP_PIECE)
             self.log.info(line.decode("utf-8", "replace").rstrip("\n"), extra={"raw": True})
 
     async def run_worker_once(self) -> bool:
@@ -247,10 +259,17 @@ class Supervisor:
             await proc.wait()
 
 
+PUMP_PIECE = 64 * 1024
+
+
 def worker_argv(name: str, host: str, port: int, folder: Path) -> list[str]:
     raw = os.environ.get(WORKER_ARGV_ENV)
     if not raw:
-        return [sys.executable, "-m", "mail_proxy", "serve", name]
+        # the address this supervisor probes, not config.toml read again: a port changed
+        # there while the instance runs would otherwise move a respawned worker away from
+        # the health check, which then killed it every 30 s without end
+        return [sys.executable, "-m", "mail_proxy", "serve", name, "--host", host,
+                "--port", str(port)]
     values = {"name": name, "host": host, "port": str(port), "folder": str(folder)}
     return [str(part).format(**values) for part in json.loads(raw)]
 
@@ -268,6 +287,7 @@ def take_lock(folder: Path) -> int | None:
 
 def run_supervisor(name: str, *, foreground: bool) -> int:
     os.umask(0o077)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until run() forwards it (see serve)
     try:
         folder = paths.existing_instance(name)
         config = resolve_process_config(name, need_token=False)

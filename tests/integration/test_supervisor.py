@@ -242,3 +242,51 @@ def test_a_new_instance_missing_the_databases_key_is_not_kept(
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("Created instance 'two'")
 
+
+
+def test_a_respawned_worker_serves_where_its_supervisor_probes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A port changed in config.toml while the instance runs applies at the next start: a
+    worker that re-read it on respawn bound the new port while the supervisor probed the
+    old one, and was killed every 30 s without end (operations hunt of 2026-11-25)."""
+    from mail_proxy.instance.supervisor import WORKER_ARGV_ENV, worker_argv
+
+    monkeypatch.delenv(WORKER_ARGV_ENV, raising=False)
+    argv = worker_argv("demo", "127.0.0.1", 49101, Path("/x"))
+    assert argv[-6:] == ["serve", "demo", "--host", "127.0.0.1", "--port", "49101"]
+
+
+async def test_the_output_pump_survives_a_line_longer_than_its_buffer() -> None:
+    """A worker line of 64 KiB or more ended the pump: the worker then blocked on a full
+    pipe and its death went unnoticed (operations hunt of 2026-11-25)."""
+    import asyncio
+    import types
+
+    from mail_proxy.instance.supervisor import Supervisor
+
+    logged: list[str] = []
+    fake = types.SimpleNamespace(log=types.SimpleNamespace(
+        info=lambda text, **_kw: logged.append(text)))
+    stream = asyncio.StreamReader()  # the 64 KiB limit of a subprocess pipe
+    stream.feed_data(b"x" * 200_000 + b"\nafter the long one\nno newline at the end")
+    stream.feed_eof()
+    await Supervisor.pump(fake, stream)  # type: ignore[arg-type]
+    assert "".join(logged[:-2]) == "x" * 200_000
+    assert logged[-2:] == ["after the long one", "no newline at the end"]
+
+
+def test_stop_after_the_supervisor_was_killed_stops_its_worker(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """`stop` said "not running" and forgot the worker's pid while the orphan still served,
+    so a `start` then found the port in use (operations hunt of 2026-11-25)."""
+    assert run_cli("start", "demo", "--port", str(free_port()), "--wait", "10").returncode == 0
+    rec = record()
+    os.kill(rec["supervisor_pid"], signal.SIGKILL)
+    wait_for(lambda: not is_alive(rec["supervisor_pid"], rec["supervisor_create_time"]))
+    assert is_alive(rec["worker_pid"], rec["worker_create_time"])
+    r = run_cli("stop", "demo", "--timeout", "10")
+    assert (r.returncode, r.stdout) == (0, "stopped\n"), r.stderr
+    assert "its worker" in r.stderr
+    assert not is_alive(rec["worker_pid"], rec["worker_create_time"])
+    assert record()["state"] == "STOPPED"
+    assert run_cli("start", "demo", "--wait", "10").returncode == 0

@@ -41,3 +41,29 @@ def test_follow_across_rotation(tmp_path: Path) -> None:
     done.set()
     thread.join(2)
     assert seen == ["one", "two", "three"]
+
+
+def test_reopen_files_writes_to_the_path_again(tmp_path) -> None:
+    """SIGHUP reopens the log files (cli.md §9.2): after logrotate moved the file away,
+    lines went to the moved file until the next size-based rotation."""
+    import logging
+    import logging.handlers
+
+    from mail_proxy.instance.logs import reopen_files
+
+    path = tmp_path / "mail-proxy.log"
+    logger = logging.getLogger("test-reopen")
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=10**6, backupCount=1)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("before")
+        path.rename(tmp_path / "mail-proxy.log.1")  # what logrotate does
+        reopen_files(logger)
+        logger.info("after")
+        handler.flush()
+        assert path.read_text() == "after\n"
+        assert (tmp_path / "mail-proxy.log.1").read_text() == "before\n"
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
