@@ -130,7 +130,7 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
                 if created:  # a failed creation keeps nothing: the corrected start runs again
                     shutil.rmtree(folder, ignore_errors=True)
                 raise
-            if created:  # only now: a new instance whose preflight failed is not kept
+            if created:  # only now: a refused creation is not kept, nor announced
                 out(f"Created instance '{name}' in {config.folder}")
                 out(f"Admin token (stored in {folder / 'api_token'}): {config.api_token}")
             if not foreground:
@@ -358,17 +358,12 @@ def stop(name: str, *, timeout: float | None = None, force: bool = False,
     folder = paths.existing_instance(name)
     record = read_record(folder)
     if not supervisor_alive(record):
-        if record is not None and _stop_orphan(name, record, timeout, force, err):
-            record.update(state=State.STOPPED.value, worker_pid=None, worker_create_time=None)
-            with paths.os_errors("write", folder / STATE_FILE):
-                write_record(folder, record)
-            out("stopped")
-            return 0
-        if record is not None and recorded_state(record) in ACTIVE_STATES:
+        stopped = record is not None and _stop_orphan(name, record, timeout, force, err)
+        if record is not None and (stopped or recorded_state(record) in ACTIVE_STATES):
             record.update(state=State.STOPPED.value, worker_pid=None, worker_create_time=None)
             with paths.os_errors("write", folder / STATE_FILE):
                 write_record(folder, record)  # forget a stale record of a killed supervisor
-        out(f"mail-proxy '{name}' is not running")
+        out("stopped" if stopped else f"mail-proxy '{name}' is not running")
         return 0
     assert record is not None
     if timeout is None:

@@ -279,7 +279,8 @@ def test_stop_after_the_supervisor_was_killed_stops_its_worker(
         run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     """`stop` said "not running" and forgot the worker's pid while the orphan still served,
     so a `start` then found the port in use (operations hunt of 2026-11-25)."""
-    assert run_cli("start", "demo", "--port", str(free_port()), "--wait", "10").returncode == 0
+    assert run_cli("start", "demo", "--port", str(free_port()), "--wait", "10",
+                   worker="lingering").returncode == 0
     rec = record()
     os.kill(rec["supervisor_pid"], signal.SIGKILL)
     wait_for(lambda: not is_alive(rec["supervisor_pid"], rec["supervisor_create_time"]))

@@ -1,8 +1,9 @@
 """A stand-in for the worker, run by real supervisors in tests (MAIL_PROXY_WORKER_ARGV).
 
 ``python worker_stub.py PORT MODE`` answers ``/health`` on PORT, drains on SIGTERM and
-leaves when its supervisor does. MODE is ``ok``, ``crash`` (exits 3 at once) or
-``stubborn`` (ignores SIGTERM). What it prints goes to the worker log the tests read.
+leaves when its supervisor does. MODE is ``ok``, ``crash`` (exits 3 at once), ``stubborn``
+(ignores SIGTERM) or ``lingering`` (serves on for 10 s after its supervisor is gone, as a
+real worker drains). What it prints goes to the worker log the tests read.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ class Health(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def watch_parent(parent: int) -> None:
+def watch_parent(parent: int, linger: float) -> None:
     while os.getppid() == parent:
         time.sleep(0.2)
+    time.sleep(linger)
     os._exit(0)
 
 
@@ -44,7 +46,8 @@ def main() -> None:
         threading.Thread(target=server.shutdown).start()
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN if mode == "stubborn" else on_term)
-    threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
+    linger = 10.0 if mode == "lingering" else 0.0
+    threading.Thread(target=watch_parent, args=(os.getppid(), linger), daemon=True).start()
     print(f"stub: serving on {port} for {os.environ.get('MAIL_PROXY_SUPERVISOR_PID')}",
           flush=True)
     server.serve_forever()
