@@ -337,15 +337,16 @@ def _stop_orphan(name: str, record: dict, timeout: float | None, force: bool,
     seconds; ``stop`` meanwhile said "not running" and forgot its pid while it still served
     (a ``start`` then found the port in use). Stop it as the supervisor would have."""
     pid, created = record.get("worker_pid"), record.get("worker_create_time")
-    if not is_alive(pid, created):
+    since_boot = record.get("worker_since_boot")
+    if not is_alive(pid, created, since_boot):
         return False
     err(f"the supervisor of '{name}' is gone; stopping its worker {pid}")
     with contextlib.suppress(ProcessLookupError):
         os.kill(int(pid), signal.SIGTERM)  # type: ignore[arg-type]
     deadline = time.monotonic() + (_stop_timeout(name, err) if timeout is None else timeout)
-    while is_alive(pid, created) and time.monotonic() < deadline:
+    while is_alive(pid, created, since_boot) and time.monotonic() < deadline:
         time.sleep(POLL)
-    if is_alive(pid, created):
+    if is_alive(pid, created, since_boot):
         if not force:
             raise OperationFailed(f"the worker of '{name}' is still draining; use --force "
                                   "to kill it")

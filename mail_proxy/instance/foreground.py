@@ -21,6 +21,7 @@ from mail_proxy.instance.states import (
     State,
     new_record,
     process_create_time,
+    process_since_boot,
     write_record,
 )
 from mail_proxy.instance.supervisor import take_lock
@@ -44,19 +45,21 @@ def recorded_as_running(config: Any) -> Iterator[Run | None]:
     run = Run()
     try:
         pid = os.getpid()
-        created = process_create_time(pid)
+        created, since_boot = process_create_time(pid), process_since_boot(pid)
         record = new_record(__version__)
         record.update(state=State.RUNNING.value, foreground=True,
                       supervisor_pid=pid, supervisor_create_time=created,
-                      worker_pid=pid, worker_create_time=created,
+                      supervisor_since_boot=since_boot,
+                      worker_pid=pid, worker_create_time=created, worker_since_boot=since_boot,
                       host=config.host, port=config.port, started_at=int(time.time()))
         write_record(folder, record)
         try:
             yield run
         finally:
             record.update(state=State.STOPPED.value, supervisor_pid=None,
-                          supervisor_create_time=None, worker_pid=None,
-                          worker_create_time=None, last_exit_code=run.exit_code)
+                          supervisor_create_time=None, supervisor_since_boot=None,
+                          worker_pid=None, worker_create_time=None, worker_since_boot=None,
+                          last_exit_code=run.exit_code)
             with contextlib.suppress(OSError):
                 write_record(folder, record)
     finally:

@@ -69,14 +69,33 @@ def process_create_time(pid: int) -> float | None:
         return None
 
 
-def is_alive(pid: Any, create_time: Any) -> bool:
+def process_since_boot(pid: int) -> float | None:
+    """Seconds from boot to the start of ``pid``, from the kernel's tick count (Linux;
+    None elsewhere). Unlike ``create_time``, which psutil derives from the wall clock's idea
+    of the boot time, it does not move when the clock is stepped: a step of a few seconds
+    made every running instance look stale to ``list`` and ``stop``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_alive(pid: Any, create_time: Any, since_boot: Any = None) -> bool:
+    """Whether ``pid`` is still the process that was recorded: by its start since boot when
+    the record has it and this system tells it, else by its creation time."""
     if not isinstance(pid, int) or pid <= 0 or not isinstance(create_time, int | float):
         return False
-    actual = process_create_time(pid)
-    if actual is None:
-        return False
-    if abs(actual - float(create_time)) > CREATE_TIME_TOLERANCE:
-        return False
+    recorded = since_boot if isinstance(since_boot, int | float) else None
+    started = process_since_boot(pid) if recorded is not None else None
+    if started is not None and recorded is not None:
+        if abs(started - float(recorded)) > CREATE_TIME_TOLERANCE:
+            return False
+    else:
+        actual = process_create_time(pid)
+        if actual is None or abs(actual - float(create_time)) > CREATE_TIME_TOLERANCE:
+            return False
     import psutil
 
     try:  # a zombie has exited already; only its parent has not collected it yet
@@ -88,13 +107,15 @@ def is_alive(pid: Any, create_time: Any) -> bool:
 def supervisor_alive(record: dict[str, Any] | None) -> bool:
     if not record:
         return False
-    return is_alive(record.get("supervisor_pid"), record.get("supervisor_create_time"))
+    return is_alive(record.get("supervisor_pid"), record.get("supervisor_create_time"),
+                    record.get("supervisor_since_boot"))
 
 
 def worker_alive(record: dict[str, Any] | None) -> bool:
     if not record:
         return False
-    return is_alive(record.get("worker_pid"), record.get("worker_create_time"))
+    return is_alive(record.get("worker_pid"), record.get("worker_create_time"),
+                    record.get("worker_since_boot"))
 
 
 def recorded_state(record: dict[str, Any] | None) -> State | None:

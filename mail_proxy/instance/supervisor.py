@@ -31,7 +31,13 @@ from mail_proxy.errors import MailProxyError
 from mail_proxy.instance import paths
 from mail_proxy.instance.config import probe_host, resolve_process_config
 from mail_proxy.instance.logs import reopen_files, supervisor_logger
-from mail_proxy.instance.states import State, new_record, process_create_time, write_record
+from mail_proxy.instance.states import (
+    State,
+    new_record,
+    process_create_time,
+    process_since_boot,
+    write_record,
+)
 
 BACKOFF_STEPS = (1, 2, 4, 8, 16, 30)
 READY_INTERVAL = 0.5
@@ -115,6 +121,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.forward_hup)
         self.record.update(supervisor_pid=os.getpid(),
                            supervisor_create_time=process_create_time(os.getpid()),
+                           supervisor_since_boot=process_since_boot(os.getpid()),
                            host=self.host, port=self.port, started_at=int(time.time()))
         # on disk as soon as we hold the lock, before the worker exists: a concurrent
         # `start` (or one whose supervisor lost the lock to us) must see us alive at once
@@ -139,18 +146,19 @@ class Supervisor:
                 self.log.error("%d crashes within %ds: giving up", len(crashes),
                                int(CRASH_WINDOW))
                 self.set_state(State.FATAL, recent_crashes=crashes, worker_pid=None,
-                               worker_create_time=None)
+                               worker_create_time=None, worker_since_boot=None)
                 return 1
             delay = BACKOFF_STEPS[min(self.step, len(BACKOFF_STEPS) - 1)] * self.backoff_scale
             self.step += 1
             self.set_state(State.BACKOFF, recent_crashes=crashes, worker_pid=None,
-                           worker_create_time=None)
+                           worker_create_time=None, worker_since_boot=None)
             self.log.info("restarting the worker in %.2fs", delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), delay)
             if not self.stop_event.is_set():
                 self.record["restarts"] += 1
-        self.set_state(State.STOPPED, worker_pid=None, worker_create_time=None)
+        self.set_state(State.STOPPED, worker_pid=None, worker_create_time=None,
+                       worker_since_boot=None)
         return 0
 
     async def spawn(self) -> asyncio.subprocess.Process:
@@ -164,7 +172,8 @@ class Supervisor:
         self.proc = proc
         self.log.info("worker started, pid %d", proc.pid)
         self.set_state(State.STARTING, worker_pid=proc.pid,
-                       worker_create_time=process_create_time(proc.pid))
+                       worker_create_time=process_create_time(proc.pid),
+                       worker_since_boot=process_since_boot(proc.pid))
         return proc
 
     async def pump(self, stream: asyncio.StreamReader | None) -> None:
@@ -310,7 +319,8 @@ def run_supervisor(name: str, *, foreground: bool) -> int:
         return asyncio.run(sup.run())
     except Exception:
         log.exception("supervisor failed")
-        sup.set_state(State.FATAL, worker_pid=None, worker_create_time=None)
+        sup.set_state(State.FATAL, worker_pid=None, worker_create_time=None,
+                      worker_since_boot=None)
         return 1
     finally:
         os.close(lock)

@@ -1,0 +1,42 @@
+"""Liveness of recorded processes (instance/states.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from mail_proxy.instance.states import (
+    is_alive,
+    process_create_time,
+    process_since_boot,
+    supervisor_alive,
+)
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="start ticks are read from /proc")
+
+
+@linux_only
+def test_a_stepped_clock_does_not_make_a_running_process_look_gone() -> None:
+    """psutil derives creation times from the wall clock's idea of the boot time: after a
+    clock step of a few seconds every running instance looked stale to `list` and `stop`
+    (operations hunt of 2026-11-25). The start since boot does not move."""
+    pid = os.getpid()
+    created, since_boot = process_create_time(pid), process_since_boot(pid)
+    assert created is not None and since_boot is not None
+    stepped = created + 5.0  # what psutil reports for the same process after a +5 s step
+    assert not is_alive(pid, stepped)  # creation time alone: the old, fragile answer
+    assert is_alive(pid, stepped, since_boot)
+    assert supervisor_alive({"supervisor_pid": pid, "supervisor_create_time": stepped,
+                             "supervisor_since_boot": since_boot})
+    # another process that got the same pid later has another start since boot
+    assert not is_alive(pid, created, since_boot + 1.0)
+
+
+def test_records_of_older_versions_are_judged_by_creation_time() -> None:
+    pid = os.getpid()
+    created = process_create_time(pid)
+    assert supervisor_alive({"supervisor_pid": pid, "supervisor_create_time": created})
+    assert not supervisor_alive({"supervisor_pid": pid, "supervisor_create_time": created - 9})
