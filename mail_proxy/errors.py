@@ -55,6 +55,12 @@ class InstanceError(MailProxyError):
     code = "instance_error"
 
 
+class OperationFailed(MailProxyError):
+    """The command could not do what was asked (CLI exit 1)."""
+
+    code = "operation_failed"
+
+
 class NotFound(MailProxyError):
     code = "not_found"
     status = 404

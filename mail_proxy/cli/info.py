@@ -18,7 +18,7 @@ STATUSES = ("queued", "deferred", "sending", "sent", "error", "cancelled")
 
 def instance_info(instance: str | None, json_output: bool) -> None:
     from mail_proxy import __version__
-    from mail_proxy.instance.config import redact_url
+    from mail_proxy.instance.db_urls import redact_url
     from mail_proxy.instance.overview import summary
 
     async def run(s: Session) -> dict[str, Any]:

@@ -53,14 +53,14 @@ def _stop(name: OptName = None,
           timeout: TimeoutOpt = None, force: ForceOpt = False) -> int:
     """Drain and stop an instance (or all of them)."""
     from mail_proxy.cli.application import abort
-    from mail_proxy.instance import control
+    from mail_proxy.instance import stopping
 
     if all_:
         if name:
             abort("give an instance name or --all, not both", 2)
-        return control.stop_all(timeout=timeout, force=force, out=out, err=err)
-    return control.stop(instance_or_context(name), timeout=timeout, force=force, out=out,
-                        err=err)
+        return stopping.stop_all(timeout=timeout, force=force, out=out, err=err)
+    return stopping.stop(instance_or_context(name), timeout=timeout, force=force, out=out,
+                         err=err)
 
 
 def _restart(name: OptName = None, timeout: TimeoutOpt = None, force: ForceOpt = False,

@@ -87,7 +87,7 @@ def show(ctx: typer.Context,
 
 
 def _redacted(url: str) -> str:
-    from mail_proxy.instance.config import redact_url
+    from mail_proxy.instance.db_urls import redact_url
 
     return redact_url(url)
 

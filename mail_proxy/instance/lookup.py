@@ -42,7 +42,7 @@ def _pg_query(db_url: str, password: str | None, sql: str,
 
     import asyncpg
 
-    from mail_proxy.instance.config import redact_url
+    from mail_proxy.instance.db_urls import redact_url
     from mail_proxy.store.postgres import parse_url
 
     try:

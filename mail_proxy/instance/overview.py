@@ -17,9 +17,9 @@ from mail_proxy.instance.config import (
     check_toml_address,
     probe_host,
     read_toml,
-    redact_url,
     url_host,
 )
+from mail_proxy.instance.db_urls import redact_url
 from mail_proxy.instance.states import ACTIVE_STATES, State, effective_state, read_record
 
 

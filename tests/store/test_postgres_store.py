@@ -49,20 +49,32 @@ async def test_unreachable_server_is_unavailable_and_hides_the_password() -> Non
     assert "s3cret" not in str(info.value)
 
 
-async def test_notify_reaches_listeners_and_listen_survives_a_lost_connection(
-        pg_url: str) -> None:
+class Wakes:
+    """What a listening store received: its payloads, and an event set on each."""
+
+    def __init__(self) -> None:
+        self.got: list[str] = []
+        self.arrived = asyncio.Event()
+
+    def __call__(self, payload: str) -> None:
+        self.got.append(payload)
+        self.arrived.set()
+
+
+async def sender_and_listener(pg_url: str, wakes: Wakes) -> tuple[PostgresStore, PostgresStore]:
     sender, receiver = PostgresStore(pg_url, pool_size=2), PostgresStore(pg_url, pool_size=2)
     await sender.open()
     await receiver.open()
-    got: list[str] = []
-    arrived = asyncio.Event()
+    await receiver.listen(wakes)
+    return sender, receiver
 
-    def on_wake(payload: str) -> None:
-        got.append(payload)
-        arrived.set()
 
+async def test_notify_reaches_listeners_and_listen_survives_a_lost_connection(
+        pg_url: str) -> None:
+    wakes = Wakes()
+    got, arrived = wakes.got, wakes.arrived
+    sender, receiver = await sender_and_listener(pg_url, wakes)
     try:
-        await receiver.listen(on_wake)
         await sender.notify("acme")
         await asyncio.wait_for(arrived.wait(), 5)
         assert got == ["acme"]
@@ -89,21 +101,12 @@ async def test_notify_reaches_listeners_and_listen_survives_a_lost_connection(
 async def test_notify_is_best_effort_and_a_long_payload_wakes_everyone(pg_url: str) -> None:
     """A batch naming a hundred tenants with long ids made a payload past PostgreSQL's 8000
     bytes: the NOTIFY after the commit failed and the stored batch was answered 500."""
-    sender, receiver = PostgresStore(pg_url, pool_size=2), PostgresStore(pg_url, pool_size=2)
-    await sender.open()
-    await receiver.open()
-    got: list[str] = []
-    arrived = asyncio.Event()
-
-    def on_wake(payload: str) -> None:
-        got.append(payload)
-        arrived.set()
-
+    wakes = Wakes()
+    sender, receiver = await sender_and_listener(pg_url, wakes)
     try:
-        await receiver.listen(on_wake)
         await sender.notify(",".join(f"tenant-{n:03d}-" + "x" * 50 for n in range(140)))
-        await asyncio.wait_for(arrived.wait(), 5)
-        assert got == [""]
+        await asyncio.wait_for(wakes.arrived.wait(), 5)
+        assert wakes.got == [""]
     finally:
         await receiver.close()
     await sender.close()

@@ -16,10 +16,9 @@ from mail_proxy.instance import paths
 from mail_proxy.instance.config import (
     choose_port,
     create_instance,
-    redact_url,
     resolve_process_config,
-    split_password,
 )
+from mail_proxy.instance.db_urls import redact_url, split_password
 
 
 def mode(path: Path) -> int:
