@@ -38,6 +38,7 @@ from mail_proxy.instance.config import (
     probe_host,
     resolve_process_config,
     update_config,
+    url_host,
 )
 from mail_proxy.instance.database import check_database
 from mail_proxy.instance.db_urls import redact_url
@@ -67,8 +68,14 @@ def health_ok(host: str, port: int, timeout: float = 1.0) -> bool:
 
 
 def running_line(name: str, config: ProcessConfig, record: dict | None) -> str:
-    pid = (record or {}).get("worker_pid") or (record or {}).get("supervisor_pid")
-    return f"mail-proxy '{name}' is running at {config.url} (pid {pid})"
+    """Where it runs: the address its supervisor recorded, which config.toml may no longer
+    say (`config set port` applies at the next start)."""
+    rec = record or {}
+    pid = rec.get("worker_pid") or rec.get("supervisor_pid")
+    url = config.url
+    if isinstance(rec.get("host"), str) and isinstance(rec.get("port"), int):
+        url = f"http://{url_host(rec['host'])}:{rec['port']}"
+    return f"mail-proxy '{name}' is running at {url} (pid {pid})"
 
 
 def _child_env() -> dict[str, str]:
@@ -131,6 +138,9 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
     if config is None:  # already running (alive, cli.md §9.4): its URL, exit 0
         out(running_line(name, resolve_process_config(name, need_token=False),
                          read_record(folder)))
+        if host is not None or port is not None:
+            err(f"note: --host and --port apply to a stopped instance; mail-proxy restart "
+                f"{name} after `mail-proxy {name} config set port N` moves a running one")
         return 0
     if foreground:
         from mail_proxy.instance.supervisor import run_supervisor

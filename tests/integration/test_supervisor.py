@@ -291,3 +291,14 @@ def test_stop_after_the_supervisor_was_killed_stops_its_worker(
     assert not is_alive(rec["worker_pid"], rec["worker_create_time"])
     assert record()["state"] == "STOPPED"
     assert run_cli("start", "demo", "--wait", "10").returncode == 0
+
+
+def test_start_on_a_running_instance_names_where_it_runs_and_what_it_ignores(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    port = free_port()
+    assert run_cli("start", "demo", "--port", str(port), "--wait", "10").returncode == 0
+    assert run_cli("demo", "config", "set", "port", str(free_port())).returncode == 0
+    r = run_cli("start", "demo", "--port", str(free_port()))
+    assert r.returncode == 0
+    assert r.stdout.startswith(f"mail-proxy 'demo' is running at http://127.0.0.1:{port} ")
+    assert r.stderr.startswith("note: --host and --port apply to a stopped instance")
