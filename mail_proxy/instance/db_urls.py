@@ -6,6 +6,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 from mail_proxy.errors import ConfigurationError
+from mail_proxy.store import redact_url as _shown_url  # also for URLs that do not parse
 
 
 def split_password(url: str) -> tuple[str, str | None]:
@@ -29,17 +30,6 @@ def redact_url(url: str) -> str:
     except ValueError:
         return "(unparseable URL)"
     return stripped
-
-
-def _shown_url(url: str) -> str:
-    """A URL that may not parse, with everything between '://' and the last '@' but the
-    user name removed: the password must not reach the terminal even then."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}"
 
 
 def _check_pg_url(url: str) -> None:

@@ -20,10 +20,11 @@ def backend_of(url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, safe to print."""
-    if "://" not in url or "@" not in url:
+    """The URL without its password, safe to print, even a URL that does not parse: what lies
+    between '://' and the last '@' is dropped but the user name."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
         return url
-    scheme, rest = url.split("://", 1)
     creds, host = rest.rsplit("@", 1)
     user = creds.split(":", 1)[0]
     return f"{scheme}://{user}@{host}" if user else f"{scheme}://{host}"
