@@ -20,7 +20,7 @@ LEASE_TTL = 300
 async def run_once(core: Core, owner: str, fetcher: Any | None = None) -> dict[str, int]:
     done: dict[str, int] = {}
     if fetcher is not None:
-        await asyncio.to_thread(fetcher.evict_expired)
+        await fetcher.evict_expired()
     async with core.store.transaction() as tx:
         got = await tx.execute("lease_acquire", name="housekeeping", me=owner, now=now(),
                                ttl=LEASE_TTL)

@@ -25,6 +25,7 @@ from typing import Any
 
 from mail_proxy import __version__
 from mail_proxy.errors import MailProxyError
+from mail_proxy.store.errors import StoreUnavailable
 
 log = logging.getLogger("mail_proxy.worker")
 SETTINGS_POLL = 5.0
@@ -37,10 +38,10 @@ class KeyRingRefused(MailProxyError):
 
 def _setup_logging(config: Any) -> None:
     level = getattr(logging, str(config.log_level).upper(), logging.INFO)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    if config.log_format == "json":
-        fmt = ('{"ts": "%(asctime)s", "level": "%(levelname)s", "logger": "%(name)s", '
-               '"message": %(message)r}')
+    from mail_proxy.instance.logs import JsonLineFormatter
+
+    formatter = (JsonLineFormatter() if config.log_format == "json"
+                 else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if config.folder is not None:
         logs = Path(config.folder) / "logs"
@@ -52,7 +53,7 @@ def _setup_logging(config: Any) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(fmt))
+        handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("aiosmtplib").setLevel(logging.WARNING)
@@ -209,10 +210,20 @@ class Worker:
             self.reporter.wake(tenant_id, forced=forced)
 
     async def _settings_loop(self) -> None:
+        failing: str | None = None  # logged once per distinct cause, not every poll
         while True:
             await asyncio.sleep(SETTINGS_POLL)
-            with contextlib.suppress(Exception):
+            try:
                 await self.reload_settings()
+            except Exception as exc:
+                if str(exc) != failing:
+                    log.error("cannot reload the runtime settings, keeping the current ones: "
+                              "%s", exc, exc_info=not isinstance(exc, StoreUnavailable))
+                failing = str(exc)
+            else:
+                if failing is not None:
+                    log.info("runtime settings readable again")
+                failing = None
 
     async def reload_settings(self) -> None:
         if await self.core.reload_settings():
@@ -268,18 +279,29 @@ class Worker:
         steps = [self.dispatcher.drain(timeout)]
         if self.reporter is not None:
             steps.append(self.reporter.stop(timeout=min(timeout, 15.0)))
-        await asyncio.gather(*steps)
-        await self.smtp.close()
-        await self.fetcher.close()
-        self.server.should_exit = True
-        http = self.tasks[0]
-        with contextlib.suppress(asyncio.TimeoutError, Exception):
-            await asyncio.wait_for(http, timeout=max(1.0, min(10.0, deadline - loop.time() + 5)))
-        for task in self.tasks[1:]:
-            task.cancel()
-        await asyncio.gather(*self.tasks[1:], return_exceptions=True)
-        await self.core.close()
-        log.info("stopped")
+        # A step that fails (the database gone at SIGTERM) must not skip the rest: the
+        # store's threads would keep the process alive after the loop ends.
+        failures = [r for r in await asyncio.gather(*steps, return_exceptions=True)
+                    if isinstance(r, Exception)]
+        try:
+            for close in (self.smtp.close, self.fetcher.close):
+                try:
+                    await close()
+                except Exception as exc:
+                    failures.append(exc)
+            self.server.should_exit = True
+            http = self.tasks[0]
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(
+                    http, timeout=max(1.0, min(10.0, deadline - loop.time() + 5)))
+            for task in self.tasks[1:]:
+                task.cancel()
+            await asyncio.gather(*self.tasks[1:], return_exceptions=True)
+        finally:
+            await self.core.close()
+        for failure in failures:
+            log.error("while stopping: %s", failure)
+        log.info("stopped" if not failures else "stopped, with the errors above")
 
 
 def _server_class() -> Any:

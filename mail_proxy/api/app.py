@@ -13,47 +13,24 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mail_proxy.api import audit
-from mail_proxy.api.errors import ApiError, from_exception
+from mail_proxy.api.errors import from_exception
 from mail_proxy.api.middleware import ApiMiddleware
-from mail_proxy.api.ratelimit import RateLimiter, retry_after
-from mail_proxy.api.request import bearer
+from mail_proxy.api.ratelimit import RateLimiter
 from mail_proxy.api.state import ApiState
 
 Handler = Callable[[Request], Awaitable[Response]]
-# Public routes are not rate limited: a liveness probe must never be told to back off.
-UNLIMITED = frozenset({"/health", "/openapi.json", "/download/{token}"})
-
-
-def _rate_limit(request: Request, path: str) -> None:
-    if path in UNLIMITED:
-        return
-    per_minute = request.app.state.api.core.settings.api_requests_per_minute
-    if per_minute <= 0:
-        return
-    token = bearer(request)
-    if not token:
-        return  # nothing to count against; the route answers 401 anyway
-    limiter: RateLimiter = request.app.state.rate_limiter
-    wait = limiter.check(token, per_minute)
-    if wait is not None:
-        raise ApiError(429, "rate_limited",
-                       f"more than {per_minute} requests per minute with this token",
-                       headers={"Retry-After": retry_after(wait)})
-
-
 _CONVERTER = re.compile(r"\{(\w+):\w+\}")
 
 
 def endpoint(path: str, fn: Handler) -> Handler:
-    """Wrap a handler: rate limit, turn every exception into JSON, record the command log,
-    and tag the route for metrics."""
+    """Wrap a handler: turn every exception into JSON, record the command log, and tag the
+    route for metrics."""
 
     label = _CONVERTER.sub(r"{\1}", path)  # "/messages/{id}", as api.md writes routes
 
     async def wrapped(request: Request) -> Response:
         request.scope["mp_route"] = label
         try:
-            _rate_limit(request, path)
             response = await fn(request)
         except Exception as exc:
             response = from_exception(exc, request)

@@ -1,4 +1,4 @@
-"""``api_requests_per_minute``: a token bucket per token, counted by each worker alone.
+"""``api_requests_per_minute``: a token bucket per valid token, counted by each worker alone.
 
 A bucket holds up to N requests and refills at N per minute, so a client may burst N
 requests and then sustain N per minute. Buckets are keyed by a hash of the token so the
@@ -12,6 +12,10 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from mail_proxy.api.errors import ApiError
 
 _MAX_BUCKETS = 50_000
 
@@ -59,6 +63,18 @@ class RateLimiter:
             del self._buckets[key]
         if len(self._buckets) >= _MAX_BUCKETS:  # all busy: forgetting is the safe side
             self._buckets.clear()
+
+
+def limit_rate(request: Request, token: str, per_minute: int) -> None:
+    """429 ``rate_limited`` when ``token`` has spent its requests of the minute."""
+    if per_minute <= 0:
+        return
+    limiter: RateLimiter = request.app.state.rate_limiter
+    wait = limiter.check(token, per_minute)
+    if wait is not None:
+        raise ApiError(429, "rate_limited",
+                       f"more than {per_minute} requests per minute with this token",
+                       headers={"Retry-After": retry_after(wait)})
 
 
 def retry_after(seconds: float) -> str:

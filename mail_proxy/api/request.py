@@ -10,6 +10,7 @@ from starlette.requests import Request
 
 from mail_proxy import jsonfast
 from mail_proxy.api.errors import ApiError
+from mail_proxy.api.ratelimit import limit_rate
 from mail_proxy.api.state import ApiState
 from mail_proxy.manager.core import ADMIN, Principal
 from mail_proxy.manager.enqueue import collector_paused
@@ -142,6 +143,10 @@ async def principal(request: Request, *, admin_only: bool = False) -> Principal:
         raise ApiError(401, "missing_token",
                        "a token is required: send X-API-Token or Authorization: Bearer")
     who = await authenticate(state.core, token, state.admin_token)
+    # Counted only once the token is known to be good: buckets keyed by whatever a client
+    # sends could be multiplied by random tokens until the table was cleared for everyone.
+    # Public routes never get here, so a liveness probe is never told to back off.
+    limit_rate(request, token, state.core.settings.api_requests_per_minute)
     if admin_only and who.kind != "admin":
         raise ApiError(403, "admin_required", "this route needs the admin token")
     request.scope["principal"] = who

@@ -94,7 +94,7 @@ def reply_failure(stage: str, code: int, message: str, *, user: str | None = Non
     if is_throttle(code, message):
         return ThrottleFailure(text, code="throttled", smtp_code=code, refused=refused)
     if stage == AUTH:
-        if code == 454 or 400 <= code < 500:
+        if 400 <= code < 500:
             return TransientFailure(text, code="auth_temporary", smtp_code=code)
         enhanced = _ENHANCED.match(message.strip())
         prefix = f"{code} {enhanced.group(0)}" if enhanced else str(code)

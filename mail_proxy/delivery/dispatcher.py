@@ -22,6 +22,7 @@ from mail_proxy.delivery.outcomes import Claimed, Recorder
 from mail_proxy.delivery.sender import Sender
 from mail_proxy.delivery.slots import SendSlots
 from mail_proxy.manager.core import now
+from mail_proxy.store.errors import StoreUnavailable
 
 log = logging.getLogger("mail_proxy.delivery")
 RECOVERY_INTERVAL = 5.0
@@ -106,7 +107,9 @@ class Dispatcher:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # database down: keep running, retry with backoff
-                    log.error("dispatcher cycle failed (%s); retrying in %.0f s", exc, backoff)
+                    # a bug gets its traceback (first failure of a streak) so it can be found
+                    log.error("dispatcher cycle failed (%s); retrying in %.0f s", exc, backoff,
+                              exc_info=backoff == 1.0 and not isinstance(exc, StoreUnavailable))
                     self._wake.clear()
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 30.0)
@@ -372,9 +375,15 @@ class Dispatcher:
             lane.heap.clear()
         if waiting:
             log.info("drain: giving back %d messages not yet started", len(waiting))
-            async with self.core.store.transaction() as tx:
-                await tx.execute("release_all_mine", me=self.owner, now=now(),
-                                 pks=[m.pk for m in waiting])
+            try:
+                async with self.core.store.transaction() as tx:
+                    await tx.execute("release_all_mine", me=self.owner, now=now(),
+                                     pks=[m.pk for m in waiting])
+            except StoreUnavailable as exc:
+                # The sends in flight still get their time; these come back when their
+                # leases expire (T14), as after a crash.
+                log.error("drain: cannot give back %d messages (%s); they return to the "
+                          "queue when their leases expire", len(waiting), exc)
         tasks = [t for lane in self.lanes.values() for t in lane.tasks] + list(self._sending)
         if tasks:
             log.info("drain: waiting up to %.0f s for %d sends in progress", timeout, len(tasks))

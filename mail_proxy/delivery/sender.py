@@ -18,10 +18,11 @@ from mail_proxy.delivery.outcomes import Claimed, Recorder
 from mail_proxy.delivery.retry import RetryPolicy, expired_text, throttle_delay
 from mail_proxy.errors import DeliveryFailure, PermanentFailure, TransientFailure
 from mail_proxy.manager.core import now
+from mail_proxy.store.errors import StoreUnavailable
 
 log = logging.getLogger("mail_proxy.delivery")
-# Messages whose attachments add up to more than this are composed in a thread so that a
-# large MIME encoding never stalls the event loop.
+# Messages whose stored payload and attachments add up to more than this are composed in a
+# thread so that a large MIME encoding (a big body too) never stalls the event loop.
 INLINE_COMPOSE_BYTES = 256 * 1024
 
 
@@ -55,11 +56,29 @@ class Sender:
             await self._send(msg, transmitted or _nothing)
         except asyncio.CancelledError:
             raise
+        except StoreUnavailable as exc:
+            # The database went away between two steps (the recorder waits it out by
+            # itself): nothing says the message was delivered, so it goes back to the
+            # queue without an attempt, once the database answers again. Left as it was,
+            # the dispatcher would forget it while its row stays `sending`, and the lease
+            # renewals of this worker's other messages would keep it there.
+            log.warning("database unavailable while sending %s/%s (%s); giving it back",
+                        msg.tenant_id, msg.id, exc)
+            await self.recorder.released(msg)
         except Exception as exc:  # a bug: logged with traceback, retried as transient
             log.exception("internal error while sending %s/%s", msg.tenant_id, msg.id)
-            config = await self.configs.get(msg.tenant_id, msg.account_id)
-            await self._failed(msg, config, TransientFailure(
-                f"internal error: {type(exc).__name__}", code="internal_error"), attempted=True)
+            # the cached configuration only: a database read here could fail in turn
+            config = self.configs.cached((msg.tenant_id, msg.account_id))
+            try:
+                await self._failed(msg, config, TransientFailure(
+                    f"internal error: {type(exc).__name__}", code="internal_error"),
+                    attempted=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("cannot record the internal error of %s/%s; giving it back",
+                              msg.tenant_id, msg.id)
+                await self.recorder.released(msg)
 
     async def _send(self, msg: Claimed, transmitted: Callable[[], None]) -> None:
         if self.lease_guard is not None and not await self.lease_guard.holds(
@@ -141,7 +160,7 @@ class Sender:
             await self._failed(msg, config, failure, attempted=True, escalate=not late_throttle)
             return
         finally:
-            await ratelimit.settle(self.core.store, reservation, sent)
+            await self._settle(msg, reservation, sent)
         await self.recorder.sent(msg, smtp_code=result.smtp_code, accepted=len(result.accepted),
                                  refused=suppressed + result.refused,
                                  reportable=config.reportable)
@@ -150,6 +169,17 @@ class Sender:
             self.metrics.child("queue_wait_seconds", str(msg.priority)).observe(
                 max(now() - msg.not_before, 0))
         self._notify(config, msg)
+
+    async def _settle(self, msg: Claimed, reservation: ratelimit.Reservation,
+                      sent: bool) -> None:
+        try:
+            await ratelimit.settle(self.core.store, reservation, sent)
+        except StoreUnavailable as exc:
+            # Recording the outcome matters more (a delivered message must not go back to
+            # the queue): a slot left reserved counts as sent until it ages out
+            # (delivery.md §6), which errs on the side of the limit.
+            log.warning("rate slot of %s/%s not settled (%s); it counts as used",
+                        msg.tenant_id, msg.id, exc)
 
     async def _suppress(self, msg: Claimed, config: AccountConfig, rcpts: list[str]
                         ) -> tuple[list[str], list[dict[str, Any]]]:
@@ -185,7 +215,7 @@ class Sender:
         build = functools.partial(build_message, payload, client_id=msg.id,
                                   smtp_message_id=msg.smtp_message_id,
                                   date_ts=msg.not_before, attachments=parts)
-        if sum(len(p.content) for p in parts) > INLINE_COMPOSE_BYTES:
+        if len(msg.payload) + sum(len(p.content) for p in parts) > INLINE_COMPOSE_BYTES:
             return await asyncio.to_thread(build)
         return build()
 

@@ -178,7 +178,10 @@ class SmtpPools:
                 outcome = await channel.finish(pending)
             except DeliveryFailure as failure:
                 # The transaction is over whatever the reply said (no RSET needed); a server
-                # that asked us to slow down still loses this connection.
+                # that asked us to slow down loses this connection, unless it was already
+                # handed on (PIPELINING): the transaction written after this one then ends
+                # on it, rather than failing as "connection lost" at the cost of an attempt,
+                # and a throttle reply to it counts as the same slow-down (sender.py).
                 reusable = failure.code not in _BROKEN_CODES
                 raise
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
@@ -344,12 +347,17 @@ class SmtpPools:
         while True:
             conn = self._take_idle(pool)
             if conn is not None:
-                if self._clock() - conn.last_used > self._health_after and \
-                        not await self._healthy(conn):
-                    pool.busy -= 1
-                    self._spawn_quit(conn)
-                    self._fill_waiters(pool)
-                    continue
+                if self._clock() - conn.last_used > self._health_after:
+                    try:
+                        healthy = await self._healthy(conn)
+                    except BaseException:  # cancelled mid-NOOP: the session state is unknown
+                        self._release(pool, conn, reusable=False)
+                        raise
+                    if not healthy:
+                        pool.busy -= 1
+                        self._spawn_quit(conn)
+                        self._fill_waiters(pool)
+                        continue
                 return conn
             if not pool.waiters and pool.open < pool.target.max_connections:
                 pool.busy += 1

@@ -204,7 +204,7 @@ class SmtpChannel(asyncio.Protocol):
         """Wait for the reply to the end of the message."""
         final = await pending.final
         # Any 2xx accepts the message (RFC 5321 §4.2.1: the first digit decides).
-        if final.code != 250 and not 200 <= final.code < 300:
+        if not 200 <= final.code < 300:
             raise self._refusal(c.DATA, final, pending.refused)
         return SendResult(accepted=pending.accepted, refused=pending.refused,
                           smtp_code=final.code)

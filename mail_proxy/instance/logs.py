@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import os
@@ -19,6 +20,20 @@ SUPERVISOR_BACKUPS = 3
 
 def log_path(folder: Path, supervisor: bool = False) -> Path:
     return folder / "logs" / (SUPERVISOR_LOG if supervisor else WORKER_LOG)
+
+
+class JsonLineFormatter(logging.Formatter):
+    """``log_format = "json"``: one JSON object per line (ts, level, logger, message, and
+    the traceback as ``exc`` when there is one), so a log shipper can read every line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"ts": self.formatTime(record), "level": record.levelname,
+                "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exc"] = record.exc_text
+        return json.dumps(line, ensure_ascii=False)
 
 
 class _RawFormatter(logging.Formatter):

@@ -22,6 +22,14 @@ async def test_rate_limited_per_token(live: LiveServer, client: Any) -> None:
         other = await client.get("/status", headers={"X-API-Token": live.keys["other"]})
         assert other.status_code == 200  # another token has its own budget
         assert (await client.get("/health")).status_code == 200  # public: never limited
+        # Unknown tokens get their 401 and no bucket: they cannot crowd out (nor, once the
+        # table was full, reset) the buckets of the clients being limited.
+        limiter = live.worker.server.config.app.state.rate_limiter
+        buckets = len(limiter._buckets)
+        bogus = [(await client.get("/status", headers={"X-API-Token": f"bogus-{i}"})
+                  ).status_code for i in range(20)]
+        assert bogus == [401] * 20 and len(limiter._buckets) == buckets
+        assert (await client.get("/status", headers=own)).status_code == 429
     finally:
         # the admin token has spent 1 of its 3 requests
         answer = await client.patch("/instance", json={"api_requests_per_minute": None},

@@ -224,6 +224,29 @@ async def test_cancelled_send_frees_its_slot() -> None:
         await pools.close()
 
 
+async def test_send_cancelled_during_the_health_check_frees_its_slot() -> None:
+    clock = Clock()
+    pools = SmtpPools(ehlo_name="proxy.test", clock=clock, health_check_after=30)
+    async with RecordingSmtpServer() as srv:
+        t = target(srv.port, max_connections=1)
+        await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
+        srv.script(hang="noop")
+        clock.now += 31
+        task = asyncio.create_task(pools.send(t, "s@acme.test", ["a@example.test"], DATA))
+        for _ in range(200):  # until the idle connection's NOOP is unanswered
+            if srv.commands["NOOP"]:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert pools.stats()[("acme", "main")] == {"idle": 0, "busy": 0}
+        srv.reset_script()
+        await pools.send(t, "s@acme.test", ["a@example.test"], DATA)  # on a new connection
+        assert srv.connections == 2 and len(srv.messages) == 2
+        await pools.close()
+
+
 async def test_password_is_masked_in_repr() -> None:
     t = target(25, user="mailer", password="hunter2")
     assert "hunter2" not in repr(t)

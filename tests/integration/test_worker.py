@@ -114,3 +114,31 @@ async def test_metrics_show_deliveries_connections_and_queue(tmp_path, keyring,
         assert "_created" not in text
         tenant_key = (await client.get("/metrics", headers={"X-API-Token": "x" * 43}))
         assert tenant_key.status_code == 401
+
+
+async def test_a_drain_that_fails_still_closes_the_database(tmp_path, keyring, caplog) -> None:
+    """The database gone at SIGTERM: the store's threads are not daemons, so a skipped
+    close would keep the process alive after its loop ended."""
+    import threading
+
+    from mail_proxy.server import Worker
+    from mail_proxy.store.errors import StoreUnavailable
+    from tests.support.worker import process_config
+
+    def store_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate()
+                if "_connection_worker_thread" in t.name and t.is_alive()}
+
+    before = store_threads()
+    worker = Worker(process_config(tmp_path), keyring)
+    await worker.start()
+    assert store_threads() - before
+
+    async def drain(_timeout: float) -> None:
+        raise StoreUnavailable("database error: disk I/O error")
+
+    worker.dispatcher.drain = drain  # type: ignore[method-assign]
+    await worker.stop()
+    await asyncio.sleep(0.1)
+    assert not store_threads() - before
+    assert "while stopping: database error: disk I/O error" in caplog.text

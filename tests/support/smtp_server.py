@@ -50,7 +50,8 @@ class Script:
     auth_fail: bool | str = False  # True = "535 5.7.8 ..."; a string = that reply
     disconnect_during_data: bool = False
     data_delay: float = 0.0  # seconds to wait before answering the data (concurrency tests)
-    hang: bool | str | None = None  # True/"greeting": silent after accept; "data": no reply
+    # True/"greeting": silent after accept; "data", "noop": no reply to that command
+    hang: bool | str | None = None
     offer_starttls: bool = True
     offer_auth: bool = True
 
@@ -82,6 +83,8 @@ class _Handler:
     async def handle_NOOP(self, server: SMTP, session: Session, envelope: Envelope,
                           arg: str) -> str:
         self.owner.commands["NOOP"] += 1
+        if self.owner.scripted.hang == "noop":
+            await self.owner.forever.wait()
         return self.owner.scripted.noop or "250 OK"
 
     async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:

@@ -41,7 +41,7 @@ async def test_memory_entries_expire(monkeypatch: pytest.MonkeyPatch) -> None:
     await cache.put("t", md5(b"abc"), b"abc")
     now = time.monotonic()
     monkeypatch.setattr(cache_module.time, "monotonic", lambda: now + 11)
-    cache.evict_expired()
+    await cache.evict_expired()
     assert cache.sizes()["memory"] == 0
     assert await cache.get("t", md5(b"abc")) is None
 
@@ -90,8 +90,7 @@ async def test_disk_size_cap_evicts_oldest_and_ttl_by_mtime(tmp_path: Path) -> N
     old = time.time() - 500
     os.utime(cache.path("t", md5(blobs[1])), (old, old))
     assert await cache.get("t", md5(blobs[1])) is None  # expired by mtime on read
-    cache.evict_expired()
-    await cache.close()
+    await cache.evict_expired()
     assert cache.sizes()["disk"] == 600 * KIB
 
 

@@ -67,3 +67,39 @@ def test_reopen_files_writes_to_the_path_again(tmp_path) -> None:
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+def test_json_log_format_writes_one_json_object_per_line(tmp_path: Path) -> None:
+    import io
+    import json
+    import logging
+    from types import SimpleNamespace
+
+    from mail_proxy.server import _setup_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        _setup_logging(SimpleNamespace(log_level="info", log_format="json", folder=tmp_path))
+        log = logging.getLogger("mail_proxy.test")
+        log.warning("account %s/%s says \"hi\" with 'quotes' and a\nnewline", "acme", "main")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("internal error while sending %s", "acme/m-1")
+        for handler in root.handlers:
+            handler.flush()
+        text = (tmp_path / "logs" / "mail-proxy.log").read_text(encoding="utf-8")
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+    lines = [json.loads(line) for line in io.StringIO(text)]
+    assert len(lines) == 2
+    assert lines[0]["message"] == "account acme/main says \"hi\" with 'quotes' and a\nnewline"
+    assert lines[0]["level"] == "WARNING" and lines[0]["logger"] == "mail_proxy.test"
+    assert lines[1]["message"] == "internal error while sending acme/m-1"
+    assert "ValueError: boom" in lines[1]["exc"] and lines[1]["ts"]

@@ -44,7 +44,6 @@ class AttachmentCache:
         self._disk_bytes = 0
         self._indexed = False
         self._index_lock = asyncio.Lock()
-        self._background: set[asyncio.Task[None]] = set()
 
     # -- configuration and sizes ---------------------------------------------------------
 
@@ -166,24 +165,17 @@ class AttachmentCache:
                     self._disk_bytes += entry[0]
             self._indexed = True
 
-    def evict_expired(self) -> None:
-        """Drop expired memory entries now; delete expired disk files in a thread.
+    async def evict_expired(self) -> None:
+        """Drop expired memory entries, then expired disk files (unlinked in a thread).
 
-        Callable from housekeeping on the loop: the disk part runs as a background task
-        (awaited by close()); without a running loop it runs inline.
+        Runs on the loop, like every other touch of the two indexes: housekeeping once ran
+        it in a thread, where it raced the sends over the memory index.
         """
         now = time.monotonic()
         ttl = self.settings.cache_memory_ttl
         for key in [k for k, (_, stored) in self._memory.items() if now - stored > ttl]:
             self._drop_memory(key)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            asyncio.run(self.evict_disk())
-            return
-        task = loop.create_task(self.evict_disk())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        await self.evict_disk()
 
     async def evict_disk(self) -> None:
         if self.root is None:
@@ -196,10 +188,6 @@ class AttachmentCache:
         if victims:
             await asyncio.to_thread(_unlink_all, victims)
         await self._trim_disk(int(self.settings.cache_disk_mb) * MIB)
-
-    async def close(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
 
 
 # -- thread-side helpers ---------------------------------------------------------------

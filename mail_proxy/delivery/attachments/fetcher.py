@@ -66,13 +66,12 @@ class AttachmentFetcher:
 
     async def close(self) -> None:
         await self._client.aclose()
-        await self._cache.close()
 
     def cache_bytes(self) -> dict[str, int]:
         return self._cache.sizes()
 
-    def evict_expired(self) -> None:
-        self._cache.evict_expired()
+    async def evict_expired(self) -> None:
+        await self._cache.evict_expired()
 
     # -- one message ----------------------------------------------------------------------
 
