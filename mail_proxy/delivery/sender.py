@@ -351,9 +351,14 @@ class Sender:
             task.add_done_callback(self._background.discard)
 
     async def _step_down(self, config: AccountConfig) -> None:
-        async with self.core.store.transaction() as tx:
-            await tx.execute("account_unthrottle_step", tenant_id=config.tenant_id,
-                             account_id=config.account_id, now=now())
+        try:
+            async with self.core.store.transaction() as tx:
+                await tx.execute("account_unthrottle_step", tenant_id=config.tenant_id,
+                                 account_id=config.account_id, now=now())
+        except StoreUnavailable as exc:
+            # the stored level stays one step up: the next run of successes tries again
+            log.warning("throttle level of %s/%s not lowered (%s)", config.tenant_id,
+                        config.account_id, exc)
 
     def _count(self, name: str, msg: Claimed) -> None:
         if self.metrics is not None:
