@@ -88,6 +88,7 @@ class Worker:
         self.owner = owner_id()
         self.stop_requested = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
+        self._unimplemented_warned: tuple[str, ...] = ()
 
     async def start(self) -> None:
         from mail_proxy.manager.core import Core
@@ -152,6 +153,7 @@ class Worker:
                                      on_event=self._event_written)
         core.wake_dispatcher = self.dispatcher.wake
         core.settings_listeners.append(self._settings_changed)
+        self._warn_unimplemented(settings)
         core.wake_reporter = self._event_written
         listen = getattr(core.store, "listen", None)
         if listen is not None:  # PostgreSQL: enqueues on other instances wake us at once
@@ -229,12 +231,29 @@ class Worker:
         if await self.core.reload_settings():
             log.info("runtime settings reloaded (version %d)", self.core.settings_version)
 
+    def _warn_unimplemented(self, settings: Any) -> None:
+        """Settings of features this version does not have are stored (the contract keeps
+        them, so a configuration carries over) but do nothing: say so in the log, once per
+        change, rather than let an operator believe bounces are being read."""
+        missing = tuple(name for name, on in (
+            ("bounce_enabled (IMAP bounce polling)", settings.bounce_enabled),
+            ("bounce_verp (VERP tags)", settings.bounce_verp)) if on)
+        if missing and missing != self._unimplemented_warned:
+            log.warning("not implemented in this version, so without effect: %s "
+                        "(see README, 'Not in this version')", ", ".join(missing))
+        self._unimplemented_warned = missing
+
     def _settings_changed(self, settings: Any) -> None:
+        from mail_proxy.manager.validation import message_id_domain
+
+        self._warn_unimplemented(settings)
         self.fetcher.update_settings(settings)
+        # the host's own name was looked up (and cached) at start: no DNS wait here
         self.smtp.configure(connect_timeout=settings.smtp_connect_timeout,
                             send_timeout=settings.smtp_send_timeout,
                             idle_timeout=settings.smtp_idle_timeout,
-                            health_check_after=settings.smtp_health_check_after)
+                            health_check_after=settings.smtp_health_check_after,
+                            ehlo_name=message_id_domain(settings))
 
     async def _watch_parent(self) -> None:
         expected = int(os.environ["MAIL_PROXY_SUPERVISOR_PID"])

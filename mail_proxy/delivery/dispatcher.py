@@ -76,7 +76,8 @@ class Dispatcher:
         self._rotation = 0
         self._last_recovery = 0.0
         self._next_due: int | None = None
-        self._rate_blocked: dict[tuple[str, str], int] = {}
+        # accounts whose windows are full: until when, and under which limits
+        self._rate_blocked: dict[tuple[str, str], tuple[int, ratelimit.Limits]] = {}
         self._more_ready = False
         self._in_cycle = False
         self._freed: set[tuple[str, str]] = set()  # lanes at low water during a cycle
@@ -191,13 +192,19 @@ class Dispatcher:
         limited: list[str] = []  # accounts whose priority-0 messages the pre-check governs
         for row in accounts:
             key = (row["tenant_id"], row["account_id"])
-            if self._rate_blocked.get(key, 0) > t:
-                limited.append(f"{key[0]}/{key[1]}")
-                continue
             config = await self.configs.get(*key)
             if config is None:
                 continue
             limits = config.limits
+            blocked = self._rate_blocked.get(key)
+            if blocked is not None:
+                # The mark holds only for the limits that set it: a limit raised, removed
+                # or switched to reject takes effect with the configuration (5 s at most),
+                # not at the old window's free time (up to a day away).
+                if blocked[0] > t and blocked[1] == limits:
+                    limited.append(f"{key[0]}/{key[1]}")
+                    continue
+                del self._rate_blocked[key]
             if limits.tenant or (limits.account and limits.behavior == "defer"):
                 limited.append(f"{key[0]}/{key[1]}")
             lane = self.lanes.get(key)
@@ -211,7 +218,7 @@ class Dispatcher:
                 left, free_at = await ratelimit.remaining(
                     store, key[0], key[1], ratelimit.Limits(account=limits.account, tenant=()), t)
                 if left is not None and left <= 0:
-                    self._rate_blocked[key] = free_at or t + 1
+                    self._rate_blocked[key] = (free_at or t + 1, limits)
                     continue
                 # held messages that have not reserved yet will need slots too
                 capacity = min(capacity, (left or 0) - (lane.held if lane else 0))
@@ -260,7 +267,7 @@ class Dispatcher:
                 self.core.store, tenant_id, key[1],
                 ratelimit.Limits(account=(), tenant=limits.tenant), t)
             if left is not None and left <= 0:
-                self._rate_blocked[key] = free_at or t + 1
+                self._rate_blocked[key] = (free_at or t + 1, limits)
                 return None
             held = sum(lane.held for k, lane in self.lanes.items() if k[0] == tenant_id)
             rooms[tenant_id] = (left or 0) - held
@@ -356,9 +363,17 @@ class Dispatcher:
         return lane.waiting <= config.batch_size // 2
 
     async def _renew_loop(self) -> None:
+        last = time.monotonic()
         while True:
+            # Re-read at least every second: after lease_seconds is lowered (3600 -> 30,
+            # say), a sleep of the old quarter would let the new, shorter leases expire
+            # under sends still running, and their messages be recovered and sent twice.
             lease = self.core.settings.lease_seconds
-            await asyncio.sleep(lease / 4)
+            wait = last + lease / 4 - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 1.0))
+                continue
+            last = time.monotonic()
             if self.held:
                 try:
                     await self.leases.renew(lease)

@@ -115,7 +115,10 @@ class Sender:
                 f"{config.secret_error}", code="secret_unavailable"), attempted=True)
             return
         payload = json.loads(msg.payload)
-        mail_from, rcpts = envelope(payload, bounce_return_path=None)
+        # enterprise.md §3.4: bounces of messages without their own return_path go to the
+        # bounce mailbox (VERP tags are not in this version: the address is used as it is)
+        mail_from, rcpts = envelope(payload,
+                                    bounce_return_path=self.core.settings.bounce_return_path)
         rcpts, suppressed = await self._suppress(msg, config, rcpts)
         if not rcpts:
             await self.recorder.error(msg, code="suppressed", attempted=False, smtp_code=None,

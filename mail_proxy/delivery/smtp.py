@@ -136,8 +136,11 @@ class SmtpPools:
     # -- public API ---------------------------------------------------------------------
 
     def configure(self, *, connect_timeout: float, send_timeout: float, idle_timeout: float,
-                  health_check_after: float) -> None:
-        """New timeouts from changed settings; open connections keep their lifetime."""
+                  health_check_after: float, ehlo_name: str | None = None) -> None:
+        """New timeouts and EHLO name from changed settings; open connections keep their
+        lifetime and the name they greeted with."""
+        if ehlo_name is not None:
+            self._ehlo_name = ehlo_name
         self._connect_timeout = connect_timeout
         self._send_timeout = send_timeout
         self._idle_timeout = idle_timeout

@@ -169,6 +169,44 @@ async def test_lease_is_renewed_while_a_send_is_slow(core, smtp_server, sqlite_u
     assert max(seen) >= min(seen) + 2  # lease_expires_at moved forward during the send
 
 
+async def test_a_lowered_lease_is_renewed_on_its_own_cadence(core, smtp_server,
+                                                             sqlite_url) -> None:
+    """lease_seconds lowered while the renewer sleeps a quarter of the old value: the next
+    renewal follows the new value, so the shorter leases never lapse under a live send."""
+    core.settings.lease_seconds = 400  # the renewer's first wait: 100 s
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    smtp_server.script(data_delay=3.5)
+    d = make(core, connect_timeout=5, send_timeout=8)
+    runner = asyncio.create_task(d.run())
+    seen: list[int] = []
+    try:
+        await asyncio.sleep(0.2)
+        core.settings.lease_seconds = 2  # from now on renewed every 0.5 s
+        await f.enqueue(core, f.message(1))
+        d.wake()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 8
+        while loop.time() < deadline:
+            rows = await read(sqlite_url, "SELECT status, lease_expires_at FROM messages")
+            status, lease = rows[0]
+            if status == "sent":
+                break
+            if status == "sending":
+                seen.append(lease)
+            await asyncio.sleep(0.2)
+    finally:
+        await d.drain(timeout=2)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await d.smtp.close()
+    msg = await message(core, "m-1")
+    assert msg["status"] == "sent" and msg["attempts"] == 1, msg["last_error"]
+    assert [e["event_type"] for e in msg["events"]] == ["sent"]  # never recovered
+    assert max(seen) >= min(seen) + 2  # renewed during the send
+    assert len(smtp_server.messages) == 1
+
+
 async def test_lease_lost_error_is_reported_to_a_tenant_with_a_sync_url(
         core, smtp_server, sqlite_url) -> None:
     core.settings.max_retries = 0  # the recovered attempt is the last one: T14b

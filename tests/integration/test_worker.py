@@ -142,3 +142,47 @@ async def test_a_drain_that_fails_still_closes_the_database(tmp_path, keyring, c
     await asyncio.sleep(0.1)
     assert not store_threads() - before
     assert "while stopping: database error: disk I/O error" in caplog.text
+
+
+async def test_a_new_message_id_domain_is_announced_by_new_connections(
+        tmp_path, keyring, smtp_server) -> None:
+    """delivery.md §8.4: EHLO names the Message-ID domain; a PATCH applies it at once."""
+    async with running_worker(tmp_path, keyring) as (worker, client):
+        await f.tenant(worker.core)
+        await f.account(worker.core, smtp_server.port)
+        r = await client.patch("/instance", json={"message_id_domain": "mid.example.org"})
+        assert r.status_code == 200, r.text
+        r = await client.post("/commands/add-messages",
+                              json={"tenant_id": "acme", "messages": [f.message(1)]})
+        assert r.status_code == 200, r.text
+
+        async def delivered() -> bool:
+            return len(smtp_server.messages) == 1
+
+        await wait_for(delivered)
+        assert smtp_server.ehlo_names == ["mid.example.org"]
+        assert b"@mid.example.org>" in smtp_server.messages[0].data
+
+
+async def test_bounce_return_path_is_the_envelope_sender_and_unbuilt_features_warn(
+        tmp_path, keyring, smtp_server, caplog) -> None:
+    async with running_worker(tmp_path, keyring) as (worker, client):
+        await f.tenant(worker.core)
+        await f.account(worker.core, smtp_server.port)
+        r = await client.patch("/instance", json={
+            "bounce_return_path": "bounces@acme.test", "bounce_enabled": True,
+            "bounce_imap_host": "imap.acme.test"})
+        assert r.status_code == 200, r.text
+        assert "not implemented in this version, so without effect: bounce_enabled" \
+            in caplog.text
+        r = await client.post("/commands/add-messages", json={"tenant_id": "acme", "messages": [
+            f.message(1), f.message(2, return_path="own@acme.test")]})
+        assert r.status_code == 200, r.text
+
+        async def delivered() -> bool:
+            return len(smtp_server.messages) == 2
+
+        await wait_for(delivered)
+        senders = {m.data.split(b"X-Mail-Proxy-ID: ")[1][:3]: m.mail_from
+                   for m in smtp_server.messages}
+        assert senders == {b"m-1": "bounces@acme.test", b"m-2": "own@acme.test"}
