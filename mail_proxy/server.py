@@ -227,8 +227,8 @@ class Worker:
                     log.info("runtime settings readable again")
                 failing = None
 
-    async def reload_settings(self) -> None:
-        if await self.core.reload_settings():
+    async def reload_settings(self, *, force: bool = False) -> None:
+        if await self.core.reload_settings(force=force):
             log.info("runtime settings reloaded (version %d)", self.core.settings_version)
 
     def _warn_unimplemented(self, settings: Any) -> None:
@@ -282,7 +282,7 @@ class Worker:
             log.info("reloaded admin token and key ring")
         except MailProxyError as exc:
             log.error("reload failed, keeping the previous token and key ring: %s", exc)
-        task = asyncio.get_running_loop().create_task(self.reload_settings())
+        task = asyncio.get_running_loop().create_task(self.reload_settings(force=True))
         self.tasks.append(task)
 
     async def stop(self) -> None:

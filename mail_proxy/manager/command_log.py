@@ -97,11 +97,13 @@ def _capped_json(value: Any) -> str | None:
 
 async def record(core: Core, *, actor: str, endpoint: str, tenant_id: str | None,
                  payload: object, response_status: int | None, response_body: object) -> None:
-    """Append one row; a no-op while ``command_log_enabled`` is false.
+    """Append one row; a no-op while ``command_log_enabled`` is false, except for the
+    change of that setting itself: switching the audit trail off leaves a trace of who did.
 
     The write joins the store's group commit, so it shares its fsync with concurrent work.
     """
-    if not core.settings.command_log_enabled:
+    if not core.settings.command_log_enabled and not (
+            isinstance(payload, dict) and "command_log_enabled" in payload):
         return
     row = row_values(actor=actor, endpoint=endpoint, tenant_id=tenant_id, payload=payload,
                      response_status=response_status, response_body=response_body)

@@ -68,13 +68,14 @@ class Core:
             raise
         return core
 
-    async def reload_settings(self) -> bool:
-        """Re-read the runtime settings when their version changed; True if it did."""
+    async def reload_settings(self, *, force: bool = False) -> bool:
+        """Re-read the runtime settings when their version changed (always with ``force``,
+        as SIGHUP does: a restored or hand-edited row keeps its version); True if read."""
         row = await self.store.fetch_one("instance_get")
         if row is None:
             return False
         version = int(row["settings_version"])
-        if version == self.settings_version:
+        if version == self.settings_version and not force:
             return False
         stored: dict[str, Any] = json.loads(row["settings"] or "{}")
         self.apply_settings(RuntimeSettings.from_stored(stored), version)

@@ -47,3 +47,21 @@ async def test_admin_rows_and_filters(live: LiveServer, client: Any) -> None:
     assert export.json()["truncated"] is False
     assert export.json()["commands"][-1]["endpoint"] == "POST /suppressions"
 
+
+
+async def test_switching_the_log_off_is_itself_recorded(live: LiveServer, client: Any) -> None:
+    admin = {"X-API-Token": live.admin_token}
+    before = len(await _rows(client, live))
+    try:
+        off = await client.patch("/instance", json={"command_log_enabled": False},
+                                 headers=admin)
+        assert off.status_code == 200, off.text
+        await client.patch("/instance", json={"max_recipients": 100}, headers=admin)
+    finally:
+        on = await client.patch("/instance", json={"command_log_enabled": None,
+                                                   "max_recipients": None}, headers=admin)
+        assert on.status_code == 200, on.text
+    new = await _rows(client, live)
+    assert [(r["endpoint"], r["payload"]) for r in new[before:]] == [
+        ("PATCH /instance", {"command_log_enabled": False}),
+        ("PATCH /instance", {"command_log_enabled": None, "max_recipients": None})]

@@ -186,3 +186,22 @@ async def test_bounce_return_path_is_the_envelope_sender_and_unbuilt_features_wa
         senders = {m.data.split(b"X-Mail-Proxy-ID: ")[1][:3]: m.mail_from
                    for m in smtp_server.messages}
         assert senders == {b"m-1": "bounces@acme.test", b"m-2": "own@acme.test"}
+
+
+async def test_sighup_rereads_settings_even_without_a_new_version(tmp_path, keyring) -> None:
+    """settings.md §1: SIGHUP forces a reload (a restored or hand-edited row keeps its
+    version, which the 5 s poll compares)."""
+    import sqlite3
+
+    async with running_worker(tmp_path, keyring) as (worker, _client):
+        assert worker.core.settings.max_recipients == 500
+        db = sqlite3.connect(tmp_path / "mail_service.db")
+        with db:
+            db.execute("UPDATE instance SET settings = ?", ('{"max_recipients": 1}',))
+        db.close()
+        worker.reload()  # what the SIGHUP handler runs
+        for _ in range(50):
+            if worker.core.settings.max_recipients == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert worker.core.settings.max_recipients == 1
