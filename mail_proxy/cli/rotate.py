@@ -2,8 +2,10 @@
 
 Order matters: the new ring is written first (new key first, old keys after), the running
 worker is told to reload it, then every secret is re-encrypted in one transaction. A failed
-re-encryption rolls back, restores the previous ring file and reloads the worker again, so
-no process is ever left holding a ring that misses a key in use.
+re-encryption rolls back, restores the previous ring (keeping the new key as a secondary,
+since the worker may have used it meanwhile) and reloads the worker again, so no process is
+ever left holding a ring that misses a key in use. Runs on one key file are serialised by a
+lock file beside it.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def rotate_key(ctx: typer.Context,
     from mail_proxy.cli.database import load_config
     from mail_proxy.cli.dataview import can_prompt
     from mail_proxy.security.crypto import KeyRing, generate_key
+    from mail_proxy.security.keyfile import ring_lock
 
     obj: AppContext = ctx.obj
     if sum((stage, stage_key is not None, promote is not None, prune_only)) > 1:
@@ -76,35 +79,41 @@ def rotate_key(ctx: typer.Context,
         raise CliExit(EXIT_USAGE, f"the key ring comes from {old.path}, which this command "
                                   "does not rewrite", "rotate it where it is defined")
     path = old.path
-    if stage or stage_key is not None:
-        if stage_key == "-":
-            import sys
+    # One rotation at a time per key file: two that read the ring before either wrote it
+    # would each write their own, and the loser's "restore" dropped the key the winner had
+    # just re-encrypted every secret with.
+    with ring_lock(path, on_wait=lambda: err(
+            "another rotate-key of this instance is running: waiting for it to finish")):
+        old = KeyRing.load(config.folder)  # as a rotation that ran meanwhile left it
+        if stage or stage_key is not None:
+            if stage_key == "-":
+                import sys
 
-            stage_key = sys.stdin.readline()
-        return _stage(obj, config.folder, path, old, generate_key() if stage
-                      else _decode_key(stage_key or ""), show=stage)
-    if prune_only:
-        _prune(obj.instance, config.folder, path, old, yes)
-        return 0
-    if promote is not None:
-        if promote not in old.kids:
-            raise CliExit(1, f"key {promote} is not in this instance's key ring",
-                          "stage it first with --stage or --stage-key")
-        new = old.promoted(promote)
-        if no_reencrypt:
-            _write_and_reload(config.folder, path, new)
-            out(f"key {promote} is now the primary key of this instance")
-            if prune:
-                _prune(obj.instance, config.folder, path, new, yes)
+                stage_key = sys.stdin.readline()
+            return _stage(obj, config.folder, path, old, generate_key() if stage
+                          else _decode_key(stage_key or ""), show=stage)
+        if prune_only:
+            _prune(obj.instance, config.folder, path, old, yes)
             return 0
-    else:
-        new = old.with_new_primary(generate_key())
-    count = _reencrypt(obj.instance, config.folder, path, old, new)
-    out(f"new primary key {new.primary_kid}; {count} values re-encrypted")
-    err(f"copy {path} to every other instance sharing this database")
-    if prune:
-        _prune(obj.instance, config.folder, path, new, yes)
-    return 0
+        if promote is not None:
+            if promote not in old.kids:
+                raise CliExit(1, f"key {promote} is not in this instance's key ring",
+                              "stage it first with --stage or --stage-key")
+            new = old.promoted(promote)
+            if no_reencrypt:
+                _write_and_reload(config.folder, path, new)
+                out(f"key {promote} is now the primary key of this instance")
+                if prune:
+                    _prune(obj.instance, config.folder, path, new, yes)
+                return 0
+        else:
+            new = old.with_new_primary(generate_key())
+        count = _reencrypt(obj.instance, config.folder, path, old, new)
+        out(f"new primary key {new.primary_kid}; {count} values re-encrypted")
+        err(f"copy {path} to every other instance sharing this database")
+        if prune:
+            _prune(obj.instance, config.folder, path, new, yes)
+        return 0
 
 
 def _decode_key(text: str) -> bytes:
@@ -171,8 +180,17 @@ def _reencrypt(instance: str | None, folder: Path | None, path: Path, old: Any,
     try:
         count = with_core(instance, run)
     except BaseException:
-        _write_and_reload(folder, path, old)
-        err("the previous key ring was restored")
+        # The worker had the new ring meanwhile and may have stored secrets with the new
+        # key: it stays, as a secondary key, so nothing written is ever left unreadable.
+        restored, present, added = old, set(old.keys()), new.keys()
+        for key in [k for k in added if k not in present]:
+            restored = restored.with_secondary(key)
+        _write_and_reload(folder, path, restored)
+        kept = [k for k in restored.kids if k not in old.kids]
+        err("the previous key ring was restored" + (
+            f"; the new key {', '.join(kept)} stays as a secondary key, for values written "
+            "meanwhile (`rotate-key --prune-only` drops it once nothing uses it)"
+            if kept else ""))
         raise
     _reload_worker(folder)
     return count

@@ -253,10 +253,14 @@ class SqliteStore:
     async def _migrate(self) -> None:
         assert self._writer is not None
         w = self._writer
-        await w.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY"
-                        " KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
         known = named.migrations("sqlite")
         latest = known[-1][0] if known else 0
+        if await self._up_to_date(w, {v for v, _, _ in known}):
+            # The common case takes no write lock: a CLI command (a `stats` say) must not
+            # wait behind, or fail on, a long write of another process (WAL reads never do).
+            return
+        await w.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY"
+                        " KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
         await w.execute("BEGIN IMMEDIATE")  # serialises concurrent starts
         try:
             rows = await w.execute_fetchall("SELECT version FROM schema_migrations")
@@ -275,6 +279,15 @@ class SqliteStore:
         except BaseException:
             await w.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    async def _up_to_date(conn: aiosqlite.Connection, known: set[int]) -> bool:
+        """Every known migration applied and none newer (read without a write lock)."""
+        try:
+            rows = await conn.execute_fetchall("SELECT version FROM schema_migrations")
+        except sqlite3.OperationalError:  # no such table: a new database
+            return False
+        return {r[0] for r in rows} == known
 
     # reads -----------------------------------------------------------------------------
     async def fetch(self, query: str, **params: Any) -> list[dict[str, Any]]:

@@ -88,7 +88,44 @@ def test_rotate_restores_the_ring_when_a_value_cannot_be_decrypted(
     r = cli("main", "rotate-key")
     assert r.code == 1
     assert "cannot decrypt accounts row 'acme/main' (imap_password)" in r.err
-    assert KeyRing.load(instance.folder).kids == saved and key_file.exists()
+    # The previous primary is the primary again; the rolled-back key stays as a secondary,
+    # since a running worker had it (and may have stored secrets with it) meanwhile.
+    after = KeyRing.load(instance.folder).kids
+    assert after[:len(saved)] == saved and len(after) == len(saved) + 1 and key_file.exists()
+    assert f"the new key {after[-1]} stays as a secondary key" in r.err
+
+
+def test_rotations_of_one_instance_run_one_after_the_other(
+        cli: Any, tenant: str, instance: ProcessConfig) -> None:
+    """Two rotate-key at once: the second waits for the first and builds on its ring (it
+    once restored its own stale copy, dropping the key every secret had just moved to)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from mail_proxy.security.crypto import generate_key
+    from mail_proxy.security.keyfile import ring_lock, write_key_file
+
+    cli("main", "acme", "accounts", "add", "main", "--host", "127.0.0.1", "--port", "2525",
+        "--tls-mode", "none", "--user", "u", "--password", "pw-both", "--no-test")
+    assert instance.folder is not None
+    key_file = instance.folder / "encryption.key"
+    with ring_lock(key_file):  # as a first rotation still running would hold it
+        second = subprocess.Popen([sys.executable, "-m", "mail_proxy", "main", "rotate-key"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=os.environ.copy())
+        time.sleep(1.5)
+        assert second.poll() is None  # waiting, not rotating on a stale ring
+        # what the first rotation writes meanwhile: a key the second must keep
+        first = KeyRing.load(instance.folder).with_secondary(generate_key())
+        write_key_file(key_file, first.keys())
+    out, err = second.communicate(timeout=30)
+    assert second.returncode == 0, err
+    assert "another rotate-key of this instance is running: waiting for it" in err
+    ring = KeyRing.load(instance.folder)
+    assert ring.kids[1:] == first.kids and out.startswith(f"new primary key {ring.primary_kid}")
+    assert _stored_password(instance)[1] == "pw-both"
 
 
 def test_config_show_set_reset(cli: Any, instance: ProcessConfig) -> None:

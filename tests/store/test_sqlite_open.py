@@ -38,3 +38,27 @@ async def test_a_bad_file_is_refused_and_leaves_no_thread(tmp_path: Path, conten
     for thread in left:
         thread.join(timeout=5)  # a stopping thread ends at once
     assert not [t for t in left if t.is_alive()]
+
+
+async def test_opening_a_migrated_file_takes_no_write_lock(tmp_path: Path) -> None:
+    """A CLI read (`stats`, `list`) opens the store while another process holds the write
+    lock for long (a rotation, a big delete): WAL lets it read, so opening must not wait
+    for the lock (5 s busy timeout, then "database is locked")."""
+    import time
+
+    path = tmp_path / "db.sqlite"
+    first = SqliteStore(str(path))
+    await first.open()  # creates and migrates
+    await first.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        store = SqliteStore(str(path))
+        await store.open()
+        assert await store.fetch_one("tenant_get", id="acme") is None
+        await store.close()
+        assert time.monotonic() - started < 2
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
