@@ -57,8 +57,8 @@ def rotate_key(ctx: typer.Context,
     """Rotate the encryption key ring: new primary key, re-encrypt every secret."""
     from mail_proxy.cli.database import load_config
     from mail_proxy.cli.dataview import can_prompt
+    from mail_proxy.filelock import locked
     from mail_proxy.security.crypto import KeyRing, generate_key
-    from mail_proxy.security.keyfile import ring_lock
 
     obj: AppContext = ctx.obj
     if sum((stage, stage_key is not None, promote is not None, prune_only)) > 1:
@@ -82,7 +82,7 @@ def rotate_key(ctx: typer.Context,
     # One rotation at a time per key file: two that read the ring before either wrote it
     # would each write their own, and the loser's "restore" dropped the key the winner had
     # just re-encrypted every secret with.
-    with ring_lock(path, on_wait=lambda: err(
+    with locked(path, on_wait=lambda: err(
             "another rotate-key of this instance is running: waiting for it to finish")):
         old = KeyRing.load(config.folder)  # as a rotation that ran meanwhile left it
         if stage or stage_key is not None:

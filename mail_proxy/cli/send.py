@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mail_proxy.cli.application import AppContext, out, print_json
+from mail_proxy.cli.application import AppContext, err, out, print_json
 
 PROGRESS_OVER = 5  # more files than this: a progress bar instead of one line per file
 EML_MAX_BYTES = 25 * 2**20  # the default max_request_bytes
@@ -64,8 +64,10 @@ def _file_bytes(path: Path) -> bytes:
 
 
 async def _store(session: Any, tenant: str, messages: list[tuple[int, dict[str, Any]]],
-                 advance: Any) -> tuple[int, list[dict[str, Any]]]:
-    """Queue ``(global index, message)`` pairs chunk by chunk; (queued, rejected entries)."""
+                 advance: Any, progress: dict[str, int]
+                 ) -> tuple[int, list[dict[str, Any]]]:
+    """Queue ``(global index, message)`` pairs chunk by chunk; (queued, rejected entries).
+    ``progress["queued"]`` counts what is committed so far, for an interrupt to report."""
     from mail_proxy.cli.database import logged
     from mail_proxy.manager.enqueue import AllRejected, add_messages
 
@@ -83,6 +85,7 @@ async def _store(session: Any, tenant: str, messages: list[tuple[int, dict[str, 
         except AllRejected as exc:
             answer = {"ok": True, "queued": 0, "rejected": exc.rejected}
         queued += int(answer["queued"])
+        progress["queued"] = queued
         for entry in answer["rejected"]:
             rejected.append({**entry, "index": chunk[int(entry["index"])][0]})
         advance(len(chunk))
@@ -118,11 +121,25 @@ def send(ctx: typer.Context,
     pending = [(i, m) for i, (_p, m, _x) in enumerate(parsed) if m is not None]
     bar = _Bar(len(files)) if len(files) > PROGRESS_OVER and not json_output else None
 
+    progress = {"queued": 0}
+
     async def run(s: Session) -> tuple[int, list[dict[str, Any]]]:
-        return await _store(s, tenant, pending, bar.advance if bar else lambda n: None)
+        return await _store(s, tenant, pending, bar.advance if bar else lambda n: None,
+                            progress)
 
     try:
         queued, late = with_core(obj.instance, run) if pending else (0, [])
+    except KeyboardInterrupt:
+        # Whole chunks are committed as they go: say how far it got, so nobody has to
+        # guess what a second run would send again.
+        if bar:
+            bar.close()
+            bar = None
+        err(f"interrupted: {progress['queued']} of {len(pending)} messages were queued "
+            "before the interrupt")
+        if progress["queued"]:
+            wake(obj.instance, tenant)
+        raise
     finally:
         if bar:
             bar.close()

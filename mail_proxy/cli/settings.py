@@ -206,10 +206,8 @@ def _set_process(instance: str | None, key: str, text: str) -> None:
 
 
 def _reset_process(instance: str | None, key: str) -> None:
-    from mail_proxy.instance.config import read_toml, write_toml
+    from mail_proxy.instance.config import update_config
 
     folder = _folder(instance)
-    values = read_toml(folder)
-    values[key] = PROCESS_DEFAULTS[key]
-    write_toml(folder, values)
+    update_config(folder, **{key: PROCESS_DEFAULTS[key]})
     out(f"{key} = {PROCESS_DEFAULTS[key]} in config.toml (applies at the next start)")

@@ -102,7 +102,8 @@ class Recorder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, WRITE_RETRY_MAX)
         if not done:
-            log.warning("lease_lost: message %s/%s was recovered by another worker",
+            log.warning("lease_lost: message %s/%s is no longer this worker's (recovered "
+                        "after its lease expired, or deleted or cancelled meanwhile)",
                         msg.tenant_id, msg.id)
         return bool(done)
 

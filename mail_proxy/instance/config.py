@@ -103,9 +103,14 @@ def write_toml(folder: Path, values: dict[str, Any]) -> None:
 
 
 def update_config(folder: Path, **changes: Any) -> None:
-    values = read_toml(folder)
-    values.update({k: v for k, v in changes.items() if v is not None})
-    write_toml(folder, values)
+    """Change some keys of config.toml; two commands changing different keys at once both
+    land (each reads the file under the lock the other releases after writing)."""
+    from mail_proxy.filelock import locked
+
+    with locked(folder / "config.toml"):
+        values = read_toml(folder)
+        values.update({k: v for k, v in changes.items() if v is not None})
+        write_toml(folder, values)
 
 
 def _env_port(raw: str, source: str) -> int:

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from mail_proxy.errors import Conflict, FieldError, Forbidden, NotFound
-from mail_proxy.manager.core import Core, Principal, now
+from mail_proxy.manager.core import Core, Principal, now, upsert
 from mail_proxy.manager.fields import (
     Bad,
     Check,
@@ -150,6 +150,13 @@ async def _write(core: Core, tenant_id: str, account_id: str, values: dict[str, 
                  errors: list[FieldError], principal: Principal | None, *, replace: bool
                  ) -> bool:
     """Merge and store; True when the account was created."""
+    return await upsert(lambda: _write_once(core, tenant_id, account_id, values, errors,
+                                            principal, replace=replace))
+
+
+async def _write_once(core: Core, tenant_id: str, account_id: str, values: dict[str, Any],
+                      errors: list[FieldError], principal: Principal | None, *,
+                      replace: bool) -> bool:
     async with core.store.transaction() as tx:
         if await tx.fetch_one("account_tenant_exists", tenant_id=tenant_id) is None:
             raise NotFound(f"tenant '{tenant_id}' does not exist", code="tenant_not_found",

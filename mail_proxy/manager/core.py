@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mail_proxy.settings import RuntimeSettings
-from mail_proxy.store import Store, open_store
+from mail_proxy.store import Store, UniqueViolation, open_store
 
 if TYPE_CHECKING:
     from mail_proxy.security.crypto import KeyRing
@@ -33,6 +33,19 @@ class Principal:
 
 
 ADMIN = Principal("admin")
+
+
+T = TypeVar("T")
+
+
+async def upsert(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run a create-or-replace ``attempt`` (read the row, then insert or update it), once
+    more if another writer inserted the same row in between: the second attempt reads it
+    and updates. SQLite serialises writers, so only PostgreSQL ever retries."""
+    try:
+        return await attempt()
+    except UniqueViolation:
+        return await attempt()
 
 
 def now() -> int:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from mail_proxy.errors import BadRequest, FieldError, NotFound
-from mail_proxy.manager.core import Core, Principal, now
+from mail_proxy.manager.core import Core, Principal, now, upsert
 from mail_proxy.manager.fields import (
     Bad,
     address,
@@ -101,17 +101,21 @@ async def add_suppression(core: Core, body: object, principal: Principal | None,
     fail_if(errors)
     await _require_tenant(core, tid)
     addr = values["address"]
-    async with core.store.transaction() as tx:
-        row = await tx.fetch_one("suppression_get", tenant_id=tid, address=addr)
-        if row is None:
-            await tx.execute("suppression_add_manual", tenant_id=tid, address=addr,
-                             reason=values.get("reason"), now=now())
-        elif "reason" in values:
-            await tx.execute("suppression_set_reason", tenant_id=tid, address=addr,
-                             reason=values["reason"])
-        fresh = await tx.fetch_one("suppression_get", tenant_id=tid, address=addr)
-    assert fresh is not None
-    return _entry(fresh), row is None
+
+    async def attempt() -> tuple[dict[str, Any], bool]:
+        async with core.store.transaction() as tx:
+            row = await tx.fetch_one("suppression_get", tenant_id=tid, address=addr)
+            if row is None:
+                await tx.execute("suppression_add_manual", tenant_id=tid, address=addr,
+                                 reason=values.get("reason"), now=now())
+            elif "reason" in values:
+                await tx.execute("suppression_set_reason", tenant_id=tid, address=addr,
+                                 reason=values["reason"])
+            fresh = await tx.fetch_one("suppression_get", tenant_id=tid, address=addr)
+        assert fresh is not None
+        return _entry(fresh), row is None
+
+    return await upsert(attempt)
 
 
 async def remove_suppression(core: Core, tenant_id: str, address_text: object) -> bool:

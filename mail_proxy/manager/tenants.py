@@ -19,7 +19,7 @@ from mail_proxy.errors import (
     NotFound,
 )
 from mail_proxy.manager import auth
-from mail_proxy.manager.core import Core, Principal, now
+from mail_proxy.manager.core import Core, Principal, now, upsert
 from mail_proxy.manager.fields import (
     Bad,
     Check,
@@ -218,27 +218,32 @@ async def put_tenant(core: Core, body: object, principal: Principal | None
     check_references(core, values, errors)
     fail_if(errors)
     assert tenant_id is not None
-    api_key: str | None = None
     stamp = now()
-    async with core.store.transaction() as tx:
-        row = await tx.fetch_one("tenant_lock", id=tenant_id)
-        await _check_default_account(tx, tenant_id, values, exists=row is not None)
-        columns = {name: encode(core, name, value) for name, value in DEFAULTS.items()}
-        if row is not None:
-            # A replace keeps the stored secrets unless the body carries them.
-            for kept in ("client_auth", "signing_secret"):
-                columns[kept] = row[kept]
-        for name, value in values.items():
-            columns[name] = encode(core, name, value)
-        if row is None:
-            api_key = generate_token()
-            await tx.execute("tenant_insert", id=tenant_id, now=stamp,
-                             api_key_hash=hash_api_key(api_key), **columns)
-        else:
+
+    async def attempt() -> str | None:
+        """The new tenant's API key, or None when an existing tenant was replaced."""
+        async with core.store.transaction() as tx:
+            row = await tx.fetch_one("tenant_lock", id=tenant_id)
+            await _check_default_account(tx, tenant_id, values, exists=row is not None)
+            columns = {name: encode(core, name, value) for name, value in DEFAULTS.items()}
+            if row is not None:
+                # A replace keeps the stored secrets unless the body carries them.
+                for kept in ("client_auth", "signing_secret"):
+                    columns[kept] = row[kept]
+            for name, value in values.items():
+                columns[name] = encode(core, name, value)
+            if row is None:
+                api_key = generate_token()
+                await tx.execute("tenant_insert", id=tenant_id, now=stamp,
+                                 api_key_hash=hash_api_key(api_key), **columns)
+                return api_key
             await tx.execute("tenant_update", id=tenant_id, now=stamp, **columns)
             await _on_url_removed(tx, row, columns, stamp)
+            return None
+
+    api_key = await upsert(attempt)
     auth.forget(core)
-    return await get_tenant(core, tenant_id), row is None, api_key
+    return await get_tenant(core, tenant_id), api_key is not None, api_key
 
 
 async def _on_url_removed(tx: Any, row: dict[str, Any], columns: dict[str, Any],

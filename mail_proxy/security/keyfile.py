@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import secrets
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import KeyRingError
@@ -179,23 +177,3 @@ def _fsync_dir(folder: Path) -> None:
         pass  # some filesystems refuse fsync on directories; the rename is still atomic
     finally:
         os.close(fd)
-
-
-@contextlib.contextmanager
-def ring_lock(path: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-    """Hold the exclusive lock of the key file ``path`` (a ``.NAME.lock`` file beside it,
-    mode 0600) for a read-modify-write of the ring; ``on_wait`` is called once if another
-    process holds it, before waiting for it."""
-    lock = Path(path).with_name(f".{Path(path).name}.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if on_wait is not None:
-                on_wait()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-

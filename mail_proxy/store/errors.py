@@ -12,8 +12,16 @@ class StoreUnavailable(StorageError):
 
 
 class UniqueViolation(StorageError):
+    """Another writer inserted the same key since this transaction looked. The driver's
+    text (constraint names, the key) goes to ``driver_text``, not to clients."""
+
     code = "conflict"
     status = 409
+
+    def __init__(self, driver_text: str) -> None:
+        super().__init__("another request wrote the same record at the same moment; "
+                         "repeat the request")
+        self.driver_text = driver_text
 
 
 class RowsMissing(Exception):

@@ -104,14 +104,15 @@ def test_rotations_of_one_instance_run_one_after_the_other(
     import sys
     import time
 
+    from mail_proxy.filelock import locked
     from mail_proxy.security.crypto import generate_key
-    from mail_proxy.security.keyfile import ring_lock, write_key_file
+    from mail_proxy.security.keyfile import write_key_file
 
     cli("main", "acme", "accounts", "add", "main", "--host", "127.0.0.1", "--port", "2525",
         "--tls-mode", "none", "--user", "u", "--password", "pw-both", "--no-test")
     assert instance.folder is not None
     key_file = instance.folder / "encryption.key"
-    with ring_lock(key_file):  # as a first rotation still running would hold it
+    with locked(key_file):  # as a first rotation still running would hold it
         second = subprocess.Popen([sys.executable, "-m", "mail_proxy", "main", "rotate-key"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env=os.environ.copy())

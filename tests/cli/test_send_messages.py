@@ -92,6 +92,30 @@ def test_send_many_files_json_and_rejections(cli: Any, tenant: str, tmp_path: Pa
     assert lines[1].startswith("rejected m0.eml: ") and "nope" in lines[1]
 
 
+def test_an_interrupted_send_says_how_many_were_queued(cli: Any, tenant: str, tmp_path: Path,
+                                                      monkeypatch: Any) -> None:
+    from mail_proxy.manager import enqueue
+
+    cli("main", "acme", "accounts", "add", "main", "--host", "127.0.0.1", "--port", "2525",
+        "--tls-mode", "none", "--no-test")
+    assert cli("main", "config", "set", "max_batch_messages", "2").code == 0
+    files = [str(rich_eml(tmp_path / f"m{i}.eml", i)) for i in range(5)]
+    real = enqueue.add_messages
+    calls = []
+
+    async def interrupted_at_the_second_chunk(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(enqueue, "add_messages", interrupted_at_the_second_chunk)
+    r = cli("main", "acme", "send", *files)
+    assert r.code == 130
+    assert "interrupted: 2 of 5 messages were queued before the interrupt" in r.err
+    assert "Traceback" not in r.text
+
+
 def test_messages_list_csv_delete_retry(cli: Any, tenant: str, tmp_path: Path) -> None:
     cli("main", "acme", "accounts", "add", "main", "--host", "127.0.0.1", "--port", "2525",
         "--tls-mode", "none", "--no-test")

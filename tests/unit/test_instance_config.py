@@ -157,3 +157,30 @@ def test_the_token_command_refuses_a_short_environment_token(
         read_token("envtok")
     monkeypatch.setenv("GMP_API_TOKEN", "t" * 24)
     assert read_token("envtok") == "t" * 24
+
+
+def test_concurrent_changes_of_different_keys_all_land(tmp_path) -> None:
+    """Three `config set` of process keys at once: each reads config.toml, changes its key
+    and writes; without the lock one change could overwrite another's (1 round in 30)."""
+    import threading
+
+    from mail_proxy.instance.config import read_toml, update_config, write_toml
+
+    write_toml(tmp_path, {"name": "x", "port": 8000})
+    for round_ in range(15):
+        changes = {"shutdown_timeout": 30 + round_, "db_pool_size": 5 + round_,
+                   "log_level": ("info", "debug")[round_ % 2]}
+        start = threading.Barrier(len(changes))
+
+        def change(key: str, value: object, start: threading.Barrier) -> None:
+            start.wait()
+            update_config(tmp_path, **{key: value})
+
+        threads = [threading.Thread(target=change, args=(*item, start))
+                   for item in changes.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stored = read_toml(tmp_path)
+        assert {k: stored[k] for k in changes} == changes
