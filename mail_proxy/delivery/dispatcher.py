@@ -118,7 +118,11 @@ class Dispatcher:
                 if claimed == 0 or not self._more_ready:
                     await self._sleep(self.core.settings.send_loop_interval)
         finally:
-            self._renewer.cancel()
+            # A drain stops this loop at once but still waits for sends in flight, up to
+            # shutdown_timeout: their leases must keep being renewed until it ends (drain
+            # stops the renewer itself), or another worker would take and resend them.
+            if not self._stopping:
+                self._renewer.cancel()
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -401,7 +405,9 @@ class Dispatcher:
                           "queue when their leases expire", len(waiting), exc)
         tasks = [t for lane in self.lanes.values() for t in lane.tasks] + list(self._sending)
         if tasks:
-            log.info("drain: waiting up to %.0f s for %d sends in progress", timeout, len(tasks))
+            # a send loop waits on its send's task: count the sends, not both
+            log.info("drain: waiting up to %.0f s for %d sends in progress", timeout,
+                     len(self._sending))
             _done, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
                 task.cancel()

@@ -1,13 +1,10 @@
 """PostgreSQL backend: an asyncpg pool shared by any number of workers (data.md §5).
 
-Named queries are written with ``:name`` placeholders like the SQLite ones and rewritten to
-``$1..$n`` once at load time. Parameters are coerced from the types PostgreSQL inferred for
-them (asked once per query and process), so the callers can pass the same Python values as
-on SQLite: 0/1 for booleans, lists for arrays, lists and dicts for JSON text.
-
-The URL may carry ``?schema=name`` (or ``options=-csearch_path=name``): every connection
-then uses that schema, created if missing, which lets tests and several installations share
-one database.
+Named queries use ``:name`` placeholders like the SQLite ones, rewritten to ``$1..$n`` at
+load time. Parameters are coerced from the types PostgreSQL inferred for them (asked once
+per query and process), so callers pass the same Python values as on SQLite: 0/1 for
+booleans, lists for arrays, lists and dicts for JSON text. A URL with ``?schema=name`` (or
+``options=-csearch_path=name``) makes every connection use that schema, created if missing.
 """
 
 from __future__ import annotations
@@ -412,8 +409,11 @@ class PostgresStore:
         return True
 
     async def apply_steps(self, steps: list[Step]) -> list[int]:
+        # in pk order, as lease renewals lock rows: two orders over the same rows deadlock
+        order = sorted(range(len(steps)), key=lambda i: steps[i][1].get("pk") or 0)
         async with self.transaction() as tx:
-            return await tx.execute_then_many(steps)
+            counts = await tx.execute_then_many([steps[i] for i in order])
+        return [count for _, count in sorted(zip(order, counts, strict=True))]
 
     async def apply_fetches(self, calls: list[tuple[str, dict[str, Any]]]
                             ) -> list[list[dict[str, Any]]]:

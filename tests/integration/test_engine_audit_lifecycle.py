@@ -207,6 +207,44 @@ async def test_a_lowered_lease_is_renewed_on_its_own_cadence(core, smtp_server,
     assert len(smtp_server.messages) == 1
 
 
+async def test_leases_keep_being_renewed_while_a_drain_waits(core, smtp_server,
+                                                             sqlite_url) -> None:
+    """A graceful stop waits up to shutdown_timeout for sends in flight: their leases must
+    not lapse meanwhile, or another worker takes the messages and sends them again."""
+    core.settings.lease_seconds = 2  # renewed every 0.5 s
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    smtp_server.script(data_delay=3.5)
+    await f.enqueue(core, f.message(1))
+    d = make(core, connect_timeout=5, send_timeout=8)
+    runner = asyncio.create_task(d.run())
+    try:
+        for _ in range(100):  # until the send is under way
+            if smtp_server.commands["DATA"]:
+                break
+            await asyncio.sleep(0.05)
+        leases: list[int] = []
+
+        async def watch() -> None:
+            while True:
+                rows = await read(sqlite_url, "SELECT status, lease_expires_at FROM messages")
+                if rows[0][0] == "sending":
+                    leases.append(rows[0][1])
+                await asyncio.sleep(0.2)
+
+        watcher = asyncio.create_task(watch())
+        await d.drain(timeout=8)
+        watcher.cancel()
+        msg = await message(core, "m-1")
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await d.smtp.close()
+    assert msg["status"] == "sent" and [e["event_type"] for e in msg["events"]] == ["sent"]
+    assert max(leases) >= min(leases) + 2  # renewed while the drain waited for the send
+    assert d._renewer is not None and d._renewer.done()  # and stopped once it ended
+
+
 async def test_lease_lost_error_is_reported_to_a_tenant_with_a_sync_url(
         core, smtp_server, sqlite_url) -> None:
     core.settings.max_retries = 0  # the recovered attempt is the last one: T14b

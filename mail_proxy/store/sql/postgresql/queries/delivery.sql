@@ -68,8 +68,12 @@ RETURNING pk, id, tenant_id, account_id, priority, batch_code, created_at, defer
           attempts, smtp_message_id, is_pec, has_secrets, payload;
 
 -- name: lease_renew
-UPDATE messages SET lease_expires_at = :now::bigint + :lease::bigint, updated_at = :now
- WHERE status = 'sending' AND lease_owner = :me;
+-- delivery.md §2.1, with the rows locked in pk order, as outcome batches lock them: the
+-- same rows taken in two orders by two transactions deadlock
+UPDATE messages m SET lease_expires_at = :now::bigint + :lease::bigint, updated_at = :now
+  FROM (SELECT pk FROM messages WHERE status = 'sending' AND lease_owner = :me
+         ORDER BY pk FOR UPDATE) AS mine
+ WHERE m.pk = mine.pk;
 
 -- name: lease_owned
 SELECT pk FROM messages WHERE status = 'sending' AND lease_owner = :me;
