@@ -38,7 +38,7 @@ class KeyRingRefused(MailProxyError):
 
 def _setup_logging(config: Any) -> None:
     level = getattr(logging, str(config.log_level).upper(), logging.INFO)
-    from mail_proxy.instance.logs import JsonLineFormatter
+    from mail_proxy.instance.logs import JsonLineFormatter, OneLineErrors
 
     formatter = (JsonLineFormatter() if config.log_format == "json"
                  else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -58,6 +58,10 @@ def _setup_logging(config: Any) -> None:
     root.setLevel(level)
     logging.getLogger("aiosmtplib").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    for name in ("asyncpg", "asyncpg.pool"):  # a logger's filters are not inherited
+        library = logging.getLogger(name)
+        if not any(isinstance(f, OneLineErrors) for f in library.filters):
+            library.addFilter(OneLineErrors())
 
 
 def owner_id() -> str:

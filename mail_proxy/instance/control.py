@@ -71,11 +71,17 @@ def running_line(name: str, config: ProcessConfig, record: dict | None) -> str:
     """Where it runs: the address its supervisor recorded, which config.toml may no longer
     say (`config set port` applies at the next start)."""
     rec = record or {}
-    pid = rec.get("worker_pid") or rec.get("supervisor_pid")
     url = config.url
     if isinstance(rec.get("host"), str) and isinstance(rec.get("port"), int):
         url = f"http://{url_host(rec['host'])}:{rec['port']}"
-    return f"mail-proxy '{name}' is running at {url} (pid {pid})"
+    state = rec.get("state")
+    if state in (None, "RUNNING") and rec.get("worker_pid"):
+        return f"mail-proxy '{name}' is running at {url} (pid {rec['worker_pid']})"
+    # no worker serving right now: say what its supervisor is doing, as `status` would
+    doing = {"STARTING": "is starting", "STOPPING": "is stopping",
+             "BACKOFF": "is in BACKOFF (its worker failed and is restarted after a pause; "
+                        f"mail-proxy logs {name})"}.get(str(state), f"is {state}")
+    return f"mail-proxy '{name}' {doing} at {url} (supervisor pid {rec.get('supervisor_pid')})"
 
 
 def _child_env() -> dict[str, str]:

@@ -22,6 +22,20 @@ def log_path(folder: Path, supervisor: bool = False) -> Path:
     return folder / "logs" / (SUPERVISOR_LOG if supervisor else WORKER_LOG)
 
 
+class OneLineErrors(logging.Filter):
+    """A library's records of conditions the worker handles (asyncpg's pool losing the
+    server during a restart) as one line with the exception's text, not a traceback:
+    tracebacks in the log are kept for bugs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
 class JsonLineFormatter(logging.Formatter):
     """``log_format = "json"``: one JSON object per line (ts, level, logger, message, and
     the traceback as ``exc`` when there is one), so a log shipper can read every line."""

@@ -103,3 +103,32 @@ def test_json_log_format_writes_one_json_object_per_line(tmp_path: Path) -> None
     assert lines[0]["level"] == "WARNING" and lines[0]["logger"] == "mail_proxy.test"
     assert lines[1]["message"] == "internal error while sending acme/m-1"
     assert "ValueError: boom" in lines[1]["exc"] and lines[1]["ts"]
+
+
+def test_library_errors_the_worker_handles_are_one_line(tmp_path: Path) -> None:
+    import logging
+    from types import SimpleNamespace
+
+    from mail_proxy.server import _setup_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        _setup_logging(SimpleNamespace(log_level="info", log_format="text", folder=tmp_path))
+        try:
+            raise ConnectionError("the database system is shutting down")
+        except ConnectionError:
+            logging.getLogger("asyncpg.pool").warning(
+                "Failed to restore the pool connection floor; retrying", exc_info=True)
+        for handler in root.handlers:
+            handler.flush()
+        text = (tmp_path / "logs" / "mail-proxy.log").read_text(encoding="utf-8")
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+    assert "Traceback" not in text and text.count("\n") == 1
+    assert "retrying (ConnectionError: the database system is shutting down)" in text

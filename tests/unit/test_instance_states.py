@@ -40,3 +40,19 @@ def test_records_of_older_versions_are_judged_by_creation_time() -> None:
     created = process_create_time(pid)
     assert supervisor_alive({"supervisor_pid": pid, "supervisor_create_time": created})
     assert not supervisor_alive({"supervisor_pid": pid, "supervisor_create_time": created - 9})
+
+
+def test_the_already_running_line_says_what_the_supervisor_is_doing(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from mail_proxy.instance.control import running_line
+
+    config = SimpleNamespace(url="http://127.0.0.1:8000")
+    base = {"host": "127.0.0.1", "port": 8100, "supervisor_pid": 10}
+    assert running_line("m", config, {**base, "state": "RUNNING", "worker_pid": 11}) == \
+        "mail-proxy 'm' is running at http://127.0.0.1:8100 (pid 11)"
+    line = running_line("m", config, {**base, "state": "BACKOFF", "worker_pid": None})
+    assert line.startswith("mail-proxy 'm' is in BACKOFF (its worker failed")
+    assert line.endswith("at http://127.0.0.1:8100 (supervisor pid 10)")
+    assert running_line("m", config, {**base, "state": "STARTING"}) == \
+        "mail-proxy 'm' is starting at http://127.0.0.1:8100 (supervisor pid 10)"
