@@ -142,8 +142,13 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
                 proc = launch_supervisor(name, folder)
                 _wait_recorded(folder, proc, wait or NO_WAIT_GRACE)
     if config is None:  # already running (alive, cli.md §9.4): its URL, exit 0
-        out(running_line(name, resolve_process_config(name, need_token=False),
-                         read_record(folder)))
+        running = resolve_process_config(name, need_token=False)
+        record = read_record(folder) or {}
+        if record.get("state") == "STARTING" and wait:
+            # another `start` launched it a moment ago: wait for it as that one does
+            _await_ready(name, folder, running, None, wait, out=out, err=err)
+        else:
+            out(running_line(name, running, record))
         if host is not None or port is not None:
             err(f"note: --host and --port apply to a stopped instance; mail-proxy restart "
                 f"{name} after `mail-proxy {name} config set port N` moves a running one")
