@@ -412,8 +412,9 @@ class Dispatcher:
             for task in pending:
                 task.cancel()
             if pending:
+                cut = sum(1 for task in pending if task in self._sending)
                 log.warning("drain: %d sends cut off; their leases will expire and they will "
-                            "be retried", len(pending))
+                            "be retried", cut)
                 await asyncio.gather(*pending, return_exceptions=True)
         if self._renewer is not None:
             self._renewer.cancel()

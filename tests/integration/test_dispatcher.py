@@ -204,3 +204,21 @@ async def test_two_dispatchers_on_one_database_deliver_everything_once(core,
             await w.smtp.close()
     ids = [email.message_from_bytes(m.data)["X-Mail-Proxy-ID"] for m in smtp_server.messages]
     assert sorted(ids) == sorted(f"m-{i}" for i in range(total))
+
+
+async def test_a_drain_counts_each_send_once(core, smtp_server, caplog) -> None:
+    caplog.set_level("INFO", logger="mail_proxy.delivery")
+    await f.tenant(core)
+    await f.account(core, smtp_server.port, max_connections=1)
+    await f.enqueue(core, f.message(1))
+    smtp_server.script(hang="data")
+    dispatcher = make_dispatcher(core)
+    assert await dispatcher.run_once() == 1
+    for _ in range(200):
+        if smtp_server.commands["DATA"]:
+            break
+        await asyncio.sleep(0.01)
+    await dispatcher.drain(0.2)
+    assert "waiting up to 0 s for 1 sends in progress" in caplog.text
+    assert "drain: 1 sends cut off" in caplog.text
+    await dispatcher.smtp.close()
