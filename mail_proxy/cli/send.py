@@ -136,7 +136,8 @@ def send(ctx: typer.Context,
             bar.close()
             bar = None
         err(f"interrupted: {progress['queued']} of {len(pending)} messages were queued "
-            "before the interrupt")
+            "before the interrupt (a batch being stored at that moment may be queued too: "
+            f"mail-proxy {obj.instance} {tenant} messages list tells)")
         if progress["queued"]:
             wake(obj.instance, tenant)
         raise

@@ -368,12 +368,15 @@ class Dispatcher:
 
     async def _renew_loop(self) -> None:
         last = time.monotonic()
+        granted = self.core.settings.lease_seconds  # the length the held leases last got
         while True:
-            # Re-read at least every second: after lease_seconds is lowered (3600 -> 30,
-            # say), a sleep of the old quarter would let the new, shorter leases expire
-            # under sends still running, and their messages be recovered and sent twice.
+            # Re-read at least every second and pace by the shorter of the lease in force
+            # and the setting: lowered (3600 -> 30), a sleep of the old quarter let the
+            # new, shorter leases expire under sends still running; raised (30 -> 3600), a
+            # sleep of the new quarter let the 30 s leases already granted expire. Either
+            # way their messages were recovered and sent twice.
             lease = self.core.settings.lease_seconds
-            wait = last + lease / 4 - time.monotonic()
+            wait = last + min(lease, granted) / 4 - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(min(wait, 1.0))
                 continue
@@ -383,6 +386,8 @@ class Dispatcher:
                     await self.leases.renew(lease)
                 except Exception as exc:  # the next renewal retries; leases outlast 3 misses
                     log.error("lease renewal failed: %s", exc)
+                    continue  # the held leases still have the length they had
+            granted = lease  # renewed, or nothing held: new claims get the setting
 
     # shutdown ----------------------------------------------------------------------------
     async def drain(self, timeout: float) -> None:

@@ -207,6 +207,40 @@ async def test_a_lowered_lease_is_renewed_on_its_own_cadence(core, smtp_server,
     assert len(smtp_server.messages) == 1
 
 
+async def test_a_raised_lease_still_renews_the_shorter_leases_granted(core, smtp_server,
+                                                                      sqlite_url) -> None:
+    """lease_seconds raised while a send holds a short lease: the renewal is paced by the
+    lease in force, not by a quarter of the new value, or the short lease lapses first."""
+    core.settings.lease_seconds = 2
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    smtp_server.script(data_delay=7)  # past the dispatcher's recovery pass, every 5 s
+    await f.enqueue(core, f.message(1))
+    d = make(core, connect_timeout=5, send_timeout=12)
+    runner = asyncio.create_task(d.run())
+    try:
+        for _ in range(100):  # until the send (with its 2 s lease) is under way
+            if smtp_server.commands["DATA"]:
+                break
+            await asyncio.sleep(0.05)
+        core.settings.lease_seconds = 400  # a quarter of it: 100 s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while loop.time() < deadline:
+            if (await message(core, "m-1"))["status"] == "sent":
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await d.drain(timeout=2)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await d.smtp.close()
+    msg = await message(core, "m-1")
+    assert msg["status"] == "sent" and msg["attempts"] == 1, msg["last_error"]
+    assert [e["event_type"] for e in msg["events"]] == ["sent"]  # never recovered
+    assert len(smtp_server.messages) == 1
+
+
 async def test_leases_keep_being_renewed_while_a_drain_waits(core, smtp_server,
                                                              sqlite_url) -> None:
     """A graceful stop waits up to shutdown_timeout for sends in flight: their leases must
