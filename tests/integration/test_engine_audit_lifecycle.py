@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -137,6 +139,36 @@ async def test_error_events_are_reportable_for_a_tenant_with_a_sync_url(
     assert rows == [(1, None)]
 
 
+@contextlib.asynccontextmanager
+async def running(d: Any) -> AsyncIterator[None]:
+    """The dispatcher's own loop (claims, recovery, lease renewal) for the block; then
+    drained, stopped and its connections closed."""
+    runner = asyncio.create_task(d.run())
+    try:
+        yield
+    finally:
+        await d.drain(timeout=2)
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await d.smtp.close()
+
+
+async def leases_until_sent(sqlite_url: str, seconds: float) -> list[int]:
+    """lease_expires_at of the one message while it is `sending`, polled until it is sent."""
+    seen: list[int] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        [(status, lease)] = await read(sqlite_url,
+                                       "SELECT status, lease_expires_at FROM messages")
+        if status == "sent":
+            break
+        if status == "sending":
+            seen.append(lease)
+        await asyncio.sleep(0.2)
+    return seen
+
+
 async def test_lease_is_renewed_while_a_send_is_slow(core, smtp_server, sqlite_url) -> None:
     core.settings.lease_seconds = 2  # renewed every 0.5 s (lease / 4)
     await f.tenant(core)
@@ -144,24 +176,8 @@ async def test_lease_is_renewed_while_a_send_is_slow(core, smtp_server, sqlite_u
     smtp_server.script(data_delay=2.6)
     await f.enqueue(core, f.message(1))
     d = make(core, connect_timeout=5, send_timeout=5)
-    runner = asyncio.create_task(d.run())
-    seen: list[int] = []
-    try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 6
-        while loop.time() < deadline:
-            rows = await read(sqlite_url, "SELECT status, lease_expires_at FROM messages")
-            status, lease = rows[0]
-            if status == "sent":
-                break
-            if status == "sending":
-                seen.append(lease)
-            await asyncio.sleep(0.2)
-    finally:
-        await d.drain(timeout=2)
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        await d.smtp.close()
+    async with running(d):
+        seen = await leases_until_sent(sqlite_url, 6)
     msg = await message(core, "m-1")
     assert msg["status"] == "sent" and msg["attempts"] == 1, msg["last_error"]
     assert [e["event_type"] for e in msg["events"]] == ["sent"]  # never recovered
@@ -178,28 +194,12 @@ async def test_a_lowered_lease_is_renewed_on_its_own_cadence(core, smtp_server,
     await f.account(core, smtp_server.port)
     smtp_server.script(data_delay=3.5)
     d = make(core, connect_timeout=5, send_timeout=8)
-    runner = asyncio.create_task(d.run())
-    seen: list[int] = []
-    try:
+    async with running(d):
         await asyncio.sleep(0.2)
         core.settings.lease_seconds = 2  # from now on renewed every 0.5 s
         await f.enqueue(core, f.message(1))
         d.wake()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 8
-        while loop.time() < deadline:
-            rows = await read(sqlite_url, "SELECT status, lease_expires_at FROM messages")
-            status, lease = rows[0]
-            if status == "sent":
-                break
-            if status == "sending":
-                seen.append(lease)
-            await asyncio.sleep(0.2)
-    finally:
-        await d.drain(timeout=2)
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        await d.smtp.close()
+        seen = await leases_until_sent(sqlite_url, 8)
     msg = await message(core, "m-1")
     assert msg["status"] == "sent" and msg["attempts"] == 1, msg["last_error"]
     assert [e["event_type"] for e in msg["events"]] == ["sent"]  # never recovered
@@ -217,24 +217,13 @@ async def test_a_raised_lease_still_renews_the_shorter_leases_granted(core, smtp
     smtp_server.script(data_delay=7)  # past the dispatcher's recovery pass, every 5 s
     await f.enqueue(core, f.message(1))
     d = make(core, connect_timeout=5, send_timeout=12)
-    runner = asyncio.create_task(d.run())
-    try:
+    async with running(d):
         for _ in range(100):  # until the send (with its 2 s lease) is under way
             if smtp_server.commands["DATA"]:
                 break
             await asyncio.sleep(0.05)
         core.settings.lease_seconds = 400  # a quarter of it: 100 s
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
-        while loop.time() < deadline:
-            if (await message(core, "m-1"))["status"] == "sent":
-                break
-            await asyncio.sleep(0.2)
-    finally:
-        await d.drain(timeout=2)
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        await d.smtp.close()
+        await leases_until_sent(sqlite_url, 15)
     msg = await message(core, "m-1")
     assert msg["status"] == "sent" and msg["attempts"] == 1, msg["last_error"]
     assert [e["event_type"] for e in msg["events"]] == ["sent"]  # never recovered

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mail_proxy.instance.logs import follow, tail
@@ -69,9 +70,9 @@ def test_reopen_files_writes_to_the_path_again(tmp_path) -> None:
         handler.close()
 
 
-def test_json_log_format_writes_one_json_object_per_line(tmp_path: Path) -> None:
-    import io
-    import json
+def worker_log(tmp_path: Path, log_format: str, emit: Callable[[], None]) -> str:
+    """What the worker's logging (as ``serve`` sets it up) writes to its log file for the
+    records ``emit`` makes; the test's own logging is put back afterwards."""
     import logging
     from types import SimpleNamespace
 
@@ -80,16 +81,12 @@ def test_json_log_format_writes_one_json_object_per_line(tmp_path: Path) -> None
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     try:
-        _setup_logging(SimpleNamespace(log_level="info", log_format="json", folder=tmp_path))
-        log = logging.getLogger("mail_proxy.test")
-        log.warning("account %s/%s says \"hi\" with 'quotes' and a\nnewline", "acme", "main")
-        try:
-            raise ValueError("boom")
-        except ValueError:
-            log.exception("internal error while sending %s", "acme/m-1")
+        _setup_logging(SimpleNamespace(log_level="info", log_format=log_format,
+                                       folder=tmp_path))
+        emit()
         for handler in root.handlers:
             handler.flush()
-        text = (tmp_path / "logs" / "mail-proxy.log").read_text(encoding="utf-8")
+        return (tmp_path / "logs" / "mail-proxy.log").read_text(encoding="utf-8")
     finally:
         for handler in list(root.handlers):
             root.removeHandler(handler)
@@ -97,7 +94,22 @@ def test_json_log_format_writes_one_json_object_per_line(tmp_path: Path) -> None
         for handler in saved[0]:
             root.addHandler(handler)
         root.setLevel(saved[1])
-    lines = [json.loads(line) for line in io.StringIO(text)]
+
+
+def test_json_log_format_writes_one_json_object_per_line(tmp_path: Path) -> None:
+    import io
+    import json
+    import logging
+
+    def emit() -> None:
+        log = logging.getLogger("mail_proxy.test")
+        log.warning("account %s/%s says \"hi\" with 'quotes' and a\nnewline", "acme", "main")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("internal error while sending %s", "acme/m-1")
+
+    lines = [json.loads(line) for line in io.StringIO(worker_log(tmp_path, "json", emit))]
     assert len(lines) == 2
     assert lines[0]["message"] == "account acme/main says \"hi\" with 'quotes' and a\nnewline"
     assert lines[0]["level"] == "WARNING" and lines[0]["logger"] == "mail_proxy.test"
@@ -107,28 +119,14 @@ def test_json_log_format_writes_one_json_object_per_line(tmp_path: Path) -> None
 
 def test_library_errors_the_worker_handles_are_one_line(tmp_path: Path) -> None:
     import logging
-    from types import SimpleNamespace
 
-    from mail_proxy.server import _setup_logging
-
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
-    try:
-        _setup_logging(SimpleNamespace(log_level="info", log_format="text", folder=tmp_path))
+    def emit() -> None:
         try:
             raise ConnectionError("the database system is shutting down")
         except ConnectionError:
             logging.getLogger("asyncpg.pool").warning(
                 "Failed to restore the pool connection floor; retrying", exc_info=True)
-        for handler in root.handlers:
-            handler.flush()
-        text = (tmp_path / "logs" / "mail-proxy.log").read_text(encoding="utf-8")
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-            handler.close()
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
+
+    text = worker_log(tmp_path, "text", emit)
     assert "Traceback" not in text and text.count("\n") == 1
     assert "retrying (ConnectionError: the database system is shutting down)" in text
