@@ -182,9 +182,7 @@ def _reencrypt(instance: str | None, folder: Path | None, path: Path, old: Any,
     except BaseException:
         # The worker had the new ring meanwhile and may have stored secrets with the new
         # key: it stays, as a secondary key, so nothing written is ever left unreadable.
-        restored, present, added = old, set(old.keys()), new.keys()
-        for key in [k for k in added if k not in present]:
-            restored = restored.with_secondary(key)
+        restored = old.keeping(new)
         _write_and_reload(folder, path, restored)
         kept = [k for k in restored.kids if k not in old.kids]
         err("the previous key ring was restored" + (

@@ -156,6 +156,11 @@ class KeyRing:
         """``key`` appended: it decrypts but does not encrypt (staged rotation)."""
         return self._derive([*self.keys(), key])
 
+    def keeping(self, other: KeyRing) -> KeyRing:
+        """This ring, plus the keys of ``other`` it lacks appended as secondary keys."""
+        mine, theirs = self.keys(), other.keys()  # lists of raw keys, primary first
+        return self._derive([*mine, *(k for k in theirs if k not in mine)])
+
     def promoted(self, key_id: str) -> KeyRing:
         """The key ``key_id`` of this ring moved to the first position."""
         if key_id not in self._raw:

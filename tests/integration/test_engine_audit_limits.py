@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from mail_proxy.delivery import ratelimit
@@ -212,38 +214,38 @@ async def test_priority_zero_waits_queued_behind_a_full_window(core, smtp_server
     assert await sent_events(core, ids) == []
 
 
-async def test_a_limit_raised_or_removed_unblocks_the_account_at_once(core,
-                                                                     smtp_server) -> None:
-    """The dispatcher's "windows full until ..." mark belongs to the limits that set it: a
-    per-day limit removed must not keep the queue waiting for tomorrow."""
+async def blocked_then_changed(core: Core, port: int, first: dict[str, Any],
+                               then: dict[str, Any], received: list[Any]) -> None:
+    """m-1 sent and m-2 held back by the account's limit ``first``; then the account is
+    changed to ``then`` and the same dispatcher settles again."""
     await f.tenant(core)
-    await f.account(core, smtp_server.port, limit_per_day=1)
+    await f.account(core, port, **first)
     await f.enqueue(core, f.message(1), f.message(2))
     d = make(core)
     try:
         await settle(d)
-        assert len(smtp_server.messages) == 1
-        assert (await message(core, "m-2"))["status"] == "queued"  # blocked until tomorrow
-        await f.account(core, smtp_server.port, limit_per_day=None)
+        assert len(received) == 1
+        assert (await message(core, "m-2"))["status"] == "queued"  # blocked by the limit
+        await f.account(core, port, **then)
         d.configs.forget()  # what the 5 s cache does by itself
         await settle(d)
     finally:
         await d.smtp.close()
+
+
+async def test_a_limit_raised_or_removed_unblocks_the_account_at_once(core,
+                                                                     smtp_server) -> None:
+    """The dispatcher's "windows full until ..." mark belongs to the limits that set it: a
+    per-day limit removed must not keep the queue waiting for tomorrow."""
+    await blocked_then_changed(core, smtp_server.port, {"limit_per_day": 1},
+                               {"limit_per_day": None}, smtp_server.messages)
     assert (await message(core, "m-2"))["status"] == "sent"
     assert len(smtp_server.messages) == 2
 
 
 async def test_switching_to_reject_fails_the_waiting_messages(core, smtp_server) -> None:
-    await f.tenant(core)
-    await f.account(core, smtp_server.port, limit_per_hour=1)
-    await f.enqueue(core, f.message(1), f.message(2))
-    d = make(core)
-    try:
-        await settle(d)
-        await f.account(core, smtp_server.port, limit_per_hour=1, limit_behavior="reject")
-        d.configs.forget()
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    await blocked_then_changed(core, smtp_server.port, {"limit_per_hour": 1},
+                               {"limit_per_hour": 1, "limit_behavior": "reject"},
+                               smtp_server.messages)
     msg = await message(core, "m-2")
     assert msg["status"] == "error" and msg["last_error_code"] == "rate_limit_exceeded"

@@ -205,20 +205,27 @@ async def test_throttled_account_shrinks_to_one_connection() -> None:
         await pools.close()
 
 
+async def cancel_in(srv: RecordingSmtpServer, pools: SmtpPools, command: str,
+                    task: asyncio.Task[object]) -> None:
+    """Cancel ``task`` once the server has seen ``command`` (and sits on it, scripted to
+    hang); the account's one slot must then be free."""
+    for _ in range(200):
+        if srv.commands[command]:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pools.stats()[("acme", "main")] == {"idle": 0, "busy": 0}
+
+
 async def test_cancelled_send_frees_its_slot() -> None:
     pools = SmtpPools(ehlo_name="proxy.test")
     async with RecordingSmtpServer() as srv:
         srv.script(hang="data")
         t = target(srv.port, max_connections=1)
         task = asyncio.create_task(pools.send(t, "s@acme.test", ["a@example.test"], DATA))
-        for _ in range(200):  # until the server sits in DATA
-            if srv.commands["DATA"]:
-                break
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert pools.stats()[("acme", "main")] == {"idle": 0, "busy": 0}
+        await cancel_in(srv, pools, "DATA", task)
         srv.reset_script()
         await pools.send(t, "s@acme.test", ["a@example.test"], DATA)
         await pools.close()
@@ -233,14 +240,7 @@ async def test_send_cancelled_during_the_health_check_frees_its_slot() -> None:
         srv.script(hang="noop")
         clock.now += 31
         task = asyncio.create_task(pools.send(t, "s@acme.test", ["a@example.test"], DATA))
-        for _ in range(200):  # until the idle connection's NOOP is unanswered
-            if srv.commands["NOOP"]:
-                break
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert pools.stats()[("acme", "main")] == {"idle": 0, "busy": 0}
+        await cancel_in(srv, pools, "NOOP", task)  # the idle connection's health check
         srv.reset_script()
         await pools.send(t, "s@acme.test", ["a@example.test"], DATA)  # on a new connection
         assert srv.connections == 2 and len(srv.messages) == 2
