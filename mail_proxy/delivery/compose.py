@@ -23,6 +23,7 @@ from typing import Any
 from mail_proxy.delivery.envelope import ascii_domain, split_address
 from mail_proxy.delivery.envelope import envelope as envelope  # re-exported for callers
 from mail_proxy.delivery.fastcompose import build_simple
+from mail_proxy.encoded_words import defuse
 
 # cte_type="7bit": never emit raw 8-bit bodies; RFC 2047 / 2231 for non-ASCII headers.
 POLICY = email_policy.SMTP.clone(cte_type="7bit", max_line_length=78)
@@ -48,6 +49,12 @@ def one_line(value: str) -> str:
     return _LINE_BREAKS.sub(" ", value).strip()
 
 
+def header_text(value: str) -> str:
+    """``one_line``, and encoded words that would decode to a line break written decoded:
+    the email package decodes them and, before Python 3.11.10, writes the break raw."""
+    return one_line(defuse(value))
+
+
 def _address(value: str) -> Address:
     # Headers must be ASCII without SMTPUTF8, and RFC 2047 may not encode a domain:
     # international domains are written in their IDNA form, as on the envelope.
@@ -55,7 +62,8 @@ def _address(value: str) -> Address:
     local, at, domain = spec.rpartition("@")
     if at:
         spec = f"{local}@{ascii_domain(domain)}"
-    return Address(display_name=name, addr_spec=spec)
+    # the name is defused once split off: its decoded text may hold "<" or ","
+    return Address(display_name=header_text(name), addr_spec=spec)
 
 
 def _addresses(value: Any) -> list[Address]:
@@ -87,9 +95,9 @@ def _file(att: AttachmentPart, *, inline: bool) -> MIMEPart:
     part = MIMEPart(policy=POLICY)
     part.set_content(att.content, maintype=maintype, subtype=subtype, cte="base64",
                      disposition="inline" if inline else "attachment",
-                     filename=one_line(att.filename))
+                     filename=header_text(att.filename))
     if inline and att.content_id:
-        part["Content-ID"] = f"<{one_line(att.content_id).strip('<>')}>"
+        part["Content-ID"] = f"<{header_text(att.content_id).strip('<>')}>"
     return part
 
 
@@ -146,10 +154,10 @@ def build_general(payload: dict[str, Any], *, client_id: str, smtp_message_id: s
         msg["Cc"] = cc
     if reply_to := _addresses(payload.get("reply_to")):
         msg["Reply-To"] = reply_to
-    msg["Subject"] = one_line(str(payload.get("subject") or ""))
-    msg["Message-ID"] = one_line(smtp_message_id)
+    msg["Subject"] = header_text(str(payload.get("subject") or ""))
+    msg["Message-ID"] = header_text(smtp_message_id)
     msg["MIME-Version"] = "1.0"
-    msg["X-Mail-Proxy-ID"] = one_line(client_id)
+    msg["X-Mail-Proxy-ID"] = header_text(client_id)
     for name, value in (payload.get("headers") or {}).items():
         if value is None:
             continue
@@ -157,7 +165,7 @@ def build_general(payload: dict[str, Any], *, client_id: str, smtp_message_id: s
             raise ValueError(f"invalid header name {name!r}")
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ValueError(f"invalid value for header {name!r}")
-        msg[name] = one_line(str(value))
+        msg[name] = header_text(str(value))
 
     tree = _body_tree(payload, attachments)
     for name, value in tree.items():

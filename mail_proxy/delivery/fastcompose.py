@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 from mail_proxy.delivery.envelope import ascii_domain, split_address
+from mail_proxy.encoded_words import hides_line_break
 
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
 _SAFE_VALUE = re.compile(r"^[\x20-\x7e\t]*$")
@@ -26,8 +27,9 @@ _CRLF = "\r\n"
 
 
 def _ascii_header(value: str) -> str | None:
-    """A header value usable as is, or None (non-ASCII, CR/LF, or too long)."""
-    if not _SAFE_VALUE.match(value):
+    """A header value usable as is, or None (non-ASCII, CR/LF, an encoded word hiding
+    one, or too long)."""
+    if not _SAFE_VALUE.match(value) or hides_line_break(value):
         return None
     return value.strip()
 
@@ -38,7 +40,7 @@ def _address(value: str) -> str | None:
     local, at, domain = spec.rpartition("@")
     if at:
         spec = f"{local}@{ascii_domain(domain)}"
-    if not _SAFE_VALUE.match(name) or not _SAFE_VALUE.match(spec):
+    if not _SAFE_VALUE.match(name) or not _SAFE_VALUE.match(spec) or hides_line_break(name):
         return None
     return formataddr((name, spec)) if name else spec
 

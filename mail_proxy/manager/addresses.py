@@ -16,6 +16,7 @@ from encodings import idna as _idna
 from functools import lru_cache
 from typing import Any, NamedTuple, NoReturn
 
+from mail_proxy.encoded_words import hides_line_break
 from mail_proxy.errors import RejectedMessage
 
 __all__ = ["Address", "AddressError", "addr_spec", "address_field", "address_list_field",
@@ -267,6 +268,9 @@ def _find_angle(text: str) -> int:
 def _parse_list(text: str) -> tuple[Address, ...]:
     if _CONTROL.search(text) is not None:
         raise AddressError(text.strip(), "control characters are not allowed")
+    if hides_line_break(text):  # the email package would decode it into the header
+        raise AddressError(text.strip(), "an encoded word (RFC 2047) in it decodes to CR, LF "
+                           "or a control character")
     if _COMPLEX.search(text) is None:
         # Most lists are plain ("a@x, Name <b@y>"): no character scanner needed.
         if "," not in text:  # one address, the commonest of all: no generator either

@@ -20,6 +20,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any, NoReturn
 
+from mail_proxy.encoded_words import hides_line_break
 from mail_proxy.errors import RejectedMessage
 from mail_proxy.manager import message_ids
 from mail_proxy.manager.addresses import (
@@ -57,6 +58,8 @@ _RESERVED = frozenset(name.lower() for name in (
 _CONTENT_TYPES = {"plain": "plain", "text/plain": "plain", "html": "html", "text/html": "html"}
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}")
+HIDDEN_BREAK = ("must not hold an encoded word (RFC 2047) that decodes to CR, LF or a control "
+                "character")
 _HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # tab is allowed in a value
 _MAX_DEFER_SECONDS = 366 * 86400
 _MAX_HEADERS = 100
@@ -202,6 +205,8 @@ def _subject(entry: dict[str, Any]) -> str:
         reject("invalid_field", "subject", "must not be empty")
     if "\r" in value or "\n" in value:
         reject("invalid_field", "subject", "must not contain CR or LF")
+    if hides_line_break(value):
+        reject("invalid_field", "subject", HIDDEN_BREAK)
     if len(value) > 998:
         reject("invalid_field", "subject", "must be at most 998 characters long")
     return value
@@ -294,6 +299,8 @@ def _header_value(value: object, field: str) -> str:
         reject("invalid_header", field, "value must be at most 998 characters long")
     if _HEADER_VALUE_BAD.search(value) is not None:
         reject("invalid_header", field, "value must not contain CR, LF or control characters")
+    if hides_line_break(value):
+        reject("invalid_header", field, HIDDEN_BREAK)
     return value
 
 

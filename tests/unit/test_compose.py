@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 from email import policy
 from email.message import EmailMessage
@@ -171,3 +172,35 @@ def test_every_line_break_python_knows_is_folded(brk: str) -> None:
     assert msg["X-Tag"] == "v X-Other: 1"
     assert "X-Injected" not in header_names(build(p)) and "X-Other" not in header_names(build(p))
     assert [a.get_filename() for a in msg.iter_attachments()] == ["f x.txt"]
+
+
+def _hiding(text: bytes = b"Invoice\r\nBcc: victim@example.com\r\n\r\n<h1>Pay here</h1>") -> str:
+    return "=?utf-8?b?" + base64.b64encode(text).decode() + "?="
+
+
+@pytest.mark.parametrize("with_attachment", [False, True])
+def test_encoded_words_cannot_inject_headers_or_a_body(with_attachment: bool) -> None:
+    """A message stored before enqueue refused these (or let in by any other way): every
+    header value the email package would decode is written with the break folded."""
+    nested = "=?utf-8?b?" + base64.b64encode(_hiding().encode()).decode() + "?="
+    p = payload(**{"from": _hiding() + " <billing@acme.test>",
+                   "to": [_hiding(b"Ann\r\nX-To-Evil: 1") + " <ann@example.com>"],
+                   "reply_to": [_hiding(b"R\nX-Reply-Evil: 1") + " <r@acme.test>"],
+                   "subject": "Re: " + nested, "headers": {"X-Tag": _hiding()}})
+    parts = (AttachmentPart(_hiding(b"a\r\nX-File-Evil: 1") + ".txt", b"hi", "text/plain",
+                            content_id=None),) if with_attachment else ()
+    raw = build(p, parts)
+    names = header_names(raw)
+    assert not {"Bcc", "X-To-Evil", "X-Reply-Evil"} & set(names)
+    assert b"\r\nX-File-Evil" not in raw and b"\nX-File-Evil" not in raw
+    msg = parse(raw)
+    assert msg["Subject"] == "Re: Invoice Bcc: victim@example.com <h1>Pay here</h1>"
+    assert msg["From"].addresses[0].addr_spec == "billing@acme.test"
+    assert msg["To"].addresses[0].addr_spec == "ann@example.com"
+    body = msg.get_body(("plain",))
+    assert body is not None and body.get_content().strip() == "Hello"
+
+
+def test_harmless_encoded_words_still_decode() -> None:
+    raw = build(payload(subject="=?utf-8?q?caf=C3=A9?=", html="<p>é</p>"))
+    assert parse(raw)["Subject"] == "café"

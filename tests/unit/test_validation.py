@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from typing import Any
@@ -383,3 +384,41 @@ def test_generated_message_ids_start_with_the_time_and_end_random() -> None:
     assert all(before <= s <= after for s in stamps) and stamps == sorted(stamps)
     assert len({i[13:33] for i in ids}) == 50
     assert all(re.fullmatch(r"<[0-9a-f]{32}@mx\.example\.test>", i) for i in ids)
+
+
+def _word(text: bytes, kind: str = "b") -> str:
+    if kind == "b":
+        return "=?utf-8?b?" + base64.b64encode(text).decode() + "?="
+    return "=?utf-8?q?" + "".join(f"={b:02X}" for b in text) + "?="
+
+
+HIDDEN = b"Invoice\r\nBcc: evil@example.com"
+
+
+@pytest.mark.parametrize("entry, code, field", [
+    (msg(subject=_word(HIDDEN)), "invalid_field", "subject"),
+    (msg(subject="Re: " + _word(HIDDEN, "q") + " ok"), "invalid_field", "subject"),
+    # a word whose decoded text is itself a word hiding the break
+    (msg(subject=_word(_word(HIDDEN).encode())), "invalid_field", "subject"),
+    (msg(subject=_word(b"a\x00b")), "invalid_field", "subject"),
+    (msg(headers={"X-Tag": _word(HIDDEN)}), "invalid_header", "headers.X-Tag"),
+    (msg(**{"from": _word(HIDDEN) + " <billing@acme.test>"}), "invalid_address", "from"),
+    (msg(to=["ann@example.com", '"' + _word(HIDDEN) + '" <bob@example.com>']),
+     "invalid_address", "to[1]"),
+    (msg(reply_to=_word(HIDDEN, "q") + " <r@acme.test>"), "invalid_address", "reply_to"),
+    (msg(attachments=[{"filename": _word(b"a\r\nX-Evil: 1") + ".txt",
+                       "storage_path": "base64:aGVsbG8="}]),
+     "invalid_attachment", "attachments[0].filename"),
+])
+def test_encoded_words_hiding_line_breaks_are_refused(entry: object, code: str,
+                                                      field: str) -> None:
+    """CR/LF written as an RFC 2047 encoded word: the email package decodes the word and
+    (before Python 3.11.10) wrote the break raw, so the rest became headers or the body."""
+    assert rejected(entry) == (code, field)
+
+
+def test_harmless_encoded_words_are_kept() -> None:
+    m = check(msg(subject="=?utf-8?q?caf=C3=A9?= " + _word("ß".encode()),
+                  headers={"X-Tag": _word(b"plain")},
+                  **{"from": _word("Jörg".encode()) + " <billing@acme.test>"}))
+    assert m.payload["subject"].startswith("=?utf-8?q?caf=C3=A9?=")

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from mail_proxy.delivery.attachments import modes
 from mail_proxy.delivery.attachments.markers import clean_filename, is_md5_hex
+from mail_proxy.encoded_words import hides_line_break
 from mail_proxy.errors import RejectedMessage
 from mail_proxy.manager.fields import Bad, Check, basic_user, bearer_token, secret_text
 
@@ -76,6 +77,10 @@ def _one(item: object, where: str, settings: Any, base_url: str | None) -> dict[
                                 "1-200 characters without '<', '>' or whitespace"),
         "auth": _auth(item.get("auth"), f"{where}.auth", label),
     }
+    if out["content_id"] and hides_line_break(out["content_id"]):
+        raise _bad("invalid_attachment", f"{where}.content_id", f"{label}: 'content_id' must "
+                   "not hold an encoded word (RFC 2047) that decodes to CR, LF or a control "
+                   "character")
     return out
 
 
@@ -86,6 +91,9 @@ def _filename(value: object, where: str) -> str:
     if any(c in value for c in "\r\n/\\"):
         raise _bad("invalid_attachment", path,
                    f"'{path}' must not contain CR, LF, '/' or '\\'")
+    if hides_line_break(value):
+        raise _bad("invalid_attachment", path, f"'{path}' must not hold an encoded word "
+                   "(RFC 2047) that decodes to CR, LF or a control character")
     if not 1 <= len(clean_filename(value)) <= 255:
         raise _bad("invalid_attachment", path,
                    f"'{path}' must have 1-255 characters once the MD5 marker is removed")
