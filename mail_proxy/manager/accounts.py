@@ -202,7 +202,8 @@ def _read(data: dict[str, Any], errors: list[FieldError]) -> dict[str, Any]:
 
 
 async def _check_destinations(core: Core, principal: Principal | None,
-                              values: dict[str, Any], errors: list[FieldError]) -> None:
+                              values: dict[str, Any], errors: list[FieldError],
+                              stored: dict[str, Any] | None = None) -> None:
     """Hosts a tenant key writes must be public addresses, as attachment URLs must be
     (decisions: security.md): otherwise any tenant could make the worker connect to
     loopback, link-local or internal services and read their banners back in the error
@@ -216,6 +217,11 @@ async def _check_destinations(core: Core, principal: Principal | None,
     )
     for name, port_name in (("host", "port"), ("imap_host", "imap_port")):
         host = values.get(name)
+        field, what = name, "set public hosts"
+        if name not in values and values.get(port_name) is not None and stored is not None:
+            # A new port on the stored host is a new destination too: on an account the
+            # admin pointed at a local relay it would make the worker a port scanner.
+            host, field, what = stored.get(name), port_name, "change the port of a public host"
         if not isinstance(host, str) or not host:
             continue
         try:
@@ -223,8 +229,8 @@ async def _check_destinations(core: Core, principal: Principal | None,
                                                    allow_private=False), _RESOLVE_SECONDS)
         except DestinationRefused as exc:
             errors.append(FieldError(
-                name, "host_not_allowed",
-                f"{exc}: a tenant key may only set public hosts (allow_private_urls is false)"))
+                field, "host_not_allowed",
+                f"{exc}: a tenant key may only {what} (allow_private_urls is false)"))
         except (ResolutionFailed, TimeoutError):
             pass  # a name that does not resolve yet fails at delivery, with its reason
 
@@ -273,7 +279,10 @@ async def patch_account(core: Core, tenant_id: str, account_id: str, body: objec
         errors.append(FieldError("tenant_id", "conflict", "must equal the tenant_id parameter"))
     values = _read(data, errors)
     values.pop("id", None)
-    await _check_destinations(core, principal, values, errors)
+    stored = None
+    if principal is not None and principal.is_tenant and ({"port", "imap_port"} & set(values)):
+        stored = await core.store.fetch_one("account_get", tenant_id=tid, id=account_id)
+    await _check_destinations(core, principal, values, errors, stored)
     fail_if(errors)
     await _write(core, tid, account_id, values, errors, principal, replace=False)
     return await get_account(core, tid, account_id)

@@ -150,6 +150,36 @@ def test_the_admin_and_allow_private_urls_may_set_private_hosts(live: LiveServer
               json={"host": "smtp.example.com"})
 
 
+def test_a_tenant_key_cannot_move_the_port_of_an_admin_account_on_a_private_host(
+        live: LiveServer) -> None:
+    """The admin's local relay: a new port on its host is a new destination (security
+    hunt: a port-only PATCH turned the worker into a loopback port scanner)."""
+    admin = live.call("POST", "/account", live.admin_token,
+                      json={"tenant_id": "acme", "id": "relay", "host": "127.0.0.1",
+                            "port": 2525, "tls_mode": "none", "is_pec": True,
+                            "imap_host": "127.0.0.1", "imap_port": 993})
+    assert admin.status_code == 201, admin.text
+    try:
+        for field in ("port", "imap_port"):
+            moved = live.call("PATCH", "/account/relay", live.keys["acme"], json={field: 22})
+            assert moved.status_code == 422, moved.text
+            [error] = moved.json()["detail"]
+            assert (error["field"], error["code"]) == (field, "host_not_allowed")
+        stored = live.call("GET", "/account/relay", live.admin_token,
+                           params={"tenant_id": "acme"}).json()["account"]
+        assert (stored["port"], stored["imap_port"]) == (2525, 993)
+        # other fields of the admin's account stay the tenant's to change
+        renamed = live.call("PATCH", "/account/relay", live.keys["acme"],
+                            json={"batch_size": 10})
+        assert renamed.status_code == 200, renamed.text
+        assert live.call("PATCH", "/account/relay", live.admin_token,
+                         params={"tenant_id": "acme"}, json={"port": 2526}).status_code == 200
+    finally:
+        live.call("DELETE", "/account/relay", live.admin_token, params={"tenant_id": "acme"})
+    public = live.call("PATCH", "/account/smtp1", live.keys["acme"], json={"port": 2587})
+    assert public.status_code == 200, public.text  # smtp.example.com: not resolvable here
+
+
 def test_rejections_are_counted_for_their_tenant_and_routes_read_as_in_api_md(
         live: LiveServer) -> None:
     bad = {"id": "rej-1", "from": "a@acme.test", "to": ["not an address"], "subject": "s",
