@@ -3,16 +3,28 @@ without their password."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mail_proxy.errors import ConfigurationError
 from mail_proxy.store import redact_url as _shown_url  # also for URLs that do not parse
 
 
 def split_password(url: str) -> tuple[str, str | None]:
-    """(url without its password, password or None)."""
+    """(url without its password, password or None). libpq and asyncpg also take the
+    password as a ``password=`` query parameter: it is moved out the same way, so that
+    config.toml never holds it and no command shows it."""
     parts = urlsplit(url)
-    if parts.password is None:
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    in_query = [value for key, value in query if key.lower() == "password"]
+    if any(key.lower() == "sslpassword" for key, _ in query):
+        raise ConfigurationError(
+            f"database URL '{redact_url(url)}': an sslpassword would be stored in clear in "
+            "config.toml", hint="use a client key without a passphrase, readable only by "
+                                "the instance's user")
+    if len(in_query) > 1 or (in_query and parts.password is not None):
+        raise ConfigurationError(f"database URL '{redact_url(url)}' gives its password twice",
+                                 hint="keep only one")
+    if parts.password is None and not in_query:
         return url, None
     netloc = parts.hostname or ""
     if ":" in netloc:
@@ -21,15 +33,14 @@ def split_password(url: str) -> tuple[str, str | None]:
         netloc += f":{parts.port}"
     if parts.username:
         netloc = f"{parts.username}@{netloc}"
-    return urlunsplit(parts._replace(netloc=netloc)), parts.password
+    kept = (urlencode([(k, v) for k, v in query if k.lower() != "password"]) if in_query
+            else parts.query)
+    password = parts.password if parts.password is not None else in_query[0]
+    return urlunsplit(parts._replace(netloc=netloc, query=kept)), password
 
 
 def redact_url(url: str) -> str:
-    try:
-        stripped, _password = split_password(url)
-    except ValueError:
-        return "(unparseable URL)"
-    return stripped
+    return _shown_url(url)
 
 
 def _check_pg_url(url: str) -> None:

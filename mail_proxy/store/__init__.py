@@ -7,8 +7,12 @@
 
 from __future__ import annotations
 
+import re
+
 from mail_proxy.store.base import Store, Transaction
 from mail_proxy.store.errors import RowsMissing, StoreUnavailable, UniqueViolation
+
+_QUERY_PASSWORD = re.compile(r"(?i)(?<=[?&])(?:ssl)?password=[^&#]*&?")
 
 
 def backend_of(url: str) -> str:
@@ -21,7 +25,9 @@ def backend_of(url: str) -> str:
 
 def redact_url(url: str) -> str:
     """The URL without its password, safe to print, even a URL that does not parse: what lies
-    between '://' and the last '@' is dropped but the user name."""
+    between '://' and the last '@' is dropped but the user name, and so are ``password`` and
+    ``sslpassword`` query parameters."""
+    url = _QUERY_PASSWORD.sub("", url).rstrip("?&")
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url

@@ -457,3 +457,29 @@ def test_a_home_that_is_not_utf8_creates_nothing(tmp_path: Path) -> None:
     assert r.returncode == 2, r.stderr
     assert r.stderr.decode().startswith("error: MAIL_PROXY_HOME is not UTF-8 text: ")
     assert not os.path.exists(home)
+
+
+# -- a password given as a query parameter of the database URL (security hunt) ---------
+
+def test_a_query_password_moves_to_db_password_and_is_never_shown(cli: Any) -> None:
+    url = "postgresql://postgres@127.0.0.1:5432/test?sslmode=disable&password=QPW1eak"
+    create_instance("pgq", "127.0.0.1", free_port(), url)
+    folder = paths.instance_dir("pgq")
+    assert (folder / "db_password").read_text().strip() == "QPW1eak"
+    assert "QPW1eak" not in (folder / "config.toml").read_text()
+    assert read_toml(folder)["db_url"] == \
+        "postgresql://postgres@127.0.0.1:5432/test?sslmode=disable"
+    for args in (("list",), ("list", "--json"), ("pgq", "info"), ("pgq", "info", "--json"),
+                 ("status", "pgq"), ("pgq", "config", "show")):
+        r = cli(*args)
+        assert "QPW1eak" not in r.text and "password=" not in r.text, (args, r.text)
+
+
+@pytest.mark.parametrize("query", ["sslpassword=KeyPass9", "password=a9&password=b9"])
+def test_query_secrets_that_cannot_move_are_refused(cli: Any, query: str) -> None:
+    r = cli("start", "pgs", "--port", str(free_port()), "--db",
+            f"postgresql://postgres:Other9@127.0.0.1:5432/test?{query}")
+    assert r.code == 2, r.text
+    assert "KeyPass9" not in r.text and "a9" not in r.text and "Other9" not in r.text
+    no_surprise(r.text)
+    assert not paths.instance_dir("pgs").exists()

@@ -67,6 +67,11 @@ def test_password_moves_to_db_password_file() -> None:
     assert config.db_password == "s3cret"
     assert split_password("postgres://u:p@h/d") == ("postgres://u@h/d", "p")
     assert redact_url("postgresql://u:pw@h:1/d") == "postgresql://u@h:1/d"
+    assert split_password("postgresql://u@h/d?password=p%26q&sslmode=require") == \
+        ("postgresql://u@h/d?sslmode=require", "p&q")
+    assert redact_url("postgresql://u@h/d?sslmode=require&Password=x&sslpassword=y&a=1") == \
+        "postgresql://u@h/d?sslmode=require&a=1"
+    assert redact_url("postgresql://u@h/d?password=x") == "postgresql://u@h/d"
 
 
 def test_precedence_flag_env_toml_default(monkeypatch: pytest.MonkeyPatch) -> None:
