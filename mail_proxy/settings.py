@@ -12,6 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from mail_proxy.errors import FieldError, ValidationFailed
 
@@ -275,6 +276,9 @@ def normalise_setting(name: str, value: Any) -> Any:
         raise _Bad("invalid_value", f"{value!r} is not a valid host name")
     if kind == "url?" and not re.fullmatch(r"https?://[^\s/]+\S*", value):
         raise _Bad("invalid_value", "must be an absolute http or https URL")
+    if kind == "url?" and "@" in urlsplit(value).netloc:
+        # links built on it go into e-mails: credentials would reach every recipient
+        raise _Bad("invalid_value", "must not contain a user name or password")
     if kind == "address?" and not re.fullmatch(r"[^\s@<>]+@[^\s@<>]+", value):
         raise _Bad("invalid_address", f"{value!r} is not a bare e-mail address")
     if kind == "str" and not value:

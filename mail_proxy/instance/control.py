@@ -115,6 +115,7 @@ def launch_supervisor(name: str, folder: Path) -> subprocess.Popen[bytes]:
 def start(name: str, *, host: str | None = None, port: int | None = None,
           db: str | None = None, wait: float = 15.0, foreground: bool = False,
           key_file: Path | None = None, out: Say, err: Say) -> int:
+    paths.validate_name(name)  # first: an over-long name fails every file operation
     if host is not None:
         check_host(host)  # before anything is created or saved (cli.md §8: exit 2)
     folder = paths.instance_dir(name)

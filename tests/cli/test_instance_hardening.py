@@ -84,6 +84,15 @@ def test_instance_name_with_trailing_newline_is_refused(cli: Any) -> None:
     assert not paths.home().exists() or os.listdir(paths.home()) == []
 
 
+def test_an_instance_name_too_long_for_the_file_system_is_a_usage_error(cli: Any) -> None:
+    """Checked before the folder is looked at: 256 characters made the lookup itself fail
+    ("unexpected OSError", exit 1) once the home folder existed."""
+    paths.ensure_home()
+    r = cli("start", "--port", str(free_port()), "--wait", "1", "a" * 256)
+    assert r.code == 2 and "invalid instance name" in r.err, r.text
+    no_surprise(r.text)
+
+
 # -- finding 4: tenant lookup errors are the real errors -----------------------------------
 
 @pytest.fixture

@@ -35,3 +35,14 @@ def test_a_bad_attachment_root_is_quoted_as_json(item: object, shown: str) -> No
     [problem] = caught.value.fields
     assert problem.field == "attachment_roots"
     assert problem.message == f"{shown} is not an absolute path"
+
+
+@pytest.mark.parametrize("url", ["http://u:Secret1@files.acme.test/dl", "https://u@files.acme.test"])
+def test_public_base_url_refuses_credentials(url: str) -> None:
+    """Download links are built on it and go into e-mails: credentials in it would reach
+    every recipient (and were shown by GET /instance and config show)."""
+    with pytest.raises(ValidationFailed) as caught:
+        validate_changes({}, {"public_base_url": url})
+    [problem] = caught.value.fields
+    assert "user name or password" in problem.message and "Secret1" not in problem.message
+    assert validate_changes({}, {"public_base_url": "https://files.acme.test/a@b?c=d@e"})
