@@ -98,7 +98,8 @@ def _body(v: FlagValues, *, rate_base: dict[str, Any] | None = None) -> dict[str
         body["client_sync_path"] = v.sync_path
     if v.attachment_path is not None:
         body["client_attachment_path"] = v.attachment_path
-    method = v.auth or ("bearer" if v.auth_token else "basic" if v.auth_user else None)
+    method = v.auth or ("bearer" if v.auth_token else
+                        "basic" if v.auth_user or v.auth_password else None)
     auth = _auth_object(v, method)
     if auth is not None:
         body["client_auth"] = {k: val for k, val in auth.items() if val is not None}

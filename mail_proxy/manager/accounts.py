@@ -11,7 +11,7 @@ import asyncio
 import json
 from typing import Any
 
-from mail_proxy.errors import Conflict, FieldError, Forbidden, NotFound
+from mail_proxy.errors import BadRequest, Conflict, FieldError, Forbidden, NotFound
 from mail_proxy.manager.core import Core, Principal, now, upsert
 from mail_proxy.manager.fields import (
     Bad,
@@ -244,7 +244,8 @@ async def put_account(core: Core, body: object, principal: Principal | None,
     if body_tenant is not None and not isinstance(body_tenant, str):
         fail_if([FieldError("tenant_id", "invalid_type", "must be a string")])
     if body_tenant is not None and tenant_id is not None and body_tenant != tenant_id:
-        fail_if([FieldError("tenant_id", "conflict", "differs from the query parameter")])
+        raise BadRequest("'tenant_id' is given in the query and in the body with different "
+                         "values", code="conflicting_parameters")  # api.md §1.1
     tid = scoped_tenant(principal, body_tenant or tenant_id)
     _check_principal(core, principal, list(data))
     account_id = None

@@ -131,9 +131,14 @@ async def get_message(core: Core, tenant_id: str, message_id: str) -> dict[str, 
 def check_ids(ids: object) -> list[str]:
     from mail_proxy.errors import FieldError, ValidationFailed
 
-    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_IDS:
-        raise ValidationFailed([FieldError("ids", "invalid_value",
-                                           f"must be an array of 1 to {MAX_IDS} message ids")])
+    # api.md §1.3: the field codes add-messages uses for `messages`
+    shape = f"must be an array of 1 to {MAX_IDS} message ids"
+    if ids is None:
+        raise ValidationFailed([FieldError("ids", "required", f"is required: {shape}")])
+    if not isinstance(ids, list):
+        raise ValidationFailed([FieldError("ids", "invalid_type", shape)])
+    if not 1 <= len(ids) <= MAX_IDS:
+        raise ValidationFailed([FieldError("ids", "invalid_value", shape)])
     bad = [FieldError(f"ids[{i}]", "invalid_type", "must be a string")
            for i, v in enumerate(ids) if not isinstance(v, str)]
     if bad:

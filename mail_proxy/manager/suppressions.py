@@ -92,7 +92,8 @@ async def add_suppression(core: Core, body: object, principal: Principal | None,
     if body_tenant is not None and not isinstance(body_tenant, str):
         fail_if([FieldError("tenant_id", "invalid_type", "must be a string")])
     if body_tenant is not None and tenant_id is not None and body_tenant != tenant_id:
-        fail_if([FieldError("tenant_id", "conflict", "differs from the query parameter")])
+        raise BadRequest("'tenant_id' is given in the query and in the body with different "
+                         "values", code="conflicting_parameters")  # api.md §1.1
     tid = scoped_tenant(principal, body_tenant or tenant_id)
     errors: list[FieldError] = []
     values = read_body(data, _CHECKS, errors, extra=("tenant_id",))

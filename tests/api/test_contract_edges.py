@@ -4,6 +4,7 @@ say (hunt of 2026-11-25): each is answered as documented now."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -213,3 +214,30 @@ def test_nul_characters_are_refused_alike_on_every_backend(live: LiveServer, met
     assert answer.status_code == 400, answer.text
     assert answer.json()["code"] in ("invalid_parameter", "invalid_json")
     assert "NUL" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/suppressions", {"tenant_id": "beta", "address": "x@example.com"}),
+    ("/account", {"tenant_id": "beta", "id": "c1", "host": "smtp.example.com", "port": 587}),
+])
+def test_tenant_id_in_query_and_body_disagreeing_is_400_conflicting_parameters(
+        live: LiveServer, path: str, body: dict[str, Any]) -> None:
+    """api.md §1.1: a scalar given in both places with different values (POST /suppressions
+    and POST /account answered 422 validation_error instead)."""
+    answer = live.call("POST", path, live.admin_token, params={"tenant_id": "acme"}, json=body)
+    assert (answer.status_code, answer.json()["code"]) == (400, "conflicting_parameters"), \
+        answer.text
+
+
+@pytest.mark.parametrize("route", ["/commands/delete-messages", "/commands/retry-messages"])
+@pytest.mark.parametrize(("body", "code"), [
+    ({}, "required"), ({"ids": "m1"}, "invalid_type"), ({"ids": {"m1": 1}}, "invalid_type"),
+    ({"ids": []}, "invalid_value"),
+])
+def test_a_bad_ids_field_has_the_field_code_of_api_md(live: LiveServer, route: str,
+                                                      body: dict[str, Any], code: str) -> None:
+    """api.md §1.3 codes, as add-messages uses them for `messages` (spec hunt: every shape
+    error said invalid_value)."""
+    answer = live.call("POST", route, live.admin_token, json={"tenant_id": "acme", **body})
+    assert answer.status_code == 422, answer.text
+    assert [(d["field"], d["code"]) for d in answer.json()["detail"]] == [("ids", code)]

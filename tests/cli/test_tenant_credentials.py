@@ -28,3 +28,16 @@ def test_tenant_credentials_must_fit_an_http_header(cli: Any, instance: ProcessC
     assert r.code == 0, r.text
     r = cli("main", "tenants", "show", "acme", "--json")
     assert json.loads(r.out)["tenant"]["client_auth"] == {"method": "bearer", "has_token": True}
+
+
+def test_a_password_alone_means_basic_auth_and_names_what_is_missing(
+        cli: Any, instance: ProcessConfig, tenant: str) -> None:
+    """``update --auth-password P`` said "nothing to change" (a flag was given); it reads
+    as basic auth, which client_auth replaces whole, so the user is asked for."""
+    r = cli("main", "tenants", "update", "acme", "--auth-password", "NewPw9")
+    assert r.code == 1 and "--auth-user" in r.err and "nothing to change" not in r.err, r.text
+    assert "NewPw9" not in r.text
+    r = cli("main", "tenants", "update", "acme", "--auth-user", "app", "--auth-password", "NewPw9")
+    assert r.code == 0, r.text
+    shown = json.loads(cli("main", "tenants", "show", "acme", "--json").out)["tenant"]
+    assert shown["client_auth"] == {"method": "basic", "user": "app", "has_password": True}

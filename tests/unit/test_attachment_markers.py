@@ -30,6 +30,7 @@ def test_expected_md5_prefers_content_md5_then_a_32_digit_marker() -> None:
 
 @pytest.mark.parametrize(("path", "mode"), [
     ("base64:QQ==", "base64"), ("http://h/x", "http_url"), ("https://h/x", "http_url"),
+    ("HTTP://h/x", "http_url"), ("Https://h/x", "http_url"),  # schemes ignore case
     ("/abs", "filesystem"), ("[https://h/x]p", "endpoint"), ("m:rel/x", "mount"),
     ("doc-1", "endpoint"),
 ])

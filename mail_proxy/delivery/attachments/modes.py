@@ -23,7 +23,7 @@ def infer_mode(storage_path: str) -> str:
     """The mode of §9.1 for a `storage_path` without `fetch_mode`; first match wins."""
     if storage_path.startswith("base64:"):
         return BASE64
-    if storage_path.startswith(("http://", "https://")):
+    if storage_path[:8].lower().startswith(("http://", "https://")):  # schemes ignore case
         return HTTP_URL
     if storage_path.startswith("/"):
         return FILESYSTEM
