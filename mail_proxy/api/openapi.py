@@ -38,7 +38,8 @@ ACCESS_TEXT = {
     "own-accounts": "admin, or a tenant key for its own tenant when "
                     "tenant_can_manage_accounts is true (else 403 admin_required); "
                     "tls_ca_file is admin only; a tenant key may only set public hosts "
-                    "unless allow_private_urls is true (else 422 host_not_allowed)",
+                    "unless allow_private_urls is true (else 422 validation_error, field code "
+                    "host_not_allowed)",
 }
 _AUTH_ERRORS = (400, 401, 403, 404, 429, 503)
 _BODY_ERRORS = (413, 415, 422)

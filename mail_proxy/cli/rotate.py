@@ -154,7 +154,7 @@ def _stage(obj: AppContext, folder: Path | None, path: Path, old: Any, key: byte
         err("this key is shown once: run `mail-proxy OTHER rotate-key --stage-key <it>` for "
             "every other instance sharing the database, then `rotate-key --promote "
             f"{kid(key)}` on one instance and `rotate-key --promote {kid(key)} --no-reencrypt` "
-            "on the others (docs/security.md, Rotation)")
+            "on the others (docs/security.md, Several instances on one database)")
     return 0
 
 

@@ -264,7 +264,7 @@ def _preflight(name: str, config: ProcessConfig, created: bool) -> None:
     from mail_proxy.store.errors import StoreUnavailable
 
     try:
-        preflight(config)
+        preflight(config, creating=created)
     except (StoreUnavailable, ConfigurationError) as exc:
         if created:
             fix = ("correct --db (or start the database) and run the same command again"

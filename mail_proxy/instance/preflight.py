@@ -14,7 +14,7 @@ from typing import Any
 from mail_proxy.errors import ConfigurationError
 
 
-async def _check(config: Any) -> None:
+async def _check(config: Any, creating: bool) -> None:
     from mail_proxy.security.crypto import KeyRing
     from mail_proxy.store import open_store
     from mail_proxy.store.keycheck import missing_kids, refusal_message
@@ -27,8 +27,8 @@ async def _check(config: Any) -> None:
     finally:
         await store.close()
     if missing:
-        raise ConfigurationError(refusal_message(missing, config.name))
+        raise ConfigurationError(refusal_message(missing, config.name, creating=creating))
 
 
-def preflight(config: Any) -> None:
-    asyncio.run(_check(config))
+def preflight(config: Any, *, creating: bool = False) -> None:
+    asyncio.run(_check(config, creating))

@@ -56,13 +56,18 @@ async def missing_kids(store: Any, keyring: Container[str]) -> set[str]:
     return {kid for kid in await used_kids(store) if kid not in keyring}
 
 
-def refusal_message(missing: set[str], instance: str = "NAME") -> str:
-    """The start-up refusal shown when :func:`missing_kids` is not empty."""
+def refusal_message(missing: set[str], instance: str = "NAME", *, creating: bool = False) -> str:
+    """The start-up refusal shown when :func:`missing_kids` is not empty. An instance being
+    created is not kept after it: there is no encryption.key to copy lines into."""
     kids = ", ".join(sorted(missing))
     plural = "keys" if len(missing) > 1 else "key"
     them = "them" if len(missing) > 1 else "it"
-    return (f"the database holds values encrypted with {plural} {kids}, missing from the key "
-            f"ring of instance '{instance}'; copy the lines of encryption.key from an instance "
-            f"that has {them} into this instance's encryption.key (or create the instance with "
-            f"`mail-proxy start {instance} --db URL --key-file PATH`, or set "
-            f"MAIL_PROXY_ENCRYPTION_KEY), then start again")
+    head = (f"the database holds values encrypted with {plural} {kids}, missing from the key "
+            f"ring of instance '{instance}'; ")
+    if creating:
+        return head + (f"create the instance with `mail-proxy start {instance} --db URL "
+                       f"--key-file PATH` (a copy of the encryption.key of an instance that "
+                       f"has {them}), or with MAIL_PROXY_ENCRYPTION_KEY set")
+    return head + (f"copy the lines of encryption.key from an instance that has {them} into "
+                   f"this instance's encryption.key (or set MAIL_PROXY_ENCRYPTION_KEY), then "
+                   f"start again")

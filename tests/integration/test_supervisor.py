@@ -233,6 +233,9 @@ def test_a_new_instance_missing_the_databases_key_is_not_kept(
     r = run_cli("start", "two", "--db", shared, "--port", str(free_port()))
     assert r.returncode == 2
     assert "missing from the key ring of instance 'two'" in r.stderr
+    # the instance is not kept, so there is no encryption.key of its own to copy lines into
+    assert "--key-file PATH` (a copy of the encryption.key" in r.stderr
+    assert "into this instance's encryption.key" not in r.stderr
     assert r.stderr.endswith("hint: instance 'two' was not kept; run the same command again "
                              "with --key-file PATH (or MAIL_PROXY_ENCRYPTION_KEY set)\n")
     assert "Created instance" not in r.stdout and "Admin token" not in r.stdout

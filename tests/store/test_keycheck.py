@@ -23,3 +23,6 @@ async def test_missing_kids_names_the_keys_the_ring_lacks(core, keyring: KeyRing
     assert await missing_kids(core.store, merged) == set()
     text = refusal_message({keyring.primary_kid}, "main")
     assert keyring.primary_kid in text and "encryption.key" in text
+    assert "into this instance's encryption.key" in text
+    creating = refusal_message({keyring.primary_kid}, "main", creating=True)
+    assert "--key-file PATH" in creating and "into this instance's" not in creating
