@@ -6,6 +6,10 @@ A value checked for CR and LF can still carry them encoded (``=?utf-8?b?...?=``)
 headers of its own (a ``Bcc:``) or, after an empty line, the body. Enqueue refuses these
 values (:func:`hides_line_break`); composition defuses whatever reaches it anyway
 (:func:`defuse`), such as messages stored before the check existed.
+
+Two readings decide, and either one is enough: a lenient pattern of our own (any position,
+any charset name, white space inside the encoded text) and the email package's own decoding
+of the value as an unstructured header, the reading the composer meets.
 """
 
 from __future__ import annotations
@@ -13,14 +17,14 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from email import policy
 
-# Lenient on purpose (any position, any charset name): the email package decodes words
-# that RFC 2047 would not allow, inside quoted strings and next to other text included.
-_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_WORD = re.compile(r"=\?([^?]*)\?([bBqQ])\?(.*?)\?=", re.DOTALL)
 # What must never come out of a header value: line breaks of any kind and other controls
 # (tab excepted, it is folding white space).
 _UNSAFE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 _UNSAFE_RUN = re.compile(r"(?:[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]\s*)+")
+_MAX_ROUNDS = 8  # each round removes at least one word; nesting deeper than this is hostile
 
 
 def _decoded(match: re.Match[str]) -> str | None:
@@ -35,35 +39,41 @@ def _decoded(match: re.Match[str]) -> str | None:
     except (binascii.Error, ValueError):
         return None
     try:
-        return raw.decode(charset, "replace")
-    except LookupError:  # an unknown charset: the email package falls back to ASCII-ish
+        return raw.decode(charset or "ascii", "replace")
+    except LookupError:  # an unknown charset: read the bytes as they are
         return raw.decode("latin-1")
+
+
+def _package_reading(value: str) -> str:
+    """The text the email package makes of ``value`` as a header (its decoded form)."""
+    try:
+        return str(policy.SMTP.header_factory("x-check", value))
+    except Exception:  # a value it cannot parse is not decoded by it either
+        return value
+
+
+def _words_hide(value: str) -> bool:
+    for match in _WORD.finditer(value):
+        text = _decoded(match)
+        if text is not None and (_UNSAFE.search(text) or "=?" in text and _words_hide(text)):
+            return True
+    return False
 
 
 def hides_line_break(value: str) -> bool:
     """True when an encoded word of ``value`` decodes to a line break or control character."""
     if "=?" not in value:
         return False
-    for match in _WORD.finditer(value):
-        text = _decoded(match)
-        if text is not None and (_UNSAFE.search(text) or hides_line_break(text)):
-            return True
-    return False
+    return _words_hide(value) or bool(_UNSAFE.search(_package_reading(value)))
 
 
 def defuse(value: str) -> str:
-    """``value`` with every encoded word that hides a line break or control character
-    replaced by its decoded text, those characters turned into single spaces. Harmless
-    encoded words are left to the email package."""
-    while "=?" in value:
-        def plain(match: re.Match[str]) -> str:
-            text = _decoded(match)
-            if text is None or not (_UNSAFE.search(text) or hides_line_break(text)):
-                return match.group(0)
-            return _UNSAFE_RUN.sub(" ", text).strip()
-
-        changed = _WORD.sub(plain, value)
-        if changed == value:
-            break
-        value = changed  # the decoded text may itself hold encoded words (shorter each time)
-    return value
+    """``value`` itself when no encoded word in it hides a line break or control character;
+    otherwise its decoded text with those characters turned into single spaces (repeated
+    while the decoded text holds such words in turn)."""
+    for _ in range(_MAX_ROUNDS):
+        if not hides_line_break(value):
+            return value
+        plain = _WORD.sub(lambda m: _decoded(m) or m.group(0), _package_reading(value))
+        value = _UNSAFE_RUN.sub(" ", plain).strip()
+    return value.replace("=?", "= ?")  # still hiding something: no encoded word survives

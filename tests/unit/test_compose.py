@@ -204,3 +204,15 @@ def test_encoded_words_cannot_inject_headers_or_a_body(with_attachment: bool) ->
 def test_harmless_encoded_words_still_decode() -> None:
     raw = build(payload(subject="=?utf-8?q?caf=C3=A9?=", html="<p>é</p>"))
     assert parse(raw)["Subject"] == "café"
+
+
+@pytest.mark.parametrize("subject", [
+    "=?utf-8?q?a=0D=0AX-Evil: 1?=",            # white space inside the word
+    "x=?utf-8?q?a=0D=0AX-Evil:_1?=y",          # glued to other text
+    "=??q?a=0D=0AX-Evil:_1?=",                 # no charset
+    "=?UTF-8?B?" + base64.b64encode(b"x\nX-Evil: 1").decode() + "?=",
+])
+def test_every_reading_of_an_encoded_word_is_defused(subject: str) -> None:
+    raw = build(payload(subject=subject, html="<p>\u00e9</p>"))
+    assert "X-Evil" not in header_names(raw)
+    assert "X-Evil: 1" in str(parse(raw)["Subject"])

@@ -401,6 +401,10 @@ HIDDEN = b"Invoice\r\nBcc: evil@example.com"
     # a word whose decoded text is itself a word hiding the break
     (msg(subject=_word(_word(HIDDEN).encode())), "invalid_field", "subject"),
     (msg(subject=_word(b"a\x00b")), "invalid_field", "subject"),
+    # white space inside the encoded text: the email package still decodes the word
+    (msg(subject="=?utf-8?q?a=0D=0AX-Evil: 1?="), "invalid_field", "subject"),
+    (msg(subject="=?utf-16?b?" + base64.b64encode("a\r\nX: 1".encode("utf-16")).decode()
+         + "?="), "invalid_field", "subject"),
     (msg(headers={"X-Tag": _word(HIDDEN)}), "invalid_header", "headers.X-Tag"),
     (msg(**{"from": _word(HIDDEN) + " <billing@acme.test>"}), "invalid_address", "from"),
     (msg(to=["ann@example.com", '"' + _word(HIDDEN) + '" <bob@example.com>']),
