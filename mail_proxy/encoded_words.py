@@ -55,7 +55,7 @@ def _package_reading(value: str) -> str:
 def _words_hide(value: str) -> bool:
     for match in _WORD.finditer(value):
         text = _decoded(match)
-        if text is not None and (_UNSAFE.search(text) or "=?" in text and _words_hide(text)):
+        if text is not None and (_UNSAFE.search(text) or ("=?" in text and _words_hide(text))):
             return True
     return False
 
