@@ -27,20 +27,27 @@ _UNSAFE_RUN = re.compile(r"(?:[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]\s*)+")
 _MAX_ROUNDS = 8  # each round removes at least one word; nesting deeper than this is hostile
 
 
-def _decoded(match: re.Match[str]) -> str | None:
+def _decoded(match: re.Match[str]) -> str:
     charset, kind, text = match.group(1), match.group(2).lower(), match.group(3)
     charset = charset.split("*", 1)[0]  # RFC 2231 language suffix
-    try:
-        if kind == "b":
-            raw = base64.b64decode(text + "=" * (-len(text) % 4))
-        else:
-            raw = re.sub(rb"=([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]),
-                         text.replace("_", " ").encode("ascii", "replace"))
-    except (binascii.Error, ValueError):
-        return None
+    data = text.encode("ascii", "surrogateescape") if text.isascii() else \
+        text.encode("utf-8", "surrogateescape")
+    if kind == "b":
+        # as the email package does: padded, then lenient, then (a length no base64 can
+        # have) the text itself, which a charset such as utf-7 still decodes
+        try:
+            raw = base64.b64decode(data + b"=" * (-len(data) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            try:
+                raw = base64.b64decode(data)
+            except (binascii.Error, ValueError):
+                raw = data
+    else:
+        raw = re.sub(rb"=([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]),
+                     data.replace(b"_", b" "))
     try:
         return raw.decode(charset or "ascii", "replace")
-    except LookupError:  # an unknown charset: read the bytes as they are
+    except Exception:  # unknown charset, or a codec without "replace" (idna): plain bytes
         return raw.decode("latin-1")
 
 
@@ -55,7 +62,7 @@ def _package_reading(value: str) -> str:
 def _words_hide(value: str) -> bool:
     for match in _WORD.finditer(value):
         text = _decoded(match)
-        if text is not None and (_UNSAFE.search(text) or ("=?" in text and _words_hide(text))):
+        if _UNSAFE.search(text) or ("=?" in text and _words_hide(text)):
             return True
     return False
 
@@ -74,6 +81,6 @@ def defuse(value: str) -> str:
     for _ in range(_MAX_ROUNDS):
         if not hides_line_break(value):
             return value
-        plain = _WORD.sub(lambda m: _decoded(m) or m.group(0), _package_reading(value))
+        plain = _WORD.sub(_decoded, _package_reading(value))
         value = _UNSAFE_RUN.sub(" ", plain).strip()
     return value.replace("=?", "= ?")  # still hiding something: no encoded word survives

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import policy as email_policy
 from email.generator import BytesGenerator
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime
@@ -32,6 +33,7 @@ POLICY = email_policy.SMTP.clone(cte_type="7bit", max_line_length=78)
 _LINE_BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+\s*")
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # printable ASCII without space and ':'
 _OPAQUE_TYPES = ("multipart", "message")
+_LONGEST_WORD = 900
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,28 @@ def header_text(value: str) -> str:
     """``one_line``, and encoded words that would decode to a line break written decoded:
     the email package decodes them and, before Python 3.11.10, writes the break raw."""
     return one_line(defuse(value))
+
+
+class WrittenHeader(str):
+    """A header the email package stores and writes as it is, never parsing it: its parsers
+    decode RFC 2047 words and RFC 2231 parameters (``filename*=utf-8''%0D%0A...``) by header
+    name and, before Python 3.11.10, wrote a decoded line break raw. Tenant text (the
+    subject, custom headers) goes out this way: folded, RFC 2047-encoded when not ASCII."""
+
+    name: str
+    _folded: str
+
+    def __new__(cls, name: str, text: str) -> WrittenHeader:
+        self = super().__new__(cls, text)
+        self.name = name
+        # a word too long for a line (998 octets) is split into encoded words instead
+        plain = text.isascii() and all(len(w) <= _LONGEST_WORD for w in text.split())
+        self._folded = Header(text, "us-ascii" if plain else "utf-8", header_name=name
+                              ).encode(linesep="\r\n", maxlinelen=78)
+        return self
+
+    def fold(self, *, policy: Any) -> str:  # the email package's header-object protocol
+        return f"{self.name}: {self._folded}{policy.linesep}"
 
 
 def _address(value: str) -> Address:
@@ -154,10 +178,10 @@ def build_general(payload: dict[str, Any], *, client_id: str, smtp_message_id: s
         msg["Cc"] = cc
     if reply_to := _addresses(payload.get("reply_to")):
         msg["Reply-To"] = reply_to
-    msg["Subject"] = header_text(str(payload.get("subject") or ""))
+    msg["Subject"] = WrittenHeader("Subject", header_text(str(payload.get("subject") or "")))
     msg["Message-ID"] = header_text(smtp_message_id)
     msg["MIME-Version"] = "1.0"
-    msg["X-Mail-Proxy-ID"] = header_text(client_id)
+    msg["X-Mail-Proxy-ID"] = WrittenHeader("X-Mail-Proxy-ID", header_text(client_id))
     for name, value in (payload.get("headers") or {}).items():
         if value is None:
             continue
@@ -165,7 +189,7 @@ def build_general(payload: dict[str, Any], *, client_id: str, smtp_message_id: s
             raise ValueError(f"invalid header name {name!r}")
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ValueError(f"invalid value for header {name!r}")
-        msg[name] = header_text(str(value))
+        msg[name] = WrittenHeader(name, header_text(str(value)))
 
     tree = _body_tree(payload, attachments)
     for name, value in tree.items():

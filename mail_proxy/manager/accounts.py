@@ -218,7 +218,8 @@ async def _check_destinations(core: Core, principal: Principal | None,
     for name, port_name in (("host", "port"), ("imap_host", "imap_port")):
         host = values.get(name)
         field, what = name, "set public hosts"
-        if name not in values and values.get(port_name) is not None and stored is not None:
+        if name not in values and values.get(port_name) is not None and stored is not None \
+                and values[port_name] != stored.get(port_name):
             # A new port on the stored host is a new destination too: on an account the
             # admin pointed at a local relay it would make the worker a port scanner.
             host, field, what = stored.get(name), port_name, "change the port of a public host"

@@ -169,9 +169,10 @@ def test_a_tenant_key_cannot_move_the_port_of_an_admin_account_on_a_private_host
         stored = live.call("GET", "/account/relay", live.admin_token,
                            params={"tenant_id": "acme"}).json()["account"]
         assert (stored["port"], stored["imap_port"]) == (2525, 993)
-        # other fields of the admin's account stay the tenant's to change
+        # other fields of the admin's account stay the tenant's to change, and a body that
+        # repeats the stored port (a client sending the whole record back) is no move
         renamed = live.call("PATCH", "/account/relay", live.keys["acme"],
-                            json={"batch_size": 10})
+                            json={"batch_size": 10, "port": 2525, "imap_port": 993})
         assert renamed.status_code == 200, renamed.text
         assert live.call("PATCH", "/account/relay", live.admin_token,
                          params={"tenant_id": "acme"}, json={"port": 2526}).status_code == 200

@@ -216,3 +216,47 @@ def test_every_reading_of_an_encoded_word_is_defused(subject: str) -> None:
     raw = build(payload(subject=subject, html="<p>\u00e9</p>"))
     assert "X-Evil" not in header_names(raw)
     assert "X-Evil: 1" in str(parse(raw)["Subject"])
+
+
+def _utf7_behind_a_bad_word(hidden: str) -> str:
+    """A word only the email package's fallbacks decode (a base64 length no decoder takes,
+    read as utf-7 text) glued behind an invalid word (verification hunt)."""
+    text = "+" + base64.b64encode(hidden.encode("utf-16-be")).decode().rstrip("=") + "-"
+    while sum(c.isalnum() or c in "+/" for c in text) % 4 != 1:
+        text += "x"
+    return "=?a?b?c?d?=.=?utf-7?b?" + text + "?="
+
+
+@pytest.mark.parametrize("name, value", [
+    # RFC 2231: no encoded word at all, decoded by the package's parameter parser
+    ("Content-Disposition",
+     "inline; filename*=utf-8''%0D%0ABcc%3A%20e5%40evil.test%0D%0A%0D%0APay%20EVIL"),
+    ("Content-Disposition", _utf7_behind_a_bad_word("\r\nBcc: e7@evil.test\r\nX-Evil: 1")),
+    ("Sender", _utf7_behind_a_bad_word("\r\nBcc: e7@evil.test").replace(".", "@")),
+    ("Resent-To", _utf7_behind_a_bad_word("\r\nBcc: e7@evil.test").replace(".", "@")),
+])
+@pytest.mark.parametrize("with_attachment", [False, True])
+def test_custom_headers_are_never_parsed_by_the_email_package(name: str, value: str,
+                                                             with_attachment: bool) -> None:
+    """Structured names (Content-Disposition, Sender, Resent-*) were parsed by the package's
+    own parsers, which decode RFC 2231 and odd RFC 2047 forms and wrote the break raw."""
+    parts = (AttachmentPart("a.txt", b"hi", "text/plain"),) if with_attachment else ()
+    raw = build(payload(subject="Prix \u20ac", headers={name: value}), parts)
+    assert not {"Bcc", "X-Evil"} & set(header_names(raw))
+    msg = parse(raw)
+    body = msg.get_body(("plain",))
+    assert body is not None and body.get_content().strip() == "Hello"
+
+
+def test_written_headers_keep_their_text_fold_and_encode() -> None:
+    long = " ".join(["word"] * 60)
+    raw = build(payload(subject="Fattura n\u00b0 1", html="<p>x</p>",
+                        headers={"X-Long": long, "X-Unbroken": "a" * 990,
+                                 "X-Tag": "=?idna?q?abc?="}),
+                (AttachmentPart("a.txt", b"hi", "text/plain"),))
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
+    msg = parse(raw)
+    assert msg["Subject"] == "Fattura n\u00b0 1"
+    assert msg["X-Long"] == long and msg["X-Unbroken"] == "a" * 990
+    assert b"X-Tag: =?idna?q?abc?=" in head  # written as sent, not decoded by us

@@ -426,3 +426,20 @@ def test_harmless_encoded_words_are_kept() -> None:
                   headers={"X-Tag": _word(b"plain")},
                   **{"from": _word("Jörg".encode()) + " <billing@acme.test>"}))
     assert m.payload["subject"].startswith("=?utf-8?q?caf=C3=A9?=")
+
+
+def test_odd_charsets_never_break_validation() -> None:
+    """A codec without the "replace" handler (idna) made the check itself raise: a 500 for
+    the whole batch (verification hunt)."""
+    m = check(msg(subject="=?idna?q?abc?=", headers={"X-A": "=?idna?b?YWJj?="}))
+    assert m.payload["subject"] == "=?idna?q?abc?="
+
+
+def test_a_word_only_the_packages_fallbacks_decode_is_refused() -> None:
+    hidden = "\r\nBcc: e7@evil.test"
+    text = "+" + base64.b64encode(hidden.encode("utf-16-be")).decode().rstrip("=") + "-"
+    while sum(c.isalnum() or c in "+/" for c in text) % 4 != 1:
+        text += "x"
+    word = "=?a?b?c?d?=.=?utf-7?b?" + text + "?="
+    assert rejected(msg(headers={"Content-Disposition": word})) == \
+        ("invalid_header", "headers.Content-Disposition")
