@@ -324,7 +324,13 @@ def _await_ready(name: str, folder: Path, config: ProcessConfig,
         raise OperationFailed(f"mail-proxy '{name}' did not answer /health within {wait:g}s "
                               "(the supervisor keeps trying)",
                               hint=f"mail-proxy logs {name} --supervisor")
-    raise OperationFailed(f"mail-proxy '{name}' could not start",
+    # what was seen, for a failure the log does not explain (a supervisor that lost its
+    # lock to another `start` writes nothing there)
+    seen = read_record(folder) or {}
+    how = (f"its supervisor exited with code {proc.returncode}" if proc is not None
+           else "the supervisor that held its lock exited")
+    raise OperationFailed(f"mail-proxy '{name}' could not start ({how}; recorded state "
+                          f"{seen.get('state') or 'none'})",
                           hint=f"mail-proxy logs {name} --supervisor")
 
 
