@@ -84,3 +84,18 @@ def defuse(value: str) -> str:
         plain = _WORD.sub(_decoded, _package_reading(value))
         value = _UNSAFE_RUN.sub(" ", plain).strip()
     return value.replace("=?", "= ?")  # still hiding something: no encoded word survives
+
+
+def decoded_text(value: str) -> str:
+    """``value`` with every encoded word decoded (nested ones too), line breaks and controls
+    folded to spaces, and no encoded word left: for a display name, which the email package
+    would otherwise decode itself and write without the quotes a decoded ``<`` or ``,``
+    needs (an extra mailbox in From or To)."""
+    for _ in range(_MAX_ROUNDS):
+        if "=?" not in value:
+            return value
+        plain = _UNSAFE_RUN.sub(" ", _WORD.sub(_decoded, value)).strip()
+        if plain == value:
+            break
+        value = plain
+    return value.replace("=?", "= ?")

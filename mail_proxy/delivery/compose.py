@@ -24,7 +24,7 @@ from typing import Any
 from mail_proxy.delivery.envelope import ascii_domain, split_address
 from mail_proxy.delivery.envelope import envelope as envelope  # re-exported for callers
 from mail_proxy.delivery.fastcompose import build_simple
-from mail_proxy.encoded_words import defuse
+from mail_proxy.encoded_words import decoded_text, defuse
 
 # cte_type="7bit": never emit raw 8-bit bodies; RFC 2047 / 2231 for non-ASCII headers.
 POLICY = email_policy.SMTP.clone(cte_type="7bit", max_line_length=78)
@@ -34,6 +34,7 @@ _LINE_BREAKS = re.compile(r"[\r\n\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+\s*")
 _HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")  # printable ASCII without space and ':'
 _OPAQUE_TYPES = ("multipart", "message")
 _LONGEST_WORD = 900
+_MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,9 @@ def _address(value: str) -> Address:
     local, at, domain = spec.rpartition("@")
     if at:
         spec = f"{local}@{ascii_domain(domain)}"
-    # the name is defused once split off: its decoded text may hold "<" or ","
-    return Address(display_name=header_text(name), addr_spec=spec)
+    # decoded here, once split off: the package would decode it itself and write a decoded
+    # "<" or "," unquoted, a mailbox of its own
+    return Address(display_name=one_line(decoded_text(name)), addr_spec=spec)
 
 
 def _addresses(value: Any) -> list[Address]:
@@ -113,7 +115,7 @@ def _container(subtype: str, parts: Sequence[MIMEPart]) -> MIMEPart:
 
 def _file(att: AttachmentPart, *, inline: bool) -> MIMEPart:
     maintype, _, subtype = att.mime_type.partition("/")
-    if maintype.lower() in _OPAQUE_TYPES or not subtype:
+    if maintype.lower() in _OPAQUE_TYPES or not _MIME_TYPE.fullmatch(att.mime_type):
         # These types may not be base64-encoded (RFC 2046); ship them as opaque bytes.
         maintype, subtype = "application", "octet-stream"
     part = MIMEPart(policy=POLICY)
@@ -182,9 +184,11 @@ def build_general(payload: dict[str, Any], *, client_id: str, smtp_message_id: s
     msg["Message-ID"] = header_text(smtp_message_id)
     msg["MIME-Version"] = "1.0"
     msg["X-Mail-Proxy-ID"] = WrittenHeader("X-Mail-Proxy-ID", header_text(client_id))
+    written: set[str] = set()
     for name, value in (payload.get("headers") or {}).items():
-        if value is None:
-            continue
+        if value is None or name.lower() in written:
+            continue  # the first of "Sender" and "sender" (enqueue refuses such pairs now)
+        written.add(name.lower())
         if not _HEADER_NAME.match(name):
             raise ValueError(f"invalid header name {name!r}")
         if isinstance(value, bool) or not isinstance(value, str | int | float):

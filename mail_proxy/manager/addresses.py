@@ -40,6 +40,7 @@ _COMPLEX = re.compile(r'["():;\\\[\]]')
 _ANGLE = re.compile(r"([^<>]*)<([^<>]*)>")
 _PLAIN_SPEC = re.compile(rf"([{_ATEXT}]+(?:\.[{_ATEXT}]+)*)@([A-Za-z0-9.-]+)")
 _BLANKS = re.compile(r"[ \t]+")
+MAX_DISPLAY_NAME = 256
 
 
 class AddressError(ValueError):
@@ -274,9 +275,20 @@ def _parse_list(text: str) -> tuple[Address, ...]:
     if _COMPLEX.search(text) is None:
         # Most lists are plain ("a@x, Name <b@y>"): no character scanner needed.
         if "," not in text:  # one address, the commonest of all: no generator either
-            return (_plain_mailbox(text),) if text.strip(" \t") else ()
-        return tuple(_plain_mailbox(p) for p in text.split(",") if p.strip(" \t"))
-    return tuple(_mailbox(p) for p in _split(text) if p.strip(" \t"))
+            found: tuple[Address, ...] = (_plain_mailbox(text),) if text.strip(" \t") else ()
+        else:
+            found = tuple(_plain_mailbox(p) for p in text.split(",") if p.strip(" \t"))
+    else:
+        found = tuple(_mailbox(p) for p in _split(text) if p.strip(" \t"))
+    for address in found:
+        if "=?" in address.local:  # the email package cannot write such an addr-spec
+            raise AddressError(text.strip(), "an encoded word (RFC 2047) may not stand for "
+                               "the local part")
+        if address.display_name and len(address.display_name) > MAX_DISPLAY_NAME:
+            # no header line may pass 998 octets, and a long name is not folded
+            raise AddressError(text.strip(), f"the display name is longer than "
+                               f"{MAX_DISPLAY_NAME} characters")
+    return found
 
 
 # A batch usually repeats its sender and copy addresses; failures are never cached.

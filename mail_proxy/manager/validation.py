@@ -205,6 +205,8 @@ def _subject(entry: dict[str, Any]) -> str:
         reject("invalid_field", "subject", "must not be empty")
     if "\r" in value or "\n" in value:
         reject("invalid_field", "subject", "must not contain CR or LF")
+    if _HEADER_VALUE_BAD.search(value) is not None:
+        reject("invalid_field", "subject", "must not contain control characters")
     if hides_line_break(value):
         reject("invalid_field", "subject", HIDDEN_BREAK)
     if len(value) > 998:
@@ -313,12 +315,16 @@ def _headers(entry: dict[str, Any]) -> dict[str, str]:
     if len(raw) > _MAX_HEADERS:
         reject("invalid_header", "headers", f"at most {_MAX_HEADERS} headers are allowed")
     out: dict[str, str] = {}
+    seen: set[str] = set()
     for name, value in raw.items():
         field = f"headers.{name}"
         if not isinstance(name, str) or _HEADER_NAME.fullmatch(name) is None:
             reject("invalid_header", field, f"{quote(name)} is not a valid header name")
         if name.lower() in _RESERVED:
             reject("reserved_header", field, f"{name} is set by mail-proxy, not by headers")
+        if name.lower() in seen:  # "Sender" and "sender" are one header, given twice
+            reject("invalid_header", field, "is given twice (header names ignore case)")
+        seen.add(name.lower())
         if value is not None:
             out[name] = _header_value(value, field)
     return out

@@ -260,3 +260,32 @@ def test_written_headers_keep_their_text_fold_and_encode() -> None:
     assert msg["Subject"] == "Fattura n\u00b0 1"
     assert msg["X-Long"] == long and msg["X-Unbroken"] == "a" * 990
     assert b"X-Tag: =?idna?q?abc?=" in head  # written as sent, not decoded by us
+
+
+@pytest.mark.parametrize("with_attachment", [False, True])
+def test_a_display_name_word_cannot_add_mailboxes(with_attachment: bool) -> None:
+    """The package decoded the word itself and wrote a decoded "<" or "," unquoted: one
+    more mailbox in From or To (fuzz hunt; the envelope never changed)."""
+    sneaky = "=?utf-8?b?" + base64.b64encode(b"PayPal <security@paypal.com>,").decode() + "?="
+    broken = "=?utf-8?b?w6n/?="  # valid UTF-8, then a byte that is not
+    parts = (AttachmentPart("a.txt", b"hi", "text/plain"),) if with_attachment else ()
+    msg = parse(build(payload(**{"from": f"{sneaky} <billing@acme.test>",
+                                 "to": [f"{broken} <ann@example.com>"],
+                                 "subject": "Prix \u20ac"}), parts))
+    assert [a.addr_spec for a in msg["From"].addresses] == ["billing@acme.test"]
+    assert msg["From"].addresses[0].display_name == "PayPal <security@paypal.com>,"
+    assert [a.addr_spec for a in msg["To"].addresses] == ["ann@example.com"]
+
+
+def test_a_bad_stored_mime_type_or_a_repeated_header_cannot_break_the_message() -> None:
+    """Stored before enqueue refused them: "text/html\\n" ended the part's headers early
+    (the attachment became the body of a text/html part), and "Sender" next to "sender"
+    made every attempt fail in the email package."""
+    raw = build(payload(subject="\u00e9", headers={"Sender": "a@acme.test",
+                                                   "sender": "b@acme.test"}),
+                (AttachmentPart("report.pdf", b"%PDF", "text/html\n"),))
+    msg = parse(raw)
+    [part] = list(msg.iter_attachments())
+    assert (part.get_content_type(), part.get_filename()) == ("application/octet-stream",
+                                                              "report.pdf")
+    assert header_names(raw).count("Sender") == 1 and msg["Sender"] == "a@acme.test"

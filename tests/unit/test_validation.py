@@ -443,3 +443,30 @@ def test_a_word_only_the_packages_fallbacks_decode_is_refused() -> None:
     word = "=?a?b?c?d?=.=?utf-7?b?" + text + "?="
     assert rejected(msg(headers={"Content-Disposition": word})) == \
         ("invalid_header", "headers.Content-Disposition")
+
+
+@pytest.mark.parametrize("entry, code, field", [
+    (msg(attachments=[{"filename": "r.pdf", "storage_path": "base64:aGVsbG8=",
+                       "mime_type": "text/html\n"}]), "invalid_attachment",
+     "attachments[0].mime_type"),  # "$" matched before the final newline
+    (msg(html="<img src=cid:a>", attachments=[{"filename": "a.png", "content_id": "a\n",
+                                               "storage_path": "base64:aGVsbG8="}]),
+     "invalid_attachment", "attachments[0].content_id"),
+    (msg(attachments=[{"filename": "a.png", "content_id": "a\x00b",
+                       "storage_path": "base64:aGVsbG8="}]),
+     "invalid_attachment", "attachments[0].content_id"),
+    (msg(**{"from": "=?utf-8?q?x?=@acme.test"}), "invalid_address", "from"),
+    (msg(to=["A" * 257 + " <ann@example.com>"]), "invalid_address", "to[0]"),
+    (msg(headers={"Sender": "a@acme.test", "sender": "b@acme.test"}), "invalid_header",
+     "headers.sender"),
+    (msg(subject="a\x00b"), "invalid_field", "subject"),
+    (msg(subject="a\x1b[31m"), "invalid_field", "subject"),
+])
+def test_what_the_composer_could_not_write_is_refused(entry: object, code: str,
+                                                      field: str) -> None:
+    """Fuzz hunt: accepted, then every attempt failed or the message came out damaged."""
+    assert rejected(entry) == (code, field)
+
+
+def test_long_but_sane_display_names_and_tabs_still_pass() -> None:
+    check(msg(to=["A" * 256 + " <ann@example.com>"], subject="a\tb"))

@@ -16,8 +16,9 @@ from mail_proxy.manager.fields import Bad, Check, basic_user, bearer_token, secr
 MAX_ATTACHMENTS = 100
 _KEYS = {"filename", "storage_path", "fetch_mode", "mime_type", "content_md5", "content_id", "auth"}
 _TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
-_MIME = re.compile(rf"^{_TOKEN}/{_TOKEN}$")
-_CONTENT_ID = re.compile(r"^[^<>\s]{1,200}$")
+# fullmatch, never match with "$": "$" also matches before a final newline ("text/html\n")
+_MIME = re.compile(rf"{_TOKEN}/{_TOKEN}")
+_CONTENT_ID = re.compile(r"[^<>\s\x00-\x1f\x7f]{1,200}")
 _AUTH_FIELDS = {"none": (), "bearer": ("token",), "basic": ("user", "password")}
 # The rules of a tenant's client_auth (manager.fields): what goes into an Authorization
 # header must be sendable there, and is bounded like any other secret.
@@ -187,7 +188,7 @@ def _optional(item: dict[str, Any], key: str, where: str, label: str, pattern: r
     value = item.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise _bad("invalid_attachment", f"{where}.{key}", f"{label}: '{key}' must be {rule}")
     return value
 
