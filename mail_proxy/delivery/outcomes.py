@@ -79,18 +79,20 @@ class Recorder:
         self._writer: asyncio.Task[None] | None = None
 
     async def _write(self, msg: Claimed, query: str, params: dict[str, Any],
-                     event: tuple[str, str | None, dict[str, Any]] | None,
-                     reportable: bool) -> bool:
+                     event: tuple[str, str | None, dict[str, Any]] | None) -> bool:
+        """Whether the outcome is reported (and a terminal message settles now) is read from
+        the tenant row in the same transaction, not from the dispatcher's configuration
+        cache: a URL set or removed a moment ago must decide (reports.md §6)."""
         t = params.setdefault("now", now())
         update = {"pk": msg.pk, "me": self.owner, **params}
         step: Step = (query, update, None, None)
         if event is not None:
+            update["tenant_id"] = msg.tenant_id
             kind, description, metadata = event
             # the event only when the conditional update matched: our lease still held
-            step = (query, update, "event_insert", {
+            step = (query, update, "outcome_event_insert", {
                 "message_pk": msg.pk, "tenant_id": msg.tenant_id, "event_type": kind,
-                "now": t, "description": description, "metadata": dumps_compact(metadata),
-                "reportable": reportable})
+                "now": t, "description": description, "metadata": dumps_compact(metadata)})
         delay = WRITE_RETRY_FIRST
         while True:
             try:
@@ -147,7 +149,7 @@ class Recorder:
                 future.set_result(count)
 
     async def sent(self, msg: Claimed, *, smtp_code: int, accepted: int,
-                   refused: list[dict[str, Any]], reportable: bool,
+                   refused: list[dict[str, Any]],
                    pec_deadline_at: int | None = None) -> bool:
         t = now()
         meta: dict[str, Any] = {"attempt": msg.attempts + 1, "smtp_code": smtp_code,
@@ -155,12 +157,11 @@ class Recorder:
         if refused:
             meta["refused_recipients"] = refused
         return await self._write(msg, "mark_sent", {
-            "now": t, "smtp_code": smtp_code, "settled_at": None if reportable else t,
-            "pec_deadline_at": pec_deadline_at}, ("sent", None, meta), reportable)
+            "now": t, "smtp_code": smtp_code, "pec_deadline_at": pec_deadline_at},
+            ("sent", None, meta))
 
     async def error(self, msg: Claimed, *, code: str, text: str, attempted: bool,
-                    smtp_code: int | None, reportable: bool,
-                    extra: dict[str, Any] | None = None) -> bool:
+                    smtp_code: int | None, extra: dict[str, Any] | None = None) -> bool:
         t = now()
         meta: dict[str, Any] = {"code": code}
         if attempted:
@@ -170,12 +171,10 @@ class Recorder:
         meta.update(extra or {})
         return await self._write(msg, "mark_error", {
             "now": t, "attempted": 1 if attempted else 0, "error": text, "code": code,
-            "smtp_code": smtp_code, "settled_at": None if reportable else t},
-            ("error", text, meta), reportable)
+            "smtp_code": smtp_code}, ("error", text, meta))
 
     async def deferred(self, msg: Claimed, *, next_attempt_at: int, code: str,
-                       text: str | None, attempted: bool, smtp_code: int | None,
-                       reportable: bool) -> bool:
+                       text: str | None, attempted: bool, smtp_code: int | None) -> bool:
         meta: dict[str, Any] = {"code": code, "next_attempt_at": next_attempt_at}
         if attempted:
             meta["attempt"] = msg.attempts + 1
@@ -185,8 +184,8 @@ class Recorder:
         return await self._write(msg, "mark_deferred", {
             "attempted": 1 if attempted else 0, "next_attempt_at": next_attempt_at,
             "error": text, "code": code if attempted or code != "rate_limit" else None,
-            "smtp_code": smtp_code}, ("deferred", description, meta), reportable)
+            "smtp_code": smtp_code}, ("deferred", description, meta))
 
     async def released(self, msg: Claimed) -> bool:
         """T7: given back unattempted (drain, throttle pause, suspension)."""
-        return await self._write(msg, "mark_released", {}, None, False)
+        return await self._write(msg, "mark_released", {}, None)

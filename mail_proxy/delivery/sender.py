@@ -95,8 +95,7 @@ class Sender:
             reportable = bool(tenant and tenant["client_base_url"])
             await self.recorder.error(
                 msg, code="account_not_found", attempted=False, smtp_code=None,
-                text=f"account '{msg.account_id}' does not exist for tenant '{msg.tenant_id}'",
-                reportable=reportable)
+                text=f"account '{msg.account_id}' does not exist for tenant '{msg.tenant_id}'")
             self._count("errors_total", msg)
             if reportable:
                 self.on_event(msg.tenant_id)
@@ -123,7 +122,6 @@ class Sender:
         if not rcpts:
             await self.recorder.error(msg, code="suppressed", attempted=False, smtp_code=None,
                                       text="every recipient is on the suppression list",
-                                      reportable=config.reportable,
                                       extra={"refused_recipients": suppressed})
             self._count("errors_total", msg)
             self._notify(config, msg)
@@ -165,8 +163,7 @@ class Sender:
         finally:
             await self._settle(msg, reservation, sent)
         await self.recorder.sent(msg, smtp_code=result.smtp_code, accepted=len(result.accepted),
-                                 refused=suppressed + result.refused,
-                                 reportable=config.reportable)
+                                 refused=suppressed + result.refused)
         self._count("sent_total", msg)
         if self.metrics is not None:
             self.metrics.child("queue_wait_seconds", str(msg.priority)).observe(
@@ -250,21 +247,20 @@ class Sender:
         self._count("rate_limited_total", msg)
         if reservation.reject:
             await self.recorder.error(msg, code="rate_limit_exceeded", attempted=False,
-                                      smtp_code=None, reportable=config.reportable,
+                                      smtp_code=None,
                                       text="rate limit exceeded for account "
                                            f"'{msg.account_id}'")
             self._count("errors_total", msg)
         else:
             await self.recorder.deferred(msg, next_attempt_at=reservation.free_at or now() + 1,
                                          code="rate_limit", text=None, attempted=False,
-                                         smtp_code=None, reportable=config.reportable)
+                                         smtp_code=None)
             self._count("deferred_total", msg)
         self._notify(config, msg)
 
     async def _failed(self, msg: Claimed, config: AccountConfig | None,
                       failure: DeliveryFailure, *, attempted: bool,
                       escalate: bool = True) -> None:
-        reportable = config.reportable if config else False
         settings = self.core.settings
         t = now()
         if failure.throttle and config is not None:
@@ -276,8 +272,7 @@ class Sender:
         if decision.retry and decision.next_attempt_at is not None:
             await self.recorder.deferred(msg, next_attempt_at=decision.next_attempt_at,
                                          code=decision.code, text=decision.text,
-                                         attempted=attempted, smtp_code=failure.smtp_code,
-                                         reportable=reportable)
+                                         attempted=attempted, smtp_code=failure.smtp_code)
             self._count("deferred_total", msg)
         else:
             extra: dict[str, Any] = {}
@@ -286,8 +281,7 @@ class Sender:
             if failure.refused:
                 extra["refused_recipients"] = failure.refused
             await self.recorder.error(msg, code=decision.code, text=decision.text,
-                                      attempted=attempted, smtp_code=failure.smtp_code,
-                                      reportable=reportable, extra=extra)
+                                      attempted=attempted, smtp_code=failure.smtp_code, extra=extra)
             self._count("errors_total", msg)
         if config is not None:
             self._notify(config, msg)
@@ -312,14 +306,13 @@ class Sender:
         age_limit = settings.max_message_age
         if age_limit and until > msg.not_before + age_limit:
             await self.recorder.error(msg, code="expired", attempted=False,
-                                      smtp_code=failure.smtp_code, reportable=config.reportable,
+                                      smtp_code=failure.smtp_code,
                                       text=expired_text(age_limit, failure.message))
             self._count("errors_total", msg)
         else:
             await self.recorder.deferred(msg, next_attempt_at=until, code="throttled",
                                          text=failure.message, attempted=False,
-                                         smtp_code=failure.smtp_code,
-                                         reportable=config.reportable)
+                                         smtp_code=failure.smtp_code)
             self._count("deferred_total", msg)
         self._notify(config, msg)
 

@@ -413,7 +413,7 @@ async def test_removing_the_url_settles_messages_with_pending_events(core) -> No
         row = (await tx.fetch("claim_account", me="w", now=1, lease=120, tenant_id="acme",
                               account_id="main", n=1, suspended=[]))[0]
         await tx.execute("mark_error", pk=row["pk"], me="w", now=1, attempted=0, error="x",
-                         code="x", smtp_code=None, settled_at=None)
+                         code="x", smtp_code=None, tenant_id="acme")
         await tx.execute("event_insert", message_pk=row["pk"], tenant_id="acme",
                          event_type="error", now=1, description="x",
                          metadata=_json.dumps({}), reportable=True)

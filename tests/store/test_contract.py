@@ -110,10 +110,10 @@ async def test_apply_steps_records_a_batch_of_outcomes_in_one_transaction(core) 
 
     def step(pk: int, me: str = "w1") -> tuple:
         return ("mark_sent", {"pk": pk, "me": me, "now": 9, "smtp_code": 250,
-                              "settled_at": 9, "pec_deadline_at": None},
-                "event_insert", {"message_pk": pk, "tenant_id": "acme", "event_type": "sent",
-                                 "now": 9, "description": None, "metadata": "{}",
-                                 "reportable": False})
+                              "tenant_id": "acme", "pec_deadline_at": None},
+                "outcome_event_insert", {"message_pk": pk, "tenant_id": "acme",
+                                         "event_type": "sent", "now": 9, "description": None,
+                                         "metadata": "{}"})
 
     steps = [step(pk) for pk in claimed[:3]] + [step(free[0])] + [step(claimed[3], "w2")] \
         + [step(claimed[4])] + [("mark_released", {"pk": claimed[4], "me": "w1", "now": 9},

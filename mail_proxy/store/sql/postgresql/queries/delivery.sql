@@ -95,30 +95,45 @@ UPDATE messages
  WHERE pk = :pk AND status = 'sending' AND lease_owner = :owner AND lease_expires_at < :now;
 
 -- name: mark_sent
+WITH tenant AS (
+     -- share-locked: a URL change waits for this outcome, then sees its event (§6)
+     SELECT coalesce(client_base_url, '') <> '' AS reportable FROM tenants
+      WHERE id = :tenant_id FOR SHARE)
 UPDATE messages
    SET status = 'sent', attempts = attempts + 1, sent_at = :now, finished_at = :now,
        last_smtp_code = :smtp_code, next_attempt_at = NULL, lease_owner = NULL,
-       lease_expires_at = NULL, updated_at = :now, settled_at = :settled_at,
+       lease_expires_at = NULL, updated_at = :now,
+       settled_at = CASE WHEN coalesce((SELECT reportable FROM tenant), false) THEN NULL ELSE :now::bigint END,
        pec_deadline_at = :pec_deadline_at
  WHERE pk = :pk AND status = 'sending' AND lease_owner = :me;
 
 -- name: mark_error
+WITH tenant AS (
+     -- share-locked: a URL change waits for this outcome, then sees its event (§6)
+     SELECT coalesce(client_base_url, '') <> '' AS reportable FROM tenants
+      WHERE id = :tenant_id FOR SHARE)
 UPDATE messages
    SET status = 'error', attempts = attempts + :attempted, finished_at = :now,
        last_error = :error, last_error_code = :code,
        last_smtp_code = CASE WHEN :attempted = 1 THEN :smtp_code
                            ELSE coalesce(:smtp_code, last_smtp_code) END, next_attempt_at = NULL,
-       lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, settled_at = :settled_at
+       lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,
+       settled_at = CASE WHEN coalesce((SELECT reportable FROM tenant), false) THEN NULL ELSE :now::bigint END
  WHERE pk = :pk AND status = 'sending' AND lease_owner = :me;
 
 -- name: mark_deferred
+WITH tenant AS (
+     -- share-locked: a URL change waits for this outcome, then sees its event (§6)
+     SELECT coalesce(client_base_url, '') <> '' AS reportable FROM tenants
+      WHERE id = :tenant_id FOR SHARE)
 UPDATE messages
    SET status = 'deferred', attempts = attempts + :attempted, next_attempt_at = :next_attempt_at,
        last_error = coalesce(:error, last_error), last_error_code = coalesce(:code, last_error_code),
        last_smtp_code = CASE WHEN :attempted = 1 THEN :smtp_code
                            ELSE coalesce(:smtp_code, last_smtp_code) END,
        lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
- WHERE pk = :pk AND status = 'sending' AND lease_owner = :me;
+ WHERE pk = :pk AND status = 'sending' AND lease_owner = :me
+   AND (SELECT count(*) FROM tenant) >= 0;  -- a WITH query runs only when it is read
 
 -- name: mark_released
 UPDATE messages
@@ -206,3 +221,12 @@ SELECT tenant_id, count(*) AS n FROM message_events
 
 -- name: all_account_keys
 SELECT tenant_id, id FROM accounts ORDER BY tenant_id, id;
+
+-- name: outcome_event_insert
+-- the event of an outcome, reportable when the tenant has a URL now (reports.md §6); the
+-- tenant row is share-locked by the outcome's update in the same transaction
+INSERT INTO message_events (message_pk, tenant_id, event_type, event_ts, description,
+                            metadata, reportable)
+VALUES (:message_pk, :tenant_id, :event_type, :now, :description, :metadata,
+        coalesce((SELECT coalesce(client_base_url, '') <> '' FROM tenants
+                   WHERE id = :tenant_id), false));

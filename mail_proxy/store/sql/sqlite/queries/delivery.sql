@@ -78,7 +78,10 @@ UPDATE messages
 UPDATE messages
    SET status = 'sent', attempts = attempts + 1, sent_at = :now, finished_at = :now,
        last_smtp_code = :smtp_code, next_attempt_at = NULL, lease_owner = NULL,
-       lease_expires_at = NULL, updated_at = :now, settled_at = :settled_at,
+       lease_expires_at = NULL, updated_at = :now,
+       -- read in this transaction, not from a cached configuration: a URL set or removed
+       -- a moment ago decides (reports.md §6)
+       settled_at = CASE WHEN coalesce((SELECT coalesce(client_base_url, '') <> '' FROM tenants WHERE id = :tenant_id), 0) THEN NULL ELSE :now END,
        pec_deadline_at = :pec_deadline_at
  WHERE pk = :pk AND status = 'sending' AND lease_owner = :me;
 
@@ -88,7 +91,8 @@ UPDATE messages
        last_error = :error, last_error_code = :code,
        last_smtp_code = CASE WHEN :attempted = 1 THEN :smtp_code
                            ELSE coalesce(:smtp_code, last_smtp_code) END, next_attempt_at = NULL,
-       lease_owner = NULL, lease_expires_at = NULL, updated_at = :now, settled_at = :settled_at
+       lease_owner = NULL, lease_expires_at = NULL, updated_at = :now,
+       settled_at = CASE WHEN coalesce((SELECT coalesce(client_base_url, '') <> '' FROM tenants WHERE id = :tenant_id), 0) THEN NULL ELSE :now END
  WHERE pk = :pk AND status = 'sending' AND lease_owner = :me;
 
 -- name: mark_deferred
@@ -184,3 +188,10 @@ SELECT tenant_id, count(*) AS n FROM message_events
 
 -- name: all_account_keys
 SELECT tenant_id, id FROM accounts ORDER BY tenant_id, id;
+
+-- name: outcome_event_insert
+-- the event of an outcome, reportable when the tenant has a URL now (reports.md §6)
+INSERT INTO message_events (message_pk, tenant_id, event_type, event_ts, description,
+                            metadata, reportable)
+VALUES (:message_pk, :tenant_id, :event_type, :now, :description, :metadata,
+        coalesce((SELECT coalesce(client_base_url, '') <> '' FROM tenants WHERE id = :tenant_id), 0));
