@@ -154,7 +154,8 @@ async def add_messages(core: Core, body: object, principal: Principal, *,
         accepted = await _drop_suppressed(core, accepted, rejected)
     stored = 0
     if accepted:
-        log_row = _log_row(core, principal, body, audit, request_tenant)
+        log_row = _log_row(core, principal, body, audit, request_tenant,
+                           {m.tenant_id for _, m in accepted})
         async with queue_room(core, len(accepted)):
             stored = await _store_accepted(core, accepted, rejected, pec_accounts, log_row)
     if stored:
@@ -187,12 +188,16 @@ async def _validate(ctx: ValidationContext, entries: list[Any], settings: Any
 
 
 def _log_row(core: Core, principal: Principal, body: object, audit: str | None,
-             request_tenant: str | None) -> dict[str, Any] | None:
+             request_tenant: str | None, tenants: set[str]) -> dict[str, Any] | None:
+    """The command-log row: its tenant is the key's, the request's, or else the one tenant
+    every stored message names (an admin batch naming tenants per message is still one
+    tenant's, and `command-log --tenant` must find it); a batch of several has none."""
     if audit is None or not core.settings.command_log_enabled:
         return None
     key_tenant = principal.tenant_id if principal.is_tenant else None
+    only = next(iter(tenants)) if len(tenants) == 1 else None
     return {"actor": principal.actor, "endpoint": audit,
-            "tenant_id": key_tenant or request_tenant, "payload": body}
+            "tenant_id": key_tenant or request_tenant or only, "payload": body}
 
 
 async def _store_accepted(core: Core, accepted: list[tuple[int, ValidMessage]],

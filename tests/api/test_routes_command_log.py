@@ -65,3 +65,18 @@ async def test_switching_the_log_off_is_itself_recorded(live: LiveServer, client
     assert [(r["endpoint"], r["payload"]) for r in new[before:]] == [
         ("PATCH /instance", {"command_log_enabled": False}),
         ("PATCH /instance", {"command_log_enabled": None, "max_recipients": None})]
+
+
+async def test_an_admin_batch_naming_its_tenant_per_message_is_that_tenants(
+        live: LiveServer, client: Any) -> None:
+    """Operations hunt: with the tenant only inside the messages, the row had no tenant and
+    `GET /command-log?tenant_id=` (and the CLI's --tenant) missed every enqueue."""
+    admin = {"X-API-Token": live.admin_token}
+    message = {"from": "a@acme.test", "to": ["x@example.com"], "subject": "s",
+               "body": "b", "account_id": "smtp1", "tenant_id": "acme"}
+    answer = await client.post("/commands/add-messages", headers=admin, json={"messages": [
+        {**message, "id": "cl-1"}, {**message, "id": "cl-2"}]})
+    assert answer.status_code == 200, answer.text
+    rows = await _rows(client, live, tenant_id="acme", endpoint="add-messages")
+    assert rows and rows[-1]["payload"]["messages"][0]["id"] == "cl-1"
+    assert rows[-1]["tenant_id"] == "acme"
