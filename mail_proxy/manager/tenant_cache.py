@@ -29,8 +29,11 @@ class TenantCache:
         missing = {i for i in ids
                    if i not in self._entries or stamp - self._entries[i][0] > TENANT_CACHE_SECONDS}
         if missing:
-            rows = await core.store.fetch("enqueue_tenants", ids=sorted(missing))
+            # Accounts first: two reads are two snapshots, and a tenant deleted (with its
+            # accounts) between them must read as gone, not as a tenant without accounts
+            # ("account_required" instead of "tenant_not_found", seen in a race test).
             accounts = await core.store.fetch("enqueue_accounts", ids=sorted(missing))
+            rows = await core.store.fetch("enqueue_tenants", ids=sorted(missing))
             by_tenant: dict[str, dict[str, bool]] = {i: {} for i in missing}
             for acc in accounts:
                 by_tenant[acc["tenant_id"]][acc["id"]] = bool(acc["is_pec"])
