@@ -69,13 +69,16 @@ async def acknowledge(store: Any, *, tenant_id: str, events: list[dict[str, Any]
     acked, refused, abandoned = split(events, refused_ids, not_found, max_rejections)
 
     async def work(tx: Any) -> None:
+        # The tenant row first, then events, then messages: the order a tenant update that
+        # removes the URL takes them (tenants.py, _on_url_removed). Events first deadlocked
+        # with it on PostgreSQL (a stress hunt: the PATCH failed with 503).
+        await tx.execute("report_succeeded", tenant_id=tenant_id, now=now, dnd_until=dnd_until)
         await tx.executemany("report_ack_event", [{"id": e["id"], "now": now} for e in acked])
         await tx.executemany("report_reject_event",
                              [{"id": e["id"], "now": now, "max_rejections": max_rejections}
                               for e in refused + abandoned])
         pks = sorted({e["message_pk"] for e in acked + abandoned})
         await tx.executemany("report_settle_message", [{"pk": pk, "now": now} for pk in pks])
-        await tx.execute("report_succeeded", tenant_id=tenant_id, now=now, dnd_until=dnd_until)
 
     await store.grouped(work)
     for event in abandoned:
