@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -12,6 +13,24 @@ from starlette.responses import JSONResponse, Response
 from mail_proxy.errors import MailProxyError
 
 log = logging.getLogger("mail_proxy.api")
+# The database's own words (a PostgreSQL deadlock names process ids and lock types, SQLite
+# a file path) are for the operator: logged, at most one line per interval during an
+# outage, while the client gets a sentence it can act on.
+STORAGE_LOG_INTERVAL = 10.0
+_storage_log = {"at": float("-inf"), "quiet": 0}
+STORAGE_TEXT = "the database is unavailable or busy; retry later (the worker log has the cause)"
+
+
+def _log_storage_failure(cause: str, request: Request | None) -> None:
+    moment = time.monotonic()
+    if moment - _storage_log["at"] < STORAGE_LOG_INTERVAL:
+        _storage_log["quiet"] += 1
+        return
+    quiet, _storage_log["quiet"], _storage_log["at"] = _storage_log["quiet"], 0, moment
+    request_id = request.scope.get("request_id") if request is not None else None
+    more = f" ({quiet} more since the last line)" if quiet else ""
+    log.warning("answered 503 storage_unavailable (request %s): %s%s", request_id, cause,
+                more)
 
 
 class ApiError(MailProxyError):
@@ -52,9 +71,13 @@ def from_exception(exc: Exception, request: Request | None = None) -> Response:
         rejected = getattr(exc, "rejected", None)
         if rejected is not None:
             extra = {"queued": 0, "rejected": rejected}
-        if status >= 500 and exc.code != "storage_unavailable":
+        message = exc.message
+        if exc.code == "storage_unavailable":
+            _log_storage_failure(exc.message, request)
+            message = STORAGE_TEXT
+        elif status >= 500:
             log.error("internal error: %s", exc)
-        return error_response(status, exc.code, exc.message, exc.detail, extra=extra)
+        return error_response(status, exc.code, message, exc.detail, extra=extra)
     if isinstance(exc, HTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         text = {404: "no such route", 405: "method not allowed on this route"}.get(

@@ -132,3 +132,25 @@ async def test_invalid_suppression_address_is_400(live: LiveServer, client: Any)
     answer = await client.delete("/suppressions/not-an-address", params={"tenant_id": "acme"},
                                  headers=admin(live))
     assert (answer.status_code, answer.json()["code"]) == (400, "invalid_parameter")
+
+
+def test_storage_failures_answer_a_sentence_and_log_the_cause(
+        caplog: Any, monkeypatch: Any) -> None:
+    """The database's own text (a PostgreSQL deadlock names process ids and lock types) went
+    to the client and not to the worker log; now the reverse, one log line per interval."""
+    import json as _json
+    import logging
+
+    from mail_proxy.api import errors
+    from mail_proxy.store.errors import StoreUnavailable
+
+    monkeypatch.setitem(errors._storage_log, "at", float("-inf"))
+    cause = "database error: DeadlockDetectedError: deadlock detected DETAIL: Process 4242"
+    with caplog.at_level(logging.WARNING, logger="mail_proxy.api"):
+        answers = [errors.from_exception(StoreUnavailable(cause)) for _ in range(3)]
+    for answer in answers:
+        body = _json.loads(bytes(answer.body))
+        assert answer.status_code == 503 and body["code"] == "storage_unavailable"
+        assert "4242" not in body["error"] and "retry later" in body["error"]
+    logged = [r.getMessage() for r in caplog.records if "storage_unavailable" in r.getMessage()]
+    assert len(logged) == 1 and "Process 4242" in logged[0]
