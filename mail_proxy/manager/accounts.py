@@ -312,7 +312,9 @@ async def delete_account(core: Core, tenant_id: str, account_id: str, *, force: 
     _check_principal(core, principal, [])
     stamp = now()
     async with core.store.transaction() as tx:
-        tenant = await tx.fetch_one("account_tenant_exists", tenant_id=tid)
+        # tenant, account, then messages by pk: the order the tenant delete, rate-slot
+        # reservations and outcomes take them (one order, or PostgreSQL deadlocks them)
+        tenant = await tx.fetch_one("tenant_lock", id=tid)
         if tenant is None or await tx.fetch_one("account_lock", tenant_id=tid,
                                                 id=account_id) is None:
             raise _not_found(tid, account_id)
@@ -325,6 +327,7 @@ async def delete_account(core: Core, tenant_id: str, account_id: str, *, force: 
         cancelled = 0
         reportable = tenant["client_base_url"] is not None
         if counts["queued"] or counts["deferred"]:
+            await tx.fetch("account_lock_waiting", tenant_id=tid, account_id=account_id)
             text = f"cancelled: account '{account_id}' was deleted"
             meta = json.dumps({"code": "cancelled", "cause": "account_deleted"})
             await tx.execute("account_cancel_events", tenant_id=tid, account_id=account_id,

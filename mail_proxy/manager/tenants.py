@@ -251,6 +251,9 @@ async def _on_url_removed(tx: Any, row: dict[str, Any], columns: dict[str, Any],
     """reports.md §6: without a URL nothing can be reported; pending events become
     unreportable in the same transaction so their terminal messages settle now."""
     if row["client_base_url"] and not columns.get("client_base_url"):
+        # tenant (already locked), then messages by pk, then events: the order of every
+        # writer of these rows (docs/decisions/postgresql.md, "One lock order")
+        await tx.fetch("tenant_lock_unsettled", tenant_id=row["id"])
         await tx.execute("tenant_unreport_pending", tenant_id=row["id"])
         await tx.execute("tenant_settle_unreported", tenant_id=row["id"], now=stamp)
 

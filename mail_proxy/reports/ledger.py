@@ -73,6 +73,7 @@ async def acknowledge(store: Any, *, tenant_id: str, events: list[dict[str, Any]
         # removes the URL takes them (tenants.py, _on_url_removed). Events first deadlocked
         # with it on PostgreSQL (a stress hunt: the PATCH failed with 503).
         await tx.execute("report_succeeded", tenant_id=tenant_id, now=now, dnd_until=dnd_until)
+        await tx.fetch("report_lock_messages", pks=sorted({e["message_pk"] for e in events}))
         await tx.executemany("report_ack_event", [{"id": e["id"], "now": now} for e in acked])
         await tx.executemany("report_reject_event",
                              [{"id": e["id"], "now": now, "max_rejections": max_rejections}

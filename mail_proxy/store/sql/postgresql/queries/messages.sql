@@ -27,8 +27,11 @@ SELECT w.tenant_id, w.account_id, t.id IS NOT NULL AS tenant_exists
  WHERE a.id IS NULL;
 
 -- name: message_statuses
+-- Locked in pk order, as every writer of several messages locks them: two requests naming
+-- the same ids in different orders deadlocked.
 SELECT pk, id, status FROM messages
- WHERE tenant_id = :tenant_id AND id = ANY(:ids::text[]);
+ WHERE tenant_id = :tenant_id AND id = ANY(:ids::text[])
+ ORDER BY pk FOR UPDATE;
 
 -- name: message_insert
 INSERT INTO messages (tenant_id, id, account_id, status, priority, batch_code, deferred_ts,

@@ -53,3 +53,8 @@ UPDATE tenants SET report_failures = :failures, report_backoff_until = :backoff_
 -- name: report_clear_wait
 -- run-now with a tenant: forget its do-not-disturb and backoff.
 UPDATE tenants SET report_backoff_until = NULL, report_dnd_until = NULL WHERE id = :tenant_id;
+
+-- name: report_lock_messages
+-- The messages of an acknowledgement, in pk order, before their events (see tenants.sql,
+-- tenant_lock_unsettled).
+SELECT pk FROM messages WHERE pk = ANY(:pks::bigint[]) ORDER BY pk FOR UPDATE;

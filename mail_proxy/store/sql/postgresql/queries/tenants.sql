@@ -86,3 +86,10 @@ UPDATE message_events SET reportable = false
 UPDATE messages SET settled_at = :now
  WHERE tenant_id = :tenant_id AND settled_at IS NULL
    AND status IN ('sent', 'error', 'cancelled');
+
+-- name: tenant_lock_unsettled
+-- Before the tenant's events: the order every transaction takes these rows in (tenant,
+-- messages by pk, events); events first deadlocked with delete-messages.
+SELECT pk FROM messages
+ WHERE tenant_id = :tenant_id AND settled_at IS NULL AND status IN ('sent', 'error', 'cancelled')
+ ORDER BY pk FOR UPDATE;

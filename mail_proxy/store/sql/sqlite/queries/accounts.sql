@@ -70,3 +70,10 @@ UPDATE tenants SET default_account_id = NULL, updated_at = :now
 
 -- name: account_delete
 DELETE FROM accounts WHERE tenant_id = :tenant_id AND id = :id;
+
+-- name: account_lock_waiting
+-- T17: the messages about to be cancelled, locked in pk order before their events are
+-- written (unlocked, one deleted meanwhile broke the events' foreign key: a 500).
+SELECT pk FROM messages
+ WHERE tenant_id = :tenant_id AND account_id = :account_id AND status IN ('queued', 'deferred')
+ ORDER BY pk;

@@ -52,3 +52,6 @@ UPDATE tenants SET report_failures = :failures, report_backoff_until = :backoff_
 -- name: report_clear_wait
 -- run-now with a tenant: forget its do-not-disturb and backoff.
 UPDATE tenants SET report_backoff_until = NULL, report_dnd_until = NULL WHERE id = :tenant_id;
+
+-- name: report_lock_messages
+SELECT pk FROM messages WHERE pk IN (SELECT value FROM json_each(:pks)) ORDER BY pk;
