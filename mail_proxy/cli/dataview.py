@@ -95,10 +95,16 @@ def secret_value(value: str | None, flag: str) -> str | None:
 def _typed_secret(flag: str) -> str:
     import getpass
 
+    from mail_proxy.cli.prompts import interrupted
+
     try:
         return getpass.getpass(f"{flag} (input hidden): ")
     except EOFError:  # Ctrl-D at the prompt
+        print(file=sys.stderr)  # the prompt's line is still open
         return ""
+    except KeyboardInterrupt:
+        interrupted()
+        raise
 
 
 def one_of(value: str | None, flag: str, choices: tuple[str, ...]) -> None:

@@ -11,7 +11,19 @@ from typing import Any
 
 def _ask(question: Any) -> Any:
     # unsafe_ask lets Ctrl-C propagate as KeyboardInterrupt instead of returning None
-    return question.unsafe_ask()
+    try:
+        return question.unsafe_ask()
+    except KeyboardInterrupt:
+        interrupted()
+        raise
+
+
+def interrupted() -> None:
+    """One line saying why the command stopped. Typer turns the KeyboardInterrupt into exit
+    130 silently, and the prompt's own line may still be open."""
+    import sys
+
+    print("\ninterrupted: nothing was written", file=sys.stderr, flush=True)
 
 
 def confirm_by_typing(name: str) -> bool:

@@ -114,6 +114,7 @@ def test_accounts_add_hidden_password_and_ctrl_c(instance: ProcessConfig, cli: A
     child = spawn("main", "acme", "accounts", "add")
     child.expect("Account id")
     child.sendcontrol("c")
+    child.expect("interrupted")  # one line says why it stopped (CLI hunt: it said nothing)
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 130 or child.signalstatus is not None
