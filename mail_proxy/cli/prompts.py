@@ -6,6 +6,7 @@ raises KeyboardInterrupt, which the CLI edge turns into exit 130 with nothing wr
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -21,8 +22,6 @@ def _ask(question: Any) -> Any:
 def interrupted() -> None:
     """One line saying why the command stopped. Typer turns the KeyboardInterrupt into exit
     130 silently, and the prompt's own line may still be open."""
-    import sys
-
     print("\ninterrupted: nothing was written", file=sys.stderr, flush=True)
 
 

@@ -69,9 +69,9 @@ async def acknowledge(store: Any, *, tenant_id: str, events: list[dict[str, Any]
     acked, refused, abandoned = split(events, refused_ids, not_found, max_rejections)
 
     async def work(tx: Any) -> None:
-        # The tenant row first, then events, then messages: the order a tenant update that
-        # removes the URL takes them (tenants.py, _on_url_removed). Events first deadlocked
-        # with it on PostgreSQL (a stress hunt: the PATCH failed with 503).
+        # The tenant row, then the messages by pk, then their events: the order of every
+        # writer of these rows (docs/decisions/postgresql.md, "One lock order"). Events
+        # first deadlocked with a URL removal on PostgreSQL (the PATCH failed with 503).
         await tx.execute("report_succeeded", tenant_id=tenant_id, now=now, dnd_until=dnd_until)
         await tx.fetch("report_lock_messages", pks=sorted({e["message_pk"] for e in events}))
         await tx.executemany("report_ack_event", [{"id": e["id"], "now": now} for e in acked])
