@@ -314,7 +314,7 @@ async def delete_account(core: Core, tenant_id: str, account_id: str, *, force: 
     async with core.store.transaction() as tx:
         # tenant, account, then messages by pk: the order the tenant delete, rate-slot
         # reservations and outcomes take them (one order, or PostgreSQL deadlocks them)
-        tenant = await tx.fetch_one("tenant_lock", id=tid)
+        tenant = await tx.fetch_one("tenant_lock_for_change", id=tid)
         if tenant is None or await tx.fetch_one("account_lock", tenant_id=tid,
                                                 id=account_id) is None:
             raise _not_found(tid, account_id)

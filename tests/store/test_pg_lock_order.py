@@ -107,3 +107,33 @@ async def test_url_removal_against_delete_messages(two: tuple[Core, Core]) -> No
             tenants.patch_tenant(a, "t3", {"client_base_url": None}, ADMIN))
         pending = await a.store.fetch("report_pending_counts")
         assert [p for p in pending if p["tenant_id"] == "t3"] == []
+
+
+async def test_account_delete_against_a_reservation_without_a_tenant_limit(
+        two: tuple[Core, Core], pg_url: str) -> None:
+    """A reservation for an account limit only holds the account row, then inserts a
+    send_log row whose foreign key checks the tenant row with KEY SHARE: a delete holding
+    the tenant row FOR UPDATE (instead of FOR NO KEY UPDATE) while waiting for the account
+    deadlocked with it (verification hunt: 16 deletes in 40 answered 503)."""
+    import asyncpg
+
+    a, _ = two
+    await _tenant(a, "t8")
+    await f.account(a, 2525, tenant_id="t8", account_id="d1", limit_per_minute=100000)
+    [pk] = [r["pk"] for r in await a.store.fetch(
+        "message_statuses", tenant_id="t8", ids=await _queued(a, "t8", "d1", 1, "r"))]
+    schema = pg_url.split("schema=")[1]
+    conn = await asyncpg.connect(pg_url.split("?")[0], server_settings={"search_path": schema})
+    try:
+        reservation = conn.transaction()
+        await reservation.start()  # ratelimit.reserve without a tenant limit, in two steps
+        await conn.execute("SELECT pk FROM accounts WHERE tenant_id = 't8' AND id = 'd1' "
+                           "FOR UPDATE")
+        delete = asyncio.create_task(accounts.delete_account(a, "t8", "d1", force=True))
+        await asyncio.sleep(0.5)  # the delete takes the tenant row, then waits for the account
+        await conn.execute("INSERT INTO send_log (tenant_id, account_id, message_pk, sent_at, "
+                           "state) VALUES ('t8', 'd1', $1, 1, 'reserved')", pk)
+        await reservation.commit()
+        assert await asyncio.wait_for(delete, 10) == 1
+    finally:
+        await conn.close()

@@ -184,7 +184,10 @@ DELETE FROM send_log WHERE id = :id;
 DELETE FROM send_log WHERE sent_at < :before;
 
 -- name: lock_tenant_row
-SELECT id FROM tenants WHERE id = :tenant_id FOR UPDATE;
+-- NO KEY UPDATE, not UPDATE: a send_log insert checks its foreign key with KEY SHARE on this
+-- row, which UPDATE blocks (a reservation without a tenant limit, holding its account row,
+-- deadlocked against one with it)
+SELECT id FROM tenants WHERE id = :tenant_id FOR NO KEY UPDATE;
 
 -- name: lock_account_row
 SELECT pk FROM accounts WHERE tenant_id = :tenant_id AND id = :account_id FOR UPDATE;

@@ -93,3 +93,9 @@ UPDATE messages SET settled_at = :now
 SELECT pk FROM messages
  WHERE tenant_id = :tenant_id AND settled_at IS NULL AND status IN ('sent', 'error', 'cancelled')
  ORDER BY pk;
+
+-- name: tenant_lock_for_change
+-- The tenant row of a transaction that changes other columns of it or rows under it (an
+-- account delete): exclusive among writers, yet foreign-key checks of rows being inserted
+-- under the tenant (send_log, events) go on.
+SELECT * FROM tenants WHERE id = :id;
