@@ -76,14 +76,11 @@ def hides_line_break(value: str) -> bool:
 
 def defuse(value: str) -> str:
     """``value`` itself when no encoded word in it hides a line break or control character;
-    otherwise its decoded text with those characters turned into single spaces (repeated
-    while the decoded text holds such words in turn)."""
-    for _ in range(_MAX_ROUNDS):
-        if not hides_line_break(value):
-            return value
-        plain = _WORD.sub(_decoded, _package_reading(value))
-        value = _UNSAFE_RUN.sub(" ", plain).strip()
-    return value.replace("=?", "= ?")  # still hiding something: no encoded word survives
+    otherwise its decoded text (as the email package reads it, then every word left),
+    those characters folded into single spaces."""
+    if not hides_line_break(value):
+        return value
+    return decoded_text(_package_reading(value))
 
 
 def decoded_text(value: str) -> str:

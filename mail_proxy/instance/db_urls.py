@@ -6,7 +6,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mail_proxy.errors import ConfigurationError
-from mail_proxy.store import redact_url as _shown_url  # also for URLs that do not parse
+from mail_proxy.store import redact_url  # also for URLs that do not parse
 
 
 def split_password(url: str) -> tuple[str, str | None]:
@@ -39,10 +39,6 @@ def split_password(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(netloc=netloc, query=kept)), password
 
 
-def redact_url(url: str) -> str:
-    return _shown_url(url)
-
-
 def _check_pg_url(url: str) -> None:
     """Refuse a URL that urllib cannot take apart; its ValueError would surface later as
     "unexpected ValueError" (split_password reads the port and the host)."""
@@ -57,7 +53,7 @@ def _check_pg_url(url: str) -> None:
         except ValueError:
             reason = "the port must be a number 0-65535"
     if reason:
-        raise ConfigurationError(f"invalid database URL '{_shown_url(url)}': {reason}",
+        raise ConfigurationError(f"invalid database URL '{redact_url(url)}': {reason}",
                                  hint="use postgresql://user@host:5432/dbname")
 
 
