@@ -58,6 +58,17 @@ class _Leg(asyncio.Protocol):
         elif self.closing and self.peer is not None and self.peer.transport is not None:
             self.peer.transport.close()
 
+    def join(self, peer: _Leg) -> None:
+        """Pair the two legs and hand over what either released before they were paired:
+        the sink's greeting can arrive, and fall due, before the relay task resumes."""
+        self.peer, peer.peer = peer, self
+        for leg, other in ((self, peer), (peer, self)):
+            for data in leg.early:
+                other.transport.write(data)
+            leg.early.clear()
+            if leg.closing and not leg.due:
+                other.transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         if not self.due and self.peer is not None and self.peer.transport is not None:
@@ -74,10 +85,7 @@ async def serve(listen_port: int, target_port: int, delay: float) -> None:
         except OSError:
             client.transport.close()
             return
-        client.peer, upstream.peer = upstream, client
-        for data in client.early:
-            upstream.transport.write(data)
-        client.early.clear()
+        client.join(upstream)
 
     pending: set[asyncio.Task[None]] = set()
 
