@@ -41,6 +41,7 @@ class Reservation:
     send_log_id: int | None = None
     free_at: int | None = None      # earliest time a slot frees, when refused
     reject: bool = False            # refused by an account with limit_behavior = reject
+    gone: bool = False              # the account (or its tenant) was deleted meanwhile
 
 
 def _since(now: int, window: int) -> int:
@@ -108,7 +109,11 @@ async def reserve(store: Any, tenant_id: str, account_id: str, message_pk: int,
     async with store.transaction() as tx:
         if limits.tenant:
             await tx.fetch_one("lock_tenant_row", tenant_id=tenant_id)
-        await tx.fetch_one("lock_account_row", tenant_id=tenant_id, account_id=account_id)
+        if await tx.fetch_one("lock_account_row", tenant_id=tenant_id,
+                              account_id=account_id) is None:
+            # deleted after the sender's cached configuration was read: the slot's row
+            # would fail its foreign key
+            return Reservation(granted=False, gone=True)
         exceeded = [(scope, window, limit) for scope, window, limit, count
                     in await _counts(tx, tenant_id, account_id, limits, now) if count >= limit]
         if not exceeded:

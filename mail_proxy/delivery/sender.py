@@ -80,6 +80,18 @@ class Sender:
                               msg.tenant_id, msg.id)
                 await self.recorder.released(msg)
 
+    async def _account_gone(self, msg: Claimed) -> None:
+        """T12. When the tenant went too, its messages went with it and there is nothing
+        left to record (the recorder finds the lease gone) or report."""
+        tenant = await self.core.store.fetch_one("tenant_fetch_context", tenant_id=msg.tenant_id)
+        reportable = bool(tenant and tenant["client_base_url"])
+        await self.recorder.error(
+            msg, code="account_not_found", attempted=False, smtp_code=None,
+            text=f"account '{msg.account_id}' does not exist for tenant '{msg.tenant_id}'")
+        self._count("errors_total", msg)
+        if reportable:
+            self.on_event(msg.tenant_id)
+
     async def _send(self, msg: Claimed, transmitted: Callable[[], None]) -> None:
         if self.lease_guard is not None and not await self.lease_guard.holds(
                 msg.pk, msg.claimed_at, self.core.settings.lease_seconds):
@@ -90,15 +102,7 @@ class Sender:
         config = await self.configs.get(msg.tenant_id, msg.account_id)
         t = now()
         if config is None:
-            tenant = await self.core.store.fetch_one("tenant_fetch_context",
-                                                     tenant_id=msg.tenant_id)
-            reportable = bool(tenant and tenant["client_base_url"])
-            await self.recorder.error(
-                msg, code="account_not_found", attempted=False, smtp_code=None,
-                text=f"account '{msg.account_id}' does not exist for tenant '{msg.tenant_id}'")
-            self._count("errors_total", msg)
-            if reportable:
-                self.on_event(msg.tenant_id)
+            await self._account_gone(msg)
             return
         if not config.tenant_active or config.suspended(msg.batch_code) or config.throttled(t):
             # The claim saw a fresher state than this cache (e.g. a batch was just activated):
@@ -128,6 +132,12 @@ class Sender:
             return
         reservation = await ratelimit.reserve(self.core.store, msg.tenant_id, msg.account_id,
                                               msg.pk, config.limits, t)
+        if reservation.gone:
+            if await self.configs.get(msg.tenant_id, msg.account_id, fresh=True) is None:
+                await self._account_gone(msg)
+            else:  # deleted and created again in between: the next claim sees it afresh
+                await self.recorder.released(msg)
+            return
         if not reservation.granted:
             await self._rate_limited(msg, config, reservation)
             return

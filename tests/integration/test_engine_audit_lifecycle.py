@@ -367,3 +367,54 @@ async def test_a_worker_that_kept_its_leases_sends_after_checking(core, smtp_ser
         await d.smtp.close()
     assert len(smtp_server.messages) == 1
     assert (await message(core, "m-1"))["status"] == "sent"
+
+
+@pytest.mark.parametrize("expired", [True, False], ids=["cache-expired", "cached"])
+@pytest.mark.parametrize("limits", [{}, {"limit_per_minute": 5}], ids=["unlimited", "limited"])
+async def test_tenant_deleted_after_claim_drops_the_send_quietly(
+        core, smtp_server, monkeypatch, caplog, limits, expired) -> None:
+    """A forced tenant delete takes its messages with it: a send already claimed has nothing
+    left to send, record or report, and is not an internal error (the rate-limit reservation
+    used to fail on the tenant's foreign key and log a traceback)."""
+    core.settings.max_concurrent_sends = 1
+    await f.tenant(core)
+    await f.account(core, smtp_server.port, **limits)
+    await f.enqueue(core, f.message(1))
+    d = make(core)
+    try:
+        async with sends_blocked(d):
+            assert await d.run_once() == 1
+            await tenants.delete_tenant(core, "acme", force=True)
+            if expired:  # else the 5 s configuration cache still holds the tenant
+                expire_config_cache(monkeypatch)
+        await settle(d)
+        assert await d.run_once() == 0
+    finally:
+        await d.smtp.close()
+    # Unlimited and cached, nothing is read before the SMTP transaction: the message goes
+    # out, as a sending message of a deleted account does (api.md §6.1).
+    sent_anyway = not expired and not limits
+    assert len(smtp_server.messages) == (1 if sent_anyway else 0)
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+
+
+async def test_account_deleted_after_claim_with_a_cached_limit_is_account_not_found(
+        core, smtp_server, caplog) -> None:
+    """The sender's configuration, cached, still has the account: the rate-slot reservation
+    is what finds it gone, and the message ends T12 instead of an internal error."""
+    core.settings.max_concurrent_sends = 1
+    await f.tenant(core)
+    await f.account(core, smtp_server.port, limit_per_minute=5)
+    await f.enqueue(core, f.message(1))
+    d = make(core)
+    try:
+        async with sends_blocked(d):
+            assert await d.run_once() == 1
+            await accounts.delete_account(core, "acme", "main", force=True)
+        await settle(d)
+    finally:
+        await d.smtp.close()
+    assert smtp_server.messages == []
+    msg = await message(core, "m-1")
+    assert msg["status"] == "error" and msg["last_error_code"] == "account_not_found"
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
