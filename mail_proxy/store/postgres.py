@@ -38,12 +38,19 @@ _TOKEN = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|--[^\n]*|::|:([A-Za-z_][A-Za-z0-
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _INT_TYPES = {"int2", "int4", "int8", "oid"}
 _TEXT_TYPES = {"text", "varchar", "bpchar", "name", "json", "jsonb"}
+# Without them a lock held by a stuck session (a frozen worker in the middle of a
+# transaction, an operator's open psql transaction) stops every worker, silently and for
+# good: with them the waiting statement fails as "unavailable" (503, the message given
+# back) and the stuck session is ended, which releases its locks. Any of them can be set
+# in the database URL instead (``?lock_timeout=5s``); docs/postgresql.md.
+SESSION_DEFAULTS = {"lock_timeout": "60s", "idle_in_transaction_session_timeout": "60s"}
 # Errors that say "the database is not usable right now", as opposed to a bug in a query.
 _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
                 asyncpg.InterfaceError, asyncpg.InsufficientResourcesError,  # disk full, OOM
                 asyncpg.OperatorInterventionError, asyncpg.CannotConnectNowError,
                 asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
                 asyncpg.ReadOnlySQLTransactionError, asyncpg.QueryCanceledError,
+                asyncpg.LockNotAvailableError, asyncpg.IdleInTransactionSessionTimeoutError,
                 # a connection ended by the server mid-operation (restart, failover, a proxy,
                 # pg_terminate_backend) can surface as "cannot switch to state N; another
                 # operation is in progress" instead of a connection error
@@ -258,8 +265,13 @@ class PostgresStore:
         kwargs: dict[str, Any] = {}
         if self._password is not None:
             kwargs["password"] = self._password
+        # asyncpg passes the URL's other query parameters as server settings too, but lets
+        # these win: a default the URL names is left to the URL
+        named_in_url = {key for key, _ in parse_qsl(urlsplit(self.dsn).query)}
+        settings = {k: v for k, v in SESSION_DEFAULTS.items() if k not in named_in_url}
         if self.schema is not None:
-            kwargs["server_settings"] = {"search_path": self.schema}
+            settings["search_path"] = self.schema
+        kwargs["server_settings"] = settings
         return kwargs
 
     async def open(self) -> None:

@@ -1,0 +1,84 @@
+"""A lock held by a stuck session does not stop a PostgreSQL worker for good: lock waits end
+after ``lock_timeout`` as "database unavailable", and a session idle in the middle of its
+transaction is ended after ``idle_in_transaction_session_timeout``, which releases its locks.
+Both default to 60 s; the database URL can set either."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+
+from mail_proxy.manager import tenants
+from mail_proxy.manager.core import ADMIN, Core
+from mail_proxy.security.crypto import KeyRing
+from mail_proxy.store.errors import StoreUnavailable
+from tests.support import factories as f
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_sessions_get_both_timeouts_by_default(pg_url: str, keyring: KeyRing) -> None:
+    core = await Core.open(pg_url, keyring, name="test")
+    try:
+        async with core.store._pool.acquire() as conn:
+            assert await conn.fetchval("SHOW lock_timeout") == "1min"
+            assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "1min"
+    finally:
+        await core.close()
+
+
+async def test_a_lock_wait_ends_as_unavailable(pg_url: str, keyring: KeyRing) -> None:
+    core = await Core.open(pg_url + "&lock_timeout=300ms", keyring, name="test")
+    other = await asyncpg.connect(pg_url.split("?")[0],
+                                  server_settings={"search_path": pg_url.split("schema=")[1]})
+    try:
+        async with core.store._pool.acquire() as conn:  # the URL's value wins over the default
+            assert await conn.fetchval("SHOW lock_timeout") == "300ms"
+            assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "1min"
+        await f.tenant(core)
+        stuck = other.transaction()
+        await stuck.start()
+        await other.execute("SELECT 1 FROM tenants WHERE id = 'acme' FOR UPDATE")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="lock timeout"):
+            await tenants.patch_tenant(core, "acme", {"name": "renamed"}, ADMIN)
+        assert time.monotonic() - started < 5
+        await stuck.rollback()
+        await tenants.patch_tenant(core, "acme", {"name": "renamed"}, ADMIN)
+    finally:
+        await other.close()
+        await core.close()
+
+
+async def test_a_stuck_transaction_is_ended_and_its_locks_released(
+        pg_url: str, keyring: KeyRing) -> None:
+    stuck_core = await Core.open(pg_url + "&idle_in_transaction_session_timeout=300ms",
+                                 keyring, name="test")
+    core = await Core.open(pg_url, keyring, name="test")
+    try:
+        await f.tenant(core)
+        locked = asyncio.Event()
+
+        async def frozen() -> None:
+            async with stuck_core.store.transaction() as tx:
+                assert await tx.fetch_one("tenant_lock", id="acme") is not None
+                locked.set()
+                # a worker frozen here (SIGSTOP, a paused VM) holds the tenant row
+                await asyncio.sleep(4)
+                await tx.fetch_one("tenant_lock", id="acme")
+
+        stuck = asyncio.create_task(frozen())
+        await locked.wait()
+        # the row is free again while the stuck session's owner still sleeps
+        await asyncio.wait_for(
+            tenants.patch_tenant(core, "acme", {"name": "renamed"}, ADMIN), timeout=2.5)
+        assert not stuck.done()
+        assert (await tenants.get_tenant(core, "acme"))["name"] == "renamed"
+        with pytest.raises(StoreUnavailable):
+            await stuck
+    finally:
+        await stuck_core.close()
+        await core.close()
