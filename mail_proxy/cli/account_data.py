@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mail_proxy.cli.application import EXIT_USAGE, CliExit, err, out, print_json
-from mail_proxy.cli.asking import Asker, confirm_write
+from mail_proxy.cli.asking import Asker, confirm_write, field_check
 from mail_proxy.cli.database import FLAG_NAMES, Session, logged, with_core
 from mail_proxy.cli.dataview import one_of, record_table, secret_value
 
@@ -79,13 +79,15 @@ class AccountFlags:
 
 
 def _check_id(text: str) -> str | None:
-    from mail_proxy.manager.fields import Bad, identifier
+    from mail_proxy.manager.fields import identifier
 
-    try:
-        identifier(text)
-    except Bad as bad:
-        return bad.items[0][2] if bad.items else "not a valid id"
-    return None
+    return field_check(identifier, "not a valid id")(text)
+
+
+def _check_host(text: str) -> str | None:
+    from mail_proxy.manager.fields import host
+
+    return field_check(host, "not a valid host name")(text)
 
 
 def _max_connections(given: int | None, asker: Asker, pool_default: int) -> int | None:
@@ -102,7 +104,7 @@ def _max_connections(given: int | None, asker: Asker, pool_default: int) -> int 
 def _ask(f: AccountFlags, account_id: str | None, asker: Asker, has_default: bool,
          test: bool | None, pool_default: int) -> tuple[str, bool]:
     aid = asker.text("Account id", account_id, flag="ID", required=True, check=_check_id)
-    f.host = asker.text("SMTP host", f.host, flag="--host", required=True)
+    f.host = asker.text("SMTP host", f.host, flag="--host", required=True, check=_check_host)
     f.port = asker.integer("Port", f.port, flag="--port", default=587, low=1, high=65535)
     f.tls_mode = asker.select("TLS mode", f.tls_mode, flag="--tls-mode",
                               choices=list(TLS_MODES),

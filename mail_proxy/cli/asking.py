@@ -16,6 +16,20 @@ from mail_proxy.cli.dataview import missing
 Check = Callable[[str], str | None]  # returns a problem sentence, or None when fine
 
 
+def field_check(validator: Callable[[str], object], fallback: str) -> Check:
+    """A prompt check saying what the API would answer about the field, at its prompt
+    instead of after every other one."""
+    def check(text: str) -> str | None:
+        from mail_proxy.manager.fields import Bad
+
+        try:
+            validator(text)
+        except Bad as bad:
+            return bad.items[0][2] if bad.items else fallback
+        return None
+    return check
+
+
 class Asker:
     def __init__(self, can_prompt: bool) -> None:
         self.can_prompt = can_prompt

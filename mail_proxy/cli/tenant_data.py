@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mail_proxy.cli.application import EXIT_USAGE, CliExit, err, out, print_json
-from mail_proxy.cli.asking import Asker, confirm_write
+from mail_proxy.cli.asking import Asker, confirm_write, field_check
 from mail_proxy.cli.database import FLAG_NAMES, Session, logged, with_core
 from mail_proxy.cli.dataview import record_table, secret_value
 from mail_proxy.jsonfast import loads_strict
@@ -53,16 +53,27 @@ class FlagValues:
 
 
 def _check_id(text: str) -> str | None:
-    from mail_proxy.manager.fields import Bad, identifier
+    from mail_proxy.manager.fields import identifier
     from mail_proxy.manager.tenants import RESERVED_IDS
 
-    try:
-        identifier(text)
-    except Bad as bad:
-        return bad.items[0][2] if bad.items else "not a valid id"
+    problem = field_check(identifier, "not a valid id")(text)
+    if problem is not None:
+        return problem
     if text.lower() in RESERVED_IDS:
         return f"'{text}' is a reserved command word of the CLI"
     return None
+
+
+def _check_name(text: str) -> str | None:
+    from mail_proxy.manager.fields import string
+
+    return field_check(string(max_len=200), "not a valid name")(text)
+
+
+def _check_path(text: str) -> str | None:
+    from mail_proxy.manager.fields import url_path
+
+    return field_check(url_path, "not a valid path")(text)
 
 
 def _check_url(text: str) -> str | None:
@@ -152,15 +163,16 @@ def _ask(v: FlagValues, tenant_id: str | None, asker: Asker,
          api_key: bool | None) -> tuple[str, bool]:
     """Prompts of cli.md §7.1, in order; fills ``v`` in place. Returns (id, api key)."""
     tid = asker.text("Tenant id", tenant_id, flag="ID", required=True, check=_check_id)
-    v.name = asker.text("Display name", v.name, flag="--name", default=tid)
+    v.name = asker.text("Display name", v.name, flag="--name", default=tid,
+                        check=_check_name)
     v.base_url = asker.text("Application base URL (empty = no reports, no endpoint "
                             "attachments)", v.base_url, flag="--base-url", check=_check_url)
     if v.base_url:
         v.sync_path = asker.text("Sync path", v.sync_path, flag="--sync-path",
-                                 default="/mail-proxy/sync")
+                                 default="/mail-proxy/sync", check=_check_path)
         v.attachment_path = asker.text("Attachment path", v.attachment_path,
                                        flag="--attachment-path",
-                                       default="/mail-proxy/attachments")
+                                       default="/mail-proxy/attachments", check=_check_path)
         implied = "bearer" if v.auth_token else "basic" if v.auth_user else None
         v.auth = asker.select("Authentication for calls to the application",
                               v.auth or implied, flag="--auth",

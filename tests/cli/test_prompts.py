@@ -145,3 +145,33 @@ def test_defaults_are_shown_not_pre_typed(instance: ProcessConfig, cli: Any) -> 
     finished(child, "created account 'smtp1'")
     account = run_json("main", "tty1", "accounts", "show", "smtp1")["account"]
     assert (account["port"], account["limit_per_day"]) == (2525, None)
+
+
+def test_a_bad_host_is_refused_at_its_prompt(instance: ProcessConfig, cli: Any) -> None:
+    """The host is checked when it is typed, as the id is, not after every other prompt."""
+    assert cli("main", "tenants", "add", "acme").code == 0
+    child = spawn("main", "acme", "accounts", "add", "smtp1", "--port", "2525",
+                  "--tls-mode", "none", "--user", "", "--max-connections", "2",
+                  "--limit-per-minute", "0", "--limit-per-hour", "0", "--limit-per-day", "0",
+                  "--no-default", "--no-test", "--yes")
+    child.expect("SMTP host")
+    child.sendline("smtp example.com")
+    child.expect("must be a host name or an IP address")
+    child.expect("SMTP host")
+    child.sendline("smtp.example.com")
+    finished(child, "created account 'smtp1'")
+    assert run_json("main", "acme", "accounts", "show", "smtp1")["account"]["host"] == (
+        "smtp.example.com")
+
+
+def test_a_bad_sync_path_is_refused_at_its_prompt(instance: ProcessConfig, cli: Any) -> None:
+    child = spawn("main", "tenants", "add", "tty2", "--name", "T", "--base-url",
+                  "https://app.example.test", "--attachment-path", "/att", "--auth", "none",
+                  "--signing-secret", "", "--no-api-key", "--yes")
+    child.expect("Sync path")
+    child.sendline("sync here")
+    child.expect("must start with '/' and contain no spaces")
+    child.expect("Sync path")
+    child.sendline("/sync")
+    finished(child, "created tenant 'tty2'")
+    assert run_json("main", "tenants", "show", "tty2")["tenant"]["client_sync_path"] == "/sync"
