@@ -101,7 +101,9 @@ def _addresses(value: Any) -> list[Address]:
 
 def _text(text: str, subtype: str) -> MIMEPart:
     part = MIMEPart(policy=POLICY)
-    part.set_content(text, subtype=subtype, charset="utf-8")
+    # the library writes ASCII text with a NUL as 7bit, which RFC 2045 §2.7 forbids
+    part.set_content(text, subtype=subtype, charset="utf-8",
+                     cte="base64" if "\x00" in text else None)
     return part
 
 

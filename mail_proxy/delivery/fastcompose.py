@@ -66,7 +66,9 @@ def _text_part(text: str, subtype: str) -> str:
     if not normalised.endswith("\n"):
         normalised += "\n"
     lines = normalised.split("\n")[:-1]
-    if normalised.isascii() and all(len(line) <= _LINE_LIMIT for line in lines):
+    # RFC 2045 §2.7: 7bit data has no NUL (servers truncate or refuse it)
+    if normalised.isascii() and "\x00" not in normalised \
+            and all(len(line) <= _LINE_LIMIT for line in lines):
         body = _CRLF.join(lines) + _CRLF
         encoding = "7bit"
     else:

@@ -63,3 +63,16 @@ def test_unusual_messages_take_the_general_path(change: dict) -> None:
     assert build_simple(payload, client_id="x", smtp_message_id="<a@b>", date_ts=0) is None
     raw = build_message(payload, client_id="x", smtp_message_id="<a@b>", date_ts=0)
     assert raw.isascii()
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+@pytest.mark.parametrize("part", ["body", "html"])
+def test_a_nul_in_a_text_is_never_sent_raw(path: str, part: str) -> None:
+    """RFC 2045 §2.7: 7bit data has no NUL; the text is base64-encoded and reads back whole."""
+    payload = {**BASE, part: "before\x00after\n"}
+    kwargs = {"client_id": "inv-1001", "smtp_message_id": "<abc123@mail.acme.test>",
+              "date_ts": 1767225600}
+    raw = (build_simple if path == "fast" else build_general)(payload, **kwargs)
+    assert raw is not None and b"\x00" not in raw
+    assert ("text/html" if part == "html" else "text/plain",
+            "before\x00after") in texts(parse(raw))
