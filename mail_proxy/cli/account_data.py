@@ -300,6 +300,12 @@ def _sender(explicit: str | None, user: str | None) -> str:
                               "address", "pass --from ADDRESS")
 
 
+def _print_step(step: Any) -> None:
+    mark = "ok  " if step.ok else "FAIL"
+    text = step.detail if step.ok else f"{step.code}: {step.detail}"
+    out(f"{mark} {step.name:<22} {step.seconds * 1000:7.0f} ms  {text}")
+
+
 def run_test(instance: str | None, tenant: str, account_id: str, *, to: str | None,
              sender: str | None, timeout: float, json_output: bool,
              created: dict[str, Any] | None = None) -> int:
@@ -314,7 +320,8 @@ def run_test(instance: str | None, tenant: str, account_id: str, *, to: str | No
                              tls_verify=acc["tls_verify"], tls_ca_file=acc["tls_ca_file"])
         mail_from = _sender(sender, acc["user"]) if to else None
         return await probe(target, timeout=timeout, mail_from=mail_from, rcpt=to,
-                           ehlo_name=message_id_domain(s.core.settings))
+                           ehlo_name=message_id_domain(s.core.settings),
+                           on_step=None if json_output else _print_step)
 
     steps = with_core(instance, run)
     ok = all(step.ok for step in steps)
@@ -324,11 +331,6 @@ def run_test(instance: str | None, tenant: str, account_id: str, *, to: str | No
             # "ok" answers the whole command, which exits 1 when the test failed
             doc = {**created, "ok": ok, "test": doc}
         print_json(doc)
-    else:
-        for step in steps:
-            mark = "ok  " if step.ok else "FAIL"
-            text = step.detail if step.ok else f"{step.code}: {step.detail}"
-            out(f"{mark} {step.name:<22} {step.seconds * 1000:7.0f} ms  {text}")
     if ok:
         return 0
     failed = steps[-1]

@@ -69,11 +69,13 @@ def _cert_text(ssl_object: Any) -> str:
 
 
 class Probe:
-    def __init__(self, target: ProbeTarget, *, timeout: float, ehlo_name: str) -> None:
+    def __init__(self, target: ProbeTarget, *, timeout: float, ehlo_name: str,
+                 on_step: Callable[[Step], None] | None = None) -> None:
         self.target = target
         self.timeout = timeout
         self.ehlo_name = ehlo_name
         self.steps: list[Step] = []
+        self.on_step = on_step  # each step as it ends: a slow server shows where it waits
         self.client: aiosmtplib.SMTP | None = None
 
     @property
@@ -97,10 +99,15 @@ class Probe:
                 detail = await work()
         except (aiosmtplib.SMTPException, OSError, TimeoutError, DeliveryFailure) as exc:
             failure = self._fail(exc, stage)
-            self.steps.append(Step(name, False, time.monotonic() - began, failure.message,
-                                   failure.code))
+            self._record(Step(name, False, time.monotonic() - began, failure.message,
+                              failure.code))
             raise _Stop from exc
-        self.steps.append(Step(name, True, time.monotonic() - began, detail))
+        self._record(Step(name, True, time.monotonic() - began, detail))
+
+    def _record(self, step: Step) -> None:
+        self.steps.append(step)
+        if self.on_step is not None:
+            self.on_step(step)
 
     async def run(self, *, mail_from: str | None = None, rcpt: str | None = None) -> list[Step]:
         try:
@@ -232,10 +239,11 @@ class Probe:
 
 
 async def probe(target: ProbeTarget, *, timeout: float = 15.0, ehlo_name: str | None = None,
-                mail_from: str | None = None, rcpt: str | None = None) -> list[Step]:
+                mail_from: str | None = None, rcpt: str | None = None,
+                on_step: Callable[[Step], None] | None = None) -> list[Step]:
     """Run every step against ``target``; the probe failed when any step is not ``ok``."""
     name = ehlo_name
     if not name:
         name = await asyncio.to_thread(socket.getfqdn)
-    return await Probe(target, timeout=timeout, ehlo_name=name).run(mail_from=mail_from,
-                                                                     rcpt=rcpt)
+    return await Probe(target, timeout=timeout, ehlo_name=name,
+                       on_step=on_step).run(mail_from=mail_from, rcpt=rcpt)

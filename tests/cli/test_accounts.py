@@ -92,3 +92,47 @@ def test_connection_refused_and_missing_sender(cli: Any, tenant: str) -> None:
                      f"connection refused by 127.0.0.1:{port}\n")
     r = cli("main", "acme", "accounts", "test", "dead", "--to", "x@example.com")
     assert r.code == 2 and "needs a sender" in r.err
+
+
+def test_connection_test_prints_each_step_as_it_ends(cli: Any, tenant: str) -> None:
+    """A server that greets and then never answers EHLO: the steps that passed are on the
+    screen while the test still waits, not only when it gives up."""
+    import socket
+    import subprocess
+    import threading
+    import time
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        held.append(conn)
+        conn.sendall(b"220 mute.test ESMTP\r\n")  # then silence
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        r = cli("main", "acme", "accounts", "add", "mute", "--host", "127.0.0.1", "--port",
+                str(port), "--tls-mode", "none", "--no-test")
+        assert r.code == 0, r.err
+        proc = subprocess.Popen(["mail-proxy", "main", "acme", "accounts", "test", "mute",
+                                 "--timeout", "4"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        seen = []
+        while not seen or seen[-1].split()[1:2] != ["greeting"]:
+            line = proc.stdout.readline()
+            assert line, "the command ended before printing the greeting step"
+            seen.append(line)
+        assert proc.poll() is None  # still waiting for the EHLO reply
+        started = time.monotonic()
+        rest, err = proc.communicate(timeout=20)
+        assert time.monotonic() - started > 1
+        assert proc.returncode == 1
+        assert rest.splitlines()[-1].startswith("FAIL EHLO")
+        assert "connection test failed at EHLO" in err
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
