@@ -35,6 +35,8 @@ class AccountConfig:
     is_pec: bool
     suppression_count: int
     loaded_at: float
+    account_pk: int = 0
+    read_at: int = 0  # wall-clock second of the read, against the rows' updated_at
 
     def suspended(self, batch_code: str | None) -> bool:
         return "*" in self.suspended_batches or (
@@ -57,12 +59,21 @@ class AccountConfigs:
         self._throttle_epochs: dict[tuple[str, str], int] = {}
         self._secret_errors_logged: set[object] = set()
 
-    async def get(self, tenant_id: str, account_id: str, *,
-                  fresh: bool = False) -> AccountConfig | None:
+    async def get(self, tenant_id: str, account_id: str, *, fresh: bool = False,
+                  row_stamp: tuple[int, int] | None = None) -> AccountConfig | None:
+        """The account's configuration, cached for CONFIG_TTL; ``row_stamp`` (the account's
+        pk and the latest ``updated_at`` of its row and its tenant's, as the claim cycle
+        reads them) makes a cached one that predates a change stale at once: connection
+        settings and credentials must not lag behind a change, nor outlive the row."""
         key = (tenant_id, account_id)
         stamp = self._stamps.get(key)
         if not fresh and stamp is not None and time.monotonic() - stamp < CONFIG_TTL:
-            return self._cache[key]
+            cached = self._cache[key]
+            if row_stamp is None or (
+                    cached is not None and cached.account_pk == row_stamp[0]
+                    # same-second changes: a read in the change's second is not trusted
+                    and row_stamp[1] < cached.read_at):
+                return cached
         row = await self.core.store.fetch_one("dispatch_account_config", tenant_id=tenant_id,
                                               account_id=account_id)
         config = None if row is None else self._build(row)
@@ -139,4 +150,4 @@ class AccountConfigs:
             limits=Limits.from_config(row, tenant_limits),
             batch_size=int(row["batch_size"] or settings.batch_size_per_account),
             is_pec=bool(row["is_pec"]), suppression_count=int(row["suppression_count"] or 0),
-            loaded_at=time.monotonic())
+            loaded_at=time.monotonic(), account_pk=int(row["pk"]), read_at=int(time.time()))

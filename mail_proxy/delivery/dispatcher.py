@@ -196,7 +196,8 @@ class Dispatcher:
         limited: list[str] = []  # accounts whose priority-0 messages the pre-check governs
         for row in accounts:
             key = (row["tenant_id"], row["account_id"])
-            config = await self.configs.get(*key)
+            config = await self.configs.get(*key, row_stamp=(
+                row["account_pk"], max(row["account_changed_at"], row["tenant_changed_at"])))
             if config is None:
                 continue
             limits = config.limits
@@ -256,7 +257,13 @@ class Dispatcher:
         # (a wake-up at low water, see _low_water).
         self._more_ready = len(found[0]) >= settings.immediate_batch_size
         claimed_at = time.time()
-        return [Claimed.from_row(r, claimed_at) for rows in found for r in rows]
+        # every claimed account had a queued message, so its configuration was checked
+        # against its row above
+        pks = {key: config.account_pk for key in {(r["tenant_id"], r["account_id"])
+                                                  for rows in found for r in rows}
+               if (config := self.configs.cached(key)) is not None}
+        return [Claimed.from_row(r, claimed_at, pks.get((r["tenant_id"], r["account_id"])))
+                for rows in found for r in rows]
 
     async def _tenant_room(self, key: tuple[str, str], limits: ratelimit.Limits, t: int,
                            rooms: dict[str, int]) -> int | None:

@@ -44,16 +44,20 @@ class Claimed:
     has_secrets: bool
     payload: str
     claimed_at: float = 0.0  # wall time the claim committed (leases.LeaseGuard)
+    # the account row the claim was planned with; a send finding another one (deleted and
+    # created again, maybe for another customer) must not use it
+    account_pk: int | None = None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any], claimed_at: float = 0.0) -> Claimed:
+    def from_row(cls, row: dict[str, Any], claimed_at: float = 0.0,
+                 account_pk: int | None = None) -> Claimed:
         return cls(pk=row["pk"], id=row["id"], tenant_id=row["tenant_id"],
                    account_id=row["account_id"], priority=row["priority"],
                    batch_code=row["batch_code"], created_at=row["created_at"],
                    deferred_ts=row["deferred_ts"], attempts=row["attempts"],
                    smtp_message_id=row["smtp_message_id"], is_pec=bool(row["is_pec"]),
                    has_secrets=bool(row["has_secrets"]), payload=row["payload"],
-                   claimed_at=claimed_at)
+                   claimed_at=claimed_at, account_pk=account_pk)
 
     @property
     def order(self) -> tuple[int, int, int]:

@@ -100,8 +100,12 @@ class Sender:
                         "paused?) and another worker took it", msg.tenant_id, msg.id)
             return
         config = await self.configs.get(msg.tenant_id, msg.account_id)
+        if config is not None and msg.account_pk not in (None, config.account_pk):
+            config = await self.configs.get(msg.tenant_id, msg.account_id, fresh=True)
         t = now()
-        if config is None:
+        if config is None or msg.account_pk not in (None, config.account_pk):
+            # the account the message was claimed for is gone: one created since under the
+            # same name (maybe for another customer) is not its account
             await self._account_gone(msg)
             return
         if not config.tenant_active or config.suspended(msg.batch_code) or config.throttled(t):

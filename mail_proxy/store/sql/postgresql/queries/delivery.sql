@@ -20,7 +20,8 @@ UPDATE messages SET status = 'queued', updated_at = :now
 SELECT min(next_attempt_at) AS due FROM messages WHERE status = 'deferred';
 
 -- name: dispatch_accounts
-SELECT a.tenant_id, a.id AS account_id, t.suspended_batches
+SELECT a.tenant_id, a.id AS account_id, t.suspended_batches, a.pk AS account_pk,
+       a.updated_at AS account_changed_at, t.updated_at AS tenant_changed_at
   FROM accounts a JOIN tenants t ON t.id = a.tenant_id
  WHERE t.active AND t.suspended_batches <> '["*"]'
    AND (a.throttle_until IS NULL OR a.throttle_until <= :now)

@@ -1,0 +1,86 @@
+"""A change to an account (or its tenant) reaches delivery at the next claim cycle, not after
+the dispatcher's 5 s configuration cache: a message enqueued after the change goes out with
+the new host and credentials, and a message claimed for a deleted account never goes out
+through a new account of the same name (a tenant deleted and created again is maybe another
+customer). QA hunt of 2026-11-25: 12 of 12 runs sent through the old server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mail_proxy.manager import accounts, tenants
+from mail_proxy.manager.core import ADMIN
+from tests.integration.test_engine_audit_helpers import make, message, sends_blocked, settle
+from tests.support import factories as f
+from tests.support.smtp_server import RecordingSmtpServer
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def other_server() -> AsyncIterator[RecordingSmtpServer]:
+    async with RecordingSmtpServer() as server:
+        yield server
+
+
+async def test_a_patched_port_is_used_by_the_next_message(core, smtp_server,
+                                                          other_server) -> None:
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    d = make(core)
+    try:
+        await f.enqueue(core, f.message(1))
+        await settle(d)
+        await accounts.patch_account(core, "acme", "main", {"port": other_server.port}, ADMIN)
+        await f.enqueue(core, f.message(2))
+        await settle(d)
+    finally:
+        await d.smtp.close()
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["rcpt1@example.com"]]
+    assert [m.rcpt_tos for m in other_server.messages] == [["rcpt2@example.com"]]
+
+
+async def test_a_tenant_created_again_never_uses_the_old_account(core, smtp_server,
+                                                                other_server) -> None:
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    d = make(core)
+    try:
+        await f.enqueue(core, f.message(1))
+        await settle(d)  # the old customer's account is cached, with an open connection
+        await tenants.delete_tenant(core, "acme", force=True)
+        await f.tenant(core, name="Another customer")
+        await f.account(core, other_server.port)
+        await f.enqueue(core, f.message(2))
+        await settle(d)
+    finally:
+        await d.smtp.close()
+    assert [m.rcpt_tos for m in smtp_server.messages] == [["rcpt1@example.com"]]
+    assert [m.rcpt_tos for m in other_server.messages] == [["rcpt2@example.com"]]
+
+
+async def test_a_message_claimed_for_a_deleted_account_skips_its_successor(
+        core, smtp_server, other_server) -> None:
+    """Claimed for the old account, still waiting for a send slot when the account is
+    deleted and created again elsewhere: it ends account_not_found and goes nowhere."""
+    core.settings.max_concurrent_sends = 1
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    await f.enqueue(core, f.message(1))
+    d = make(core)
+    try:
+        async with sends_blocked(d):
+            assert await d.run_once() == 1
+            await accounts.delete_account(core, "acme", "main", force=True)
+            await f.account(core, other_server.port)
+            await f.enqueue(core, f.message(2))
+            assert await d.run_once() == 1  # the new account's message, claimed with it
+        await settle(d)
+    finally:
+        await d.smtp.close()
+    assert smtp_server.messages == []
+    assert [m.rcpt_tos for m in other_server.messages] == [["rcpt2@example.com"]]
+    old = await message(core, "m-1")
+    assert old["status"] == "error" and old["last_error_code"] == "account_not_found"
