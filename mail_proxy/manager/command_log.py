@@ -40,6 +40,11 @@ _PUBLIC_MEMBERS = frozenset({"method", "user"})
 # Key names that read as secrets even when misspelt or unknown ("passwd", "smtp_token").
 _SECRET_PARTS = ("pass", "secret", "token")
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/?#@\s:]*):[^/?#@\s]*@")
+# Query parameters that carry a credential in presigned and tokenised links (S3's
+# X-Amz-Signature and X-Amz-Credential, Azure's sig, GCS's X-Goog-Signature, ?token=,
+# ?api_key=): the link works for anyone who reads it until it expires.
+_URL_SECRET_PARAMS = re.compile(
+    r"(?i)([?&][^=&#\s]*(?:sig|token|secret|pass|key|credential|auth)[^=&#\s]*=)[^&#\s]*")
 
 
 def _is_secret_key(key: object) -> bool:
@@ -52,9 +57,18 @@ def _is_secret_key(key: object) -> bool:
 def _credentials(value: Any) -> Any:
     """An ``auth``-like member: only its method and user are kept."""
     if isinstance(value, dict):
+        # a flag ("has_token") says nothing secret and stays, as everywhere else
         return {k: (v if (isinstance(k, str) and k.lower() in _PUBLIC_MEMBERS)
-                    or v is None else MASK) for k, v in value.items()}
+                    or v is None or isinstance(v, bool) else MASK) for k, v in value.items()}
     return value if value is None or isinstance(value, bool) else MASK
+
+
+def _clean_url(text: str) -> str:
+    if "@" in text:
+        text = _URL_CREDENTIALS.sub(rf"\1:{MASK}@", text)  # a refused URL keeps no password
+    if "?" in text:
+        text = _URL_SECRET_PARAMS.sub(rf"\1{MASK}", text)
+    return text
 
 
 def clean(value: Any, depth: int = 0) -> Any:
@@ -79,8 +93,8 @@ def clean(value: Any, depth: int = 0) -> Any:
         return out
     if isinstance(value, list):
         return [clean(item, depth + 1) for item in value]
-    if isinstance(value, str) and "://" in value and "@" in value:
-        return _URL_CREDENTIALS.sub(rf"\1:{MASK}@", value)  # a refused URL keeps no password
+    if isinstance(value, str) and "://" in value:
+        return _clean_url(value)
     return value
 
 

@@ -34,3 +34,22 @@ def test_url_passwords_are_masked_wherever_they_appear() -> None:
     assert cleaned["attachments"][0]["storage_path"] == f"https://user:{MASK}@h.test/x?a=b"
     assert cleaned["note"] == f"see http://u:{MASK}@host.test and ftp://x@host.test"
     assert "SECRET16" not in str(cleaned)
+
+
+def test_credential_flags_inside_auth_objects_stay() -> None:
+    auth = {"method": "bearer", "has_token": True, "token": "t0k3n"}
+    assert clean({"client_auth": auth}) == {
+        "client_auth": {"method": "bearer", "has_token": True, "token": MASK}}
+
+
+def test_presigned_link_signatures_are_masked() -> None:
+    """Presigned links carry their credential in the query string (isolation hunt)."""
+    url = ("https://bucket.s3.amazonaws.com/r.pdf?X-Amz-Credential=AKIAEXAMPLE%2F20261125"
+           "&X-Amz-Date=20261125T000000Z&X-Amz-Signature=deadbeef&sig=AZURE&token=QS"
+           "&api_key=K1&page=2#frag")
+    cleaned = clean({"attachments": [{"storage_path": url}]})["attachments"][0]["storage_path"]
+    assert cleaned == ("https://bucket.s3.amazonaws.com/r.pdf?X-Amz-Credential=***"
+                       "&X-Amz-Date=20261125T000000Z&X-Amz-Signature=***&sig=***&token=***"
+                       "&api_key=***&page=2#frag")
+    assert clean("see https://h.test/x?q=1&Signature=abc") == (
+        "see https://h.test/x?q=1&Signature=***")
