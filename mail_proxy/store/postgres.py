@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import time
@@ -26,6 +25,7 @@ from mail_proxy.errors import SchemaTooNew
 from mail_proxy.store import queries as named
 from mail_proxy.store.base import Guard, Step, check_guard
 from mail_proxy.store.errors import StoreUnavailable, UniqueViolation
+from mail_proxy.store.postgres_statements import coerce, convert, unnest_insert
 
 T = TypeVar("T")
 log = logging.getLogger("mail_proxy.store")
@@ -34,10 +34,7 @@ CHANNEL = "mail_proxy_wake"
 # Fixed key of pg_advisory_lock: serialises concurrent migrations of every worker (data.md §3).
 MIGRATION_LOCK = 0x6D61696C  # "mail"
 LISTEN_HEALTH_INTERVAL = 30.0
-_TOKEN = re.compile(r"'(?:[^']|'')*'|\"[^\"]*\"|--[^\n]*|::|:([A-Za-z_][A-Za-z0-9_]*)")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_INT_TYPES = {"int2", "int4", "int8", "oid"}
-_TEXT_TYPES = {"text", "varchar", "bpchar", "name", "json", "jsonb"}
 # Without them a lock held by a stuck session (a frozen worker in the middle of a
 # transaction, an operator's open psql transaction) stops every worker, silently and for
 # good: with them the waiting statement fails as "unavailable" (503, the message given
@@ -57,45 +54,6 @@ _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
                 asyncpg.exceptions.InternalClientError)
 
 
-def convert(sql: str) -> tuple[str, list[str]]:
-    """``:name`` placeholders → ``$n``; casts (``::int``), literals and comments untouched."""
-    names: list[str] = []
-
-    def sub(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name is None:
-            return match.group(0)
-        if name not in names:
-            names.append(name)
-        return f"${names.index(name) + 1}"
-
-    return _TOKEN.sub(sub, sql), names
-
-
-# "INSERT INTO t (cols) VALUES (...)" and nothing else, once converted to $n placeholders.
-_PLAIN_INSERT = re.compile(r"(INSERT\s+INTO\s+\w+\s*\([\w\s,]+\))\s*VALUES\s*\(([^()]*)\)\s*;?",
-                           re.I | re.S)
-_POSITIONAL = re.compile(r"\$(\d+)")
-
-
-def unnest_insert(sql: str, kinds: list[tuple[str, str]]) -> str | None:
-    """The many-rows form of a plain single-row INSERT: one array per parameter, unnested
-    into rows (``INSERT ... SELECT ... FROM unnest($1::text[], ...)``). asyncpg's
-    ``executemany`` runs the statement once per row; this is one statement for the batch
-    (the store's part of a 1,000-message enqueue: 40 -> 23 ms). None when not applicable:
-    array parameters, function calls in the values, ON CONFLICT, RETURNING."""
-    match = _PLAIN_INSERT.fullmatch(sql.strip())
-    if match is None or not kinds or any(kind != "scalar" for _, kind in kinds):
-        return None
-    head, values = match.groups()
-    arrays = ", ".join(f"${i}::{name}[]" for i, (name, _) in enumerate(kinds, 1))
-    columns = ", ".join(f"p{i}" for i in range(1, len(kinds) + 1))
-    row = _POSITIONAL.sub(r"u.p\1", values)
-    # rows keep the batch's order, and so do the primary keys they are given (FIFO ties)
-    return (f"{head} SELECT {row} FROM unnest({arrays}) WITH ORDINALITY AS u({columns}, n) "
-            f"ORDER BY u.n")
-
-
 def parse_url(url: str) -> tuple[str, str | None]:
     """(DSN for asyncpg, schema or None): ``schema``/``options`` leave the query string."""
     parts = urlsplit(url)
@@ -112,27 +70,6 @@ def parse_url(url: str) -> tuple[str, str | None]:
         raise ValueError(f"invalid schema name {schema!r} in the database URL")
     scheme = "postgresql" if parts.scheme == "postgres" else parts.scheme
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(kept), "")), schema
-
-
-def _coerce(value: Any, kind: tuple[str, str]) -> Any:
-    """One parameter, shaped for the type PostgreSQL expects (see the module docstring)."""
-    if value is None:
-        return None
-    type_name, type_kind = kind
-    if type_kind == "array":
-        if isinstance(value, str):
-            value = json.loads(value)
-        return list(value)
-    if type_name == "bool":
-        return bool(value)
-    if type_name in _INT_TYPES:
-        return int(value)
-    if type_name in _TEXT_TYPES:
-        if isinstance(value, list | dict | tuple):
-            return json.dumps(value)
-        if not isinstance(value, str):
-            return str(value)
-    return value
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -158,7 +95,7 @@ class _Conn:
     async def _args(self, query: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
         sql, names, kinds = await self._store.prepared(self._conn, query)
         try:
-            return sql, [_coerce(params[n], k) for n, k in zip(names, kinds, strict=True)]
+            return sql, [coerce(params[n], k) for n, k in zip(names, kinds, strict=True)]
         except KeyError as exc:
             raise TypeError(f"query {query!r} needs parameter {exc.args[0]!r}") from None
 
@@ -202,10 +139,10 @@ class _Conn:
             sql, names, kinds = await self._store.prepared(self._conn, query)
             bulk = self._store.unnest_form(query, sql, kinds) if len(rows) > 1 else None
             if bulk is not None:
-                await self._conn.execute(bulk, *[[_coerce(r[n], k) for r in rows]
+                await self._conn.execute(bulk, *[[coerce(r[n], k) for r in rows]
                                                  for n, k in zip(names, kinds, strict=True)])
             else:
-                await self._conn.executemany(sql, [[_coerce(r[n], k) for n, k in zip(
+                await self._conn.executemany(sql, [[coerce(r[n], k) for n, k in zip(
                     names, kinds, strict=True)] for r in rows])
         except Exception as exc:
             raise _translate(exc) from exc
