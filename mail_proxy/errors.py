@@ -144,6 +144,9 @@ class DeliveryFailure(MailProxyError):
 
     permanent = False
     throttle = False
+    # set when the server had accepted a recipient when the transaction failed: the rate
+    # slot then counts as used (delivery.md §3 step 8), since the message may have arrived
+    recipients_accepted = False
 
     def __init__(self, text: str, *, code: str, smtp_code: int | None = None,
                  refused: list[dict[str, Any]] | None = None) -> None:

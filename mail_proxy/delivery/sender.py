@@ -172,6 +172,9 @@ class Sender:
                         time.perf_counter() - started)
             sent = True
         except DeliveryFailure as failure:
+            # a recipient accepted: the message may have arrived (a lost final reply), so
+            # the slot is used; giving it back let a slow server get the limit many times
+            sent = failure.recipients_accepted
             await self._failed(msg, config, failure, attempted=True, escalate=not late_throttle)
             return
         finally:

@@ -167,10 +167,13 @@ class SmtpPools:
         try:
             try:
                 pending = await channel.begin(mail_from, rcpts, data)
-            except DeliveryFailure:
+            except DeliveryFailure as failure:
+                failure.recipients_accepted = channel.recipients_accepted
                 raise
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                raise self._classify(exc, target, channel.stage, self._send_timeout) from exc
+                classified = self._classify(exc, target, channel.stage, self._send_timeout)
+                classified.recipients_accepted = channel.recipients_accepted
+                raise classified from exc
             if channel.pipelining:
                 handed = True
                 self._release(pool, conn, reusable=True)
@@ -180,6 +183,7 @@ class SmtpPools:
             try:
                 outcome = await channel.finish(pending)
             except DeliveryFailure as failure:
+                failure.recipients_accepted = True
                 # The transaction is over whatever the reply said (no RSET needed); a server
                 # that asked us to slow down loses this connection, unless it was already
                 # handed on (PIPELINING): the transaction written after this one then ends
@@ -190,7 +194,9 @@ class SmtpPools:
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 if handed:
                     self._drop_handed(pool, conn)  # no final reply: session state unknown
-                raise self._classify(exc, target, c.DATA, self._send_timeout) from exc
+                classified = self._classify(exc, target, c.DATA, self._send_timeout)
+                classified.recipients_accepted = True  # and the whole message written
+                raise classified from exc
             except asyncio.CancelledError:
                 if handed:
                     self._drop_handed(pool, conn)

@@ -95,6 +95,7 @@ class SmtpChannel(asyncio.Protocol):
         self._paused = False
         self._drained: asyncio.Future[None] | None = None
         self.stage = c.MAIL  # what the reply being waited for answers (error messages)
+        self.recipients_accepted = False  # in the transaction under way
         # Every reply must come within reply_timeout (the pool's send_timeout) of its
         # command being queued, or of the end of a long upload for the final reply. One
         # timer per session, re-armed only when it fires, instead of a timeout context per
@@ -223,6 +224,7 @@ class SmtpChannel(asyncio.Protocol):
         envelope += [b"RCPT TO:<" + _ascii(r) + b">\r\n" for r in rcpts]
         data_reply: SMTPResponse | None = None
         self.stage = c.MAIL
+        self.recipients_accepted = False
         # send_timeout bounds the envelope, not each reply: a server that answers every
         # command just in time must not hold a message (and its slot) for a timeout per
         # recipient. MAIL, every RCPT and DATA share this deadline; the reply to the end of
@@ -250,6 +252,7 @@ class SmtpChannel(asyncio.Protocol):
             await self._end_unwanted_data(data_reply)
             raise failure
         accepted, refused = _sort_recipients(rcpts, replies)
+        self.recipients_accepted = bool(accepted)
         if refused:  # a RCPT reply that neither accepts nor refuses answers something else
             odd = next((r for r in replies if r.code < 400 and r.code not in _RCPT_OK), None)
             if odd is not None:

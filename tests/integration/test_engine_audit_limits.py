@@ -249,3 +249,31 @@ async def test_switching_to_reject_fails_the_waiting_messages(core, smtp_server)
                                smtp_server.messages)
     msg = await message(core, "m-2")
     assert msg["status"] == "error" and msg["last_error_code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize(("script", "slot_used"), [
+    ({"mail": "452 4.3.1 try again later"}, False),
+    ({"rcpt": {"rcpt1@example.com": "450 4.2.1 mailbox busy"}}, False),
+    ({"data": "452 4.3.1 content scan failed"}, True),
+    ({"hang": "data"}, True),  # the final reply never comes: the message may have arrived
+], ids=["mail-refused", "rcpt-refused", "data-refused", "final-reply-timeout"])
+async def test_a_failed_transaction_keeps_its_rate_slot_once_a_recipient_was_accepted(
+        core, smtp_server, script, slot_used) -> None:
+    """delivery.md §3 step 8: a slot is given back only when no recipient was accepted.
+    Giving it back after a lost final reply let a slow server receive 18 whole messages
+    in 40 s at 3 per minute (delivery hunt)."""
+    await f.tenant(core)
+    await f.account(core, smtp_server.port, limit_per_minute=3)
+    smtp_server.script(**script)
+    await f.enqueue(core, f.message(1))
+    d = make(core, send_timeout=1)
+    try:
+        assert await d.run_once() == 1
+        await settle(d)
+    finally:
+        await d.smtp.close()
+    msg = await message(core, "m-1")
+    assert msg["attempts"] == 1 and msg["status"] in ("queued", "deferred")
+    used = await core.store.fetch_value("send_log_count_account", tenant_id="acme",
+                                        account_id="main", since=0)
+    assert used == (1 if slot_used else 0)
