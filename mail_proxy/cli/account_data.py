@@ -282,7 +282,9 @@ def delete_account(instance: str | None, tenant: str, account_id: str,
     except Conflict as exc:
         counts = ", ".join(f"{n} {k}" for k, n in (exc.detail or {}).items() if n)
         raise CliExit(1, f"{exc.message} ({counts})",
-                      "pass --force to delete anyway (waiting messages are cancelled)") from None
+                      "pass --force to delete anyway: queued and deferred messages are "
+                      "cancelled; sending ones not yet in an SMTP transaction end "
+                      "account_not_found") from None
 
 
 def _sender(explicit: str | None, user: str | None) -> str:

@@ -173,7 +173,7 @@ def _with_in_use_hint(call: Any) -> Any:
     except Conflict as exc:
         counts = ", ".join(f"{n} {k}" for k, n in (exc.detail or {}).items() if n)
         raise CliExit(1, f"{exc.message} ({counts})",
-                      "pass --force to delete anyway (waiting messages are cancelled)") from None
+                      "pass --force to delete the tenant with all its messages") from None
 
 
 @keys_app.command("create")

@@ -172,3 +172,20 @@ def test_send_refuses_what_is_not_a_regular_eml_of_sane_size(cli: Any, tenant: s
     reasons = [e["reason"] for e in json.loads(r.out)["rejected"]]
     assert reasons[0] == "not a regular file"
     assert reasons[1].startswith("larger than 0 MiB")
+
+
+def test_delete_hints_say_what_force_does(cli: Any, tenant: str, tmp_path: Path) -> None:
+    """The account's hint says where sending messages end; the tenant's that its messages
+    go with it (it said they were cancelled, as an account's are)."""
+    r = cli("main", "acme", "accounts", "add", "main", "--host", "127.0.0.1", "--port", "2525",
+            "--tls-mode", "none", "--no-test")
+    assert r.code == 0
+    assert cli("main", "acme", "send", str(rich_eml(tmp_path / "m.eml"))).code == 0
+    r = cli("main", "acme", "accounts", "delete", "main", "--yes")
+    assert r.code == 1 and "(1 queued)" in r.err
+    assert "queued and deferred messages are cancelled" in r.err
+    assert "account_not_found" in r.err
+    r = cli("main", "tenants", "delete", "acme", "--yes")
+    assert r.code == 1 and "delete the tenant with all its messages" in r.err
+    r = cli("main", "tenants", "delete", "acme", "--yes", "--force")
+    assert r.code == 0, r.err
