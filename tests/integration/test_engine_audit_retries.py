@@ -32,6 +32,14 @@ async def run_now(core, *ids: str) -> None:
     assert answer["retried"] == len(ids), answer
 
 
+async def time_comes(core, message_id: str) -> None:
+    """A deferred message falls due as if its time had come (its deferred_ts is kept, where
+    an operator's early release moves it to now)."""
+    async with core.store.transaction() as tx:
+        await tx.raw(f"UPDATE messages SET status = 'queued', next_attempt_at = {now()} "
+                     f"WHERE id = '{message_id}' AND status = 'deferred'")
+
+
 def test_default_schedule_and_jitter_bounds() -> None:
     policy = RetryPolicy()
     rng = random.Random(7)
@@ -115,7 +123,7 @@ async def test_max_message_age_counts_from_deferred_ts(core, smtp_server) -> Non
     await f.account(core, smtp_server.port)
     smtp_server.script(data="450 4.7.0 Greylisted")
     await f.enqueue(core, f.message(1, deferred_ts=now() + 200))
-    await run_now(core, "m-1")
+    await time_comes(core, "m-1")
     await deliver(core)
     msg = await message(core, "m-1")
     # deadline = deferred_ts + 100 = now + 300 > now + 250: still retried
@@ -132,17 +140,17 @@ async def test_date_and_message_id_identical_across_retries(core, smtp_server) -
     stored = await message(core, "m-1")
     d = make(core)
     try:
-        await run_now(core, "m-1")
+        await time_comes(core, "m-1")
         await settle(d)
         # 2nd try: an ordinary transient failure
         async with core.store.transaction() as tx:
             await tx.raw("UPDATE accounts SET throttle_until = NULL, throttle_level = 0")
         d.configs.forget()
         smtp_server.script(data="450 4.7.0 Greylisted")
-        await run_now(core, "m-1")
+        await time_comes(core, "m-1")
         await settle(d)
         smtp_server.reset_script()
-        await run_now(core, "m-1")
+        await time_comes(core, "m-1")
         await settle(d)
     finally:
         await d.smtp.close()
@@ -157,6 +165,31 @@ async def test_date_and_message_id_identical_across_retries(core, smtp_server) -
     assert parsedate_to_datetime(dates.pop()) == expected
     assert format_datetime(expected)  # sanity: a valid RFC 5322 date
     assert all(p["X-Mail-Proxy-ID"] == "m-1" for p in parsed)
+
+
+async def test_an_early_release_is_dated_when_it_is_released(core, smtp_server) -> None:
+    """retry-messages on a message scheduled a month ahead sends it now: its Date is the
+    release, not the month-ahead schedule (delivery hunt: recipients saw a future date), and
+    stays the same on the next attempt."""
+    seen = spy_data(smtp_server)
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    smtp_server.script(data="450 4.7.0 Greylisted")
+    await f.enqueue(core, f.message(1, deferred_ts=now() + 30 * 86400))
+    released = now()
+    d = make(core)
+    try:
+        await run_now(core, "m-1")
+        await settle(d)
+        smtp_server.reset_script()
+        await run_now(core, "m-1")
+        await settle(d)
+    finally:
+        await d.smtp.close()
+    assert (await message(core, "m-1"))["status"] == "sent"
+    dates = {email.message_from_bytes(raw)["Date"] for raw in seen}
+    assert len(seen) == 2 and len(dates) == 1
+    assert released <= parsedate_to_datetime(dates.pop()).timestamp() <= now()
 
 
 async def test_bcc_only_in_the_envelope(core, smtp_server) -> None:

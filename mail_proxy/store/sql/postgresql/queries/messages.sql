@@ -94,7 +94,10 @@ UPDATE messages
  WHERE pk = :pk AND status IN ('error', 'cancelled');
 
 -- name: message_retry_deferred
-UPDATE messages SET status = 'queued', next_attempt_at = :now, updated_at = :now
+-- A scheduled message released early is rescheduled to now: its Date header
+-- (max(created_at, deferred_ts)) must not lie in the future.
+UPDATE messages SET status = 'queued', next_attempt_at = :now, updated_at = :now,
+       deferred_ts = CASE WHEN deferred_ts > :now THEN :now ELSE deferred_ts END
  WHERE pk = :pk AND status = 'deferred';
 
 -- name: account_exists
