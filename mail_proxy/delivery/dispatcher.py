@@ -36,6 +36,10 @@ class Lane:
     heap: list[tuple[tuple[int, int, int], Claimed]] = field(default_factory=list)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     in_flight: int = 0
+    # the messages in the heap or in flight: a message claimed again while this worker
+    # still holds it (another worker recovered it while this one was frozen) is not
+    # queued twice, and the heap never holds two equal keys (it would compare messages)
+    pks: set[int] = field(default_factory=set)
 
     @property
     def held(self) -> int:
@@ -151,8 +155,9 @@ class Dispatcher:
         await self._promote(t)
         if time.monotonic() - self._last_recovery >= RECOVERY_INTERVAL:
             self._last_recovery = time.monotonic()
-            recovered = await leases.recover_expired(self.core.store,
-                                                     max_retries=settings.max_retries)
+            recovered = await leases.recover_expired(
+                self.core.store, max_retries=settings.max_retries, owner=self.owner,
+                holding=self._holding)
             if self.metrics is not None:
                 for tenant_id, account_id, failed in recovered:
                     if failed:  # T14b ends the message in error (metrics.md: gmp_errors_total)
@@ -288,8 +293,14 @@ class Dispatcher:
     def _enqueue(self, msg: Claimed) -> None:
         key = (msg.tenant_id, msg.account_id)
         lane = self.lanes.setdefault(key, Lane(key))
+        if msg.pk in lane.pks:
+            return  # held already: the copy this worker has is sent once
+        lane.pks.add(msg.pk)
         heapq.heappush(lane.heap, (msg.order, msg))
         self._spawn(lane)
+
+    def _holding(self) -> set[int]:
+        return set().union(*(lane.pks for lane in self.lanes.values()))
 
     def _spawn(self, lane: Lane) -> None:
         config = self.configs.cached(lane.key)
@@ -317,7 +328,7 @@ class Dispatcher:
                 try:
                     await self.recorder.released(msg)
                 finally:
-                    self._finished(lane)
+                    self._finished(lane, msg)
                 continue
             # a bare future, not an asyncio.Event: one per message, and the Event's
             # pure-Python wait showed in profiles of the send loop
@@ -339,7 +350,7 @@ class Dispatcher:
             await self.sender.send(msg, transmitted=release)
         finally:
             release()
-            self._finished(lane)
+            self._finished(lane, msg)
 
     def _forget_if_idle(self, lane: Lane) -> None:
         # A lane stays while a send of it is in flight: `held` (lease renewal, drain, tests)
@@ -347,9 +358,10 @@ class Dispatcher:
         if not lane.heap and not lane.in_flight and self.lanes.get(lane.key) is lane:
             del self.lanes[lane.key]
 
-    def _finished(self, lane: Lane) -> None:
+    def _finished(self, lane: Lane, msg: Claimed) -> None:
         self._slots.release()
         lane.in_flight -= 1
+        lane.pks.discard(msg.pk)
         if not lane.tasks:
             self._forget_if_idle(lane)
         # The send may have deferred its message (a retry) earlier than the remembered
@@ -403,6 +415,7 @@ class Dispatcher:
         self._wake.set()
         waiting = [msg for lane in self.lanes.values() for _, msg in lane.heap]
         for lane in self.lanes.values():
+            lane.pks.difference_update(msg.pk for _, msg in lane.heap)
             lane.heap.clear()
         if waiting:
             log.info("drain: giving back %d messages not yet started", len(waiting))

@@ -19,13 +19,26 @@ async def renew(store: Any, owner: str, lease_seconds: int) -> int:
         return int(await tx.execute("lease_renew", me=owner, now=now(), lease=lease_seconds))
 
 
-async def recover_expired(store: Any, *, max_retries: int) -> list[tuple[str, str, bool]]:
+async def recover_expired(store: Any, *, max_retries: int, owner: str | None = None,
+                          holding: Callable[[], set[int]] = set,
+                          ) -> list[tuple[str, str, bool]]:
     """T14/T14b for every expired lease; returns (tenant, account, ended in error) for each
-    message recovered, for the caller's metrics."""
+    message recovered, for the caller's metrics.
+
+    The messages ``owner`` (this worker) still ``holding``s are left alone: their leases
+    lapse only when the database was unreachable for longer than a lease (renewals failed
+    too), and the worker is still sending them or waiting to record their outcome.
+    Recovering them made it send them again and drop the outcome it was waiting to write
+    (QA hunt: 10-21 duplicates after a full disk). A row of this worker that it no longer
+    holds is recovered as any other."""
     recovered: list[tuple[str, str, bool]] = []
     t = now()
     async with store.transaction() as tx:
-        for row in await tx.fetch("lease_expired", now=t):
+        rows = await tx.fetch("lease_expired", now=t)
+        held = holding() if any(row["lease_owner"] == owner for row in rows) else set()
+        for row in rows:
+            if row["lease_owner"] == owner and row["pk"] in held:
+                continue
             attempt = row["attempts"] + 1
             final = attempt > max_retries
             reportable = bool(row["reportable"])  # read with the row: no stale cache

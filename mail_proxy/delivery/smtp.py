@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import aiosmtplib
 
 from mail_proxy.delivery import classify as c
 from mail_proxy.delivery.smtp_channel import SendResult, SmtpChannel
+from mail_proxy.delivery.smtp_target import SmtpTarget
 from mail_proxy.delivery.tls import context_for, warn_insecure
 from mail_proxy.errors import DeliveryFailure, PermanentFailure, TransientFailure
 
@@ -33,53 +32,24 @@ _AUTH_PREFERENCE = ("cram-md5", "plain", "login")
 _HEALTH_TIMEOUT = 5.0
 _RSET_TIMEOUT = 5.0
 _QUIT_TIMEOUT = 2.0
+_STALE_RETRIES = 5
 # Failures after which the session state is unknown: never reuse the connection.
 _BROKEN_CODES = frozenset({"timeout", "connection_failed", "throttled"})
 __all__ = ["SendResult", "SmtpPools", "SmtpTarget"]
 
 
-@dataclass(frozen=True)
-class SmtpTarget:
-    """Where and how to deliver for one account; also the pool key (delivery.md §8.1)."""
-
-    tenant_id: str
-    account_id: str
-    host: str
-    port: int
-    user: str | None = None
-    password: str | None = None
-    tls_mode: str = "starttls"  # "tls" | "starttls" | "none"
-    tls_verify: bool = True
-    tls_ca_file: str | None = None
-    max_connections: int = 3
-    max_lifetime: int = 300
-
-    def __repr__(self) -> str:
-        secret = "None" if self.password is None else "'***'"
-        return (f"SmtpTarget(tenant_id={self.tenant_id!r}, account_id={self.account_id!r}, "
-                f"host={self.host!r}, port={self.port}, user={self.user!r}, "
-                f"password={secret}, tls_mode={self.tls_mode!r}, "
-                f"tls_verify={self.tls_verify}, tls_ca_file={self.tls_ca_file!r})")
-
-    __str__ = __repr__
-
-    @property
-    def pool_key(self) -> tuple[Any, ...]:
-        # Sizing is not part of the key: throttling may shrink max_connections to 1 and
-        # that must not open a second pool next to the first.
-        digest = (None if self.password is None
-                  else hashlib.sha256(self.password.encode("utf-8")).hexdigest())
-        return (self.tenant_id, self.account_id, self.host, self.port, self.user, digest,
-                self.tls_mode, self.tls_verify, self.tls_ca_file)
-
-
 class _Conn:
-    __slots__ = ("client", "created", "last_used")
+    __slots__ = ("client", "created", "last_used", "transactions")
 
     def __init__(self, client: SmtpChannel, now: float) -> None:
         self.client = client
         self.created = now
         self.last_used = now
+        self.transactions = 0  # begun on it
+
+
+class _StaleConnection(Exception):
+    """A reused connection was gone before the server answered this transaction's MAIL."""
 
 
 class _Pool:
@@ -157,6 +127,22 @@ class SmtpPools:
         """
         if self._closed:
             raise TransientFailure("SMTP pools are shut down", code="connection_failed")
+        # A server that closes after its 250 (a limit of messages per session) hangs up on
+        # the envelope pipelined behind it; nothing of this message reached it, so it goes
+        # again on another connection instead of costing an attempt (QA hunt: one message
+        # in two burnt an attempt and a retry delay). In a burst it can be pipelined behind
+        # another last message again; each such loss is another message's session ending,
+        # and the bound only guards against a server that does something stranger.
+        for retries_left in range(_STALE_RETRIES, -1, -1):
+            try:
+                return await self._send(target, mail_from, rcpts, data, released=released,
+                                        retry_stale=retries_left > 0)
+            except _StaleConnection:
+                continue
+        raise AssertionError("unreachable: the last try never raises _StaleConnection")
+
+    async def _send(self, target: SmtpTarget, mail_from: str, rcpts: list[str], data: bytes,
+                    *, released: Callable[[], None] | None, retry_stale: bool) -> SendResult:
         pool = self._pool_for(target)
         conn = await self._acquire(pool, target)
         reusable = False
@@ -165,11 +151,18 @@ class SmtpPools:
         channel = conn.client
         channel.reply_timeout = self._send_timeout
         try:
+            conn.transactions += 1
             try:
                 pending = await channel.begin(mail_from, rcpts, data)
             except DeliveryFailure as failure:
                 failure.recipients_accepted = channel.recipients_accepted
                 raise
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                if retry_stale and conn.transactions > 1 and channel.stage == c.MAIL:
+                    raise _StaleConnection from exc
+                classified = self._classify(exc, target, channel.stage, self._send_timeout)
+                classified.recipients_accepted = channel.recipients_accepted
+                raise classified from exc
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
                 classified = self._classify(exc, target, channel.stage, self._send_timeout)
                 classified.recipients_accepted = channel.recipients_accepted

@@ -263,3 +263,62 @@ async def test_sink_server_counts_pipelined_sends() -> None:
         assert sink.messages == 60
         assert sink.connections == 3
         await pools.close()
+
+
+class OneMessagePerSession:
+    """Answers PIPELINING, takes one message per session and hangs up after its 250 (a
+    per-session message limit)."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.sessions = 0
+
+    async def __aenter__(self) -> OneMessagePerSession:
+        self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _session(self, reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+        self.sessions += 1
+        writer.write(b"220 once.test ESMTP\r\n")
+        body: list[bytes] | None = None
+        while line := await reader.readline():
+            if body is not None:
+                if line != b".\r\n":
+                    body.append(line)
+                    continue
+                self.received.append(b"".join(body))
+                writer.write(b"250 2.0.0 queued\r\n")
+                await writer.drain()
+                break  # the limit: one message, then the session ends without QUIT
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                writer.write(b"250-once.test\r\n250 PIPELINING\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")
+                body = []
+            else:
+                writer.write(b"250 ok\r\n")
+        writer.close()
+
+
+async def test_a_server_hanging_up_after_its_250_costs_the_next_message_nothing() -> None:
+    """The envelope pipelined behind the last message of a session met a closed connection:
+    it goes once more on a new connection instead of failing with an attempt counted."""
+    async with OneMessagePerSession() as srv:
+        pools = SmtpPools(ehlo_name="proxy.test", connect_timeout=2, send_timeout=2)
+        t = target(srv.port, max_connections=1)
+        try:
+            # each next envelope is written as soon as the previous message is
+            results = await asyncio.gather(*(
+                pools.send(t, "a@acme.test", [f"r{i}@example.com"],
+                           b"Subject: %d\r\n\r\nhi\r\n" % i) for i in range(4)))
+            assert [r.accepted for r in results] == [[f"r{i}@example.com"] for i in range(4)]
+        finally:
+            await pools.close()
+    assert len(srv.received) == 4 and srv.sessions == 4
