@@ -199,8 +199,10 @@ class Dispatcher:
             self._rotation += 1
             accounts = accounts[start:] + accounts[:start]
         limited: list[str] = []  # accounts whose priority-0 messages the pre-check governs
+        checked: set[tuple[str, str]] = set()  # configurations checked against their rows
         for row in accounts:
             key = (row["tenant_id"], row["account_id"])
+            checked.add(key)
             config = await self.configs.get(*key, row_stamp=(
                 row["account_pk"], max(row["account_changed_at"], row["tenant_changed_at"])))
             if config is None:
@@ -262,11 +264,14 @@ class Dispatcher:
         # (a wake-up at low water, see _low_water).
         self._more_ready = len(found[0]) >= settings.immediate_batch_size
         claimed_at = time.time()
-        # every claimed account had a queued message, so its configuration was checked
-        # against its row above
-        pks = {key: config.account_pk for key in {(r["tenant_id"], r["account_id"])
-                                                  for rows in found for r in rows}
-               if (config := self.configs.cached(key)) is not None}
+        pks: dict[tuple[str, str], int] = {}
+        for key in {(r["tenant_id"], r["account_id"]) for rows in found for r in rows}:
+            # An immediate message enqueued after the account list was read has an account
+            # the loop above did not check (maybe changed a moment ago): read it now.
+            config = (self.configs.cached(key) if key in checked
+                      else await self.configs.get(*key, fresh=True))
+            if config is not None:
+                pks[key] = config.account_pk
         return [Claimed.from_row(r, claimed_at, pks.get((r["tenant_id"], r["account_id"])))
                 for rows in found for r in rows]
 
