@@ -15,7 +15,7 @@ from typing import Any
 from mail_proxy.jsonfast import dumps_compact
 from mail_proxy.manager.core import now
 from mail_proxy.store.base import Step
-from mail_proxy.store.errors import StoreUnavailable
+from mail_proxy.store.errors import StoreBusy, StoreUnavailable
 
 log = logging.getLogger("mail_proxy.delivery")
 # A failed commit is retried with backoff (data.md §5): the outcome is known, and giving up
@@ -81,6 +81,7 @@ class Recorder:
         self.owner = owner
         self._queue: list[tuple[Step, asyncio.Future[int]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._alone: set[asyncio.Task[None]] = set()  # writes kept out of batches
 
     async def _write(self, msg: Claimed, query: str, params: dict[str, Any],
                      event: tuple[str, str | None, dict[str, Any]] | None) -> bool:
@@ -98,11 +99,16 @@ class Recorder:
                 "message_pk": msg.pk, "tenant_id": msg.tenant_id, "event_type": kind,
                 "now": t, "description": description, "metadata": dumps_compact(metadata)})
         delay = WRITE_RETRY_FIRST
+        alone = False
         while True:
             try:
-                done = await self._submit(step)
+                done = await self._submit(step, alone=alone)
                 break
             except StoreUnavailable as exc:
+                # A row lock held elsewhere (a long tenant delete, an operator's open
+                # transaction) blocks this write only: retried apart, it no longer holds
+                # back the outcomes it would be batched with.
+                alone = alone or isinstance(exc, StoreBusy)
                 log.warning("cannot record %s of %s/%s (%s); retrying in %.0f s", query,
                             msg.tenant_id, msg.id, exc, delay)
                 await asyncio.sleep(delay)
@@ -113,8 +119,11 @@ class Recorder:
                         msg.tenant_id, msg.id)
         return bool(done)
 
-    def _submit(self, step: Step) -> asyncio.Future[int]:
+    def _submit(self, step: Step, *, alone: bool = False) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if alone:
+            self._write_apart(step, future)
+            return future
         self._queue.append((step, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued())
@@ -129,6 +138,13 @@ class Recorder:
             steps = [step for step, _ in batch]
             try:
                 counts = await self.store.apply_steps(steps)
+            except StoreBusy:
+                # one of them waits for a lock held elsewhere: each goes on its own, without
+                # holding up the queue, so the others commit (the waiting one fails alone
+                # again, and is retried alone)
+                for step, future in batch:
+                    self._write_apart(step, future)
+                continue
             except StoreUnavailable as exc:  # the database itself: every caller retries
                 for _, future in batch:
                     if not future.done():
@@ -141,6 +157,11 @@ class Recorder:
             for (_, future), count in zip(batch, counts, strict=True):
                 if not future.done():
                     future.set_result(count)
+
+    def _write_apart(self, step: Step, future: asyncio.Future[int]) -> None:
+        task = asyncio.create_task(self._write_one(step, future))
+        self._alone.add(task)
+        task.add_done_callback(self._alone.discard)
 
     async def _write_one(self, step: Step, future: asyncio.Future[int]) -> None:
         try:

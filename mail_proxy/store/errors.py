@@ -11,6 +11,11 @@ class StoreUnavailable(StorageError):
     """The database could not be reached or refused the write (disk full, locked, down)."""
 
 
+class StoreBusy(StoreUnavailable):
+    """A lock wait timed out: the database answers, but a row this write needs is held by
+    a transaction that is taking long (another write may well go through)."""
+
+
 class UniqueViolation(StorageError):
     """Another writer inserted the same key since this transaction looked. The driver's
     text (constraint names, the key) goes to ``driver_text``, not to clients."""

@@ -24,7 +24,7 @@ import asyncpg
 from mail_proxy.errors import SchemaTooNew
 from mail_proxy.store import queries as named
 from mail_proxy.store.base import Guard, Step, check_guard
-from mail_proxy.store.errors import StoreUnavailable, UniqueViolation
+from mail_proxy.store.errors import StoreBusy, StoreUnavailable, UniqueViolation
 from mail_proxy.store.postgres_statements import coerce, convert, unnest_insert
 
 T = TypeVar("T")
@@ -40,7 +40,7 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # good: with them the waiting statement fails as "unavailable" (503, the message given
 # back) and the stuck session is ended, which releases its locks. Any of them can be set
 # in the database URL instead (``?lock_timeout=5s``); docs/postgresql.md.
-SESSION_DEFAULTS = {"lock_timeout": "60s", "idle_in_transaction_session_timeout": "60s"}
+SESSION_DEFAULTS = {"lock_timeout": "30s", "idle_in_transaction_session_timeout": "60s"}
 # Errors that say "the database is not usable right now", as opposed to a bug in a query.
 _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
                 asyncpg.InterfaceError, asyncpg.InsufficientResourcesError,  # disk full, OOM
@@ -75,6 +75,8 @@ def parse_url(url: str) -> tuple[str, str | None]:
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, asyncpg.UniqueViolationError):
         return UniqueViolation(str(exc))
+    if isinstance(exc, asyncpg.LockNotAvailableError):
+        return StoreBusy(f"database error: {type(exc).__name__}: {exc}")
     if isinstance(exc, _UNAVAILABLE):
         return StoreUnavailable(f"database error: {type(exc).__name__}: {exc}")
     return exc

@@ -24,7 +24,7 @@ async def test_sessions_get_both_timeouts_by_default(pg_url: str, keyring: KeyRi
     core = await Core.open(pg_url, keyring, name="test")
     try:
         async with core.store._pool.acquire() as conn:
-            assert await conn.fetchval("SHOW lock_timeout") == "1min"
+            assert await conn.fetchval("SHOW lock_timeout") == "30s"
             assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == "1min"
     finally:
         await core.close()
@@ -81,4 +81,51 @@ async def test_a_stuck_transaction_is_ended_and_its_locks_released(
             await stuck
     finally:
         await stuck_core.close()
+        await core.close()
+
+
+async def test_a_locked_tenant_holds_back_only_its_own_outcomes(pg_url: str,
+                                                                keyring: KeyRing) -> None:
+    """Outcomes are written in batches; one tenant's row locked elsewhere (a long tenant
+    delete, an open psql transaction) made every batch wait for the lock timeout and fail,
+    so other tenants' delivered messages stayed `sending` with no report (verification
+    pass: up to 60 s at a time, for as long as the lock was held)."""
+    from tests.integration.test_engine_audit_helpers import make, settle
+    from tests.support.smtp_server import RecordingSmtpServer
+
+    core = await Core.open(pg_url + "&lock_timeout=300ms", keyring, name="test")
+    other = await asyncpg.connect(pg_url.split("?")[0],
+                                  server_settings={"search_path": pg_url.split("schema=")[1]})
+    try:
+        async with RecordingSmtpServer() as smtp:
+            for tenant in ("locked", "free"):
+                await f.tenant(core, tenant)
+                await f.account(core, smtp.port, tenant_id=tenant)
+                await f.enqueue(core, *[f.message(f"{tenant}-{i}") for i in range(5)],
+                                tenant_id=tenant)
+            stuck = other.transaction()
+            await stuck.start()
+            await other.execute("SELECT 1 FROM tenants WHERE id = 'locked' FOR UPDATE")
+            d = make(core)
+            try:
+                await d.run_once()
+                for _ in range(100):  # the free tenant's outcomes commit meanwhile
+                    rows = await other.fetch("SELECT status FROM messages "
+                                             "WHERE tenant_id = 'free'")
+                    if all(r["status"] == "sent" for r in rows):
+                        break
+                    await asyncio.sleep(0.05)
+                assert [r["status"] for r in rows] == ["sent"] * 5
+                locked = await other.fetch("SELECT status FROM messages "
+                                           "WHERE tenant_id = 'locked'")
+                assert {r["status"] for r in locked} == {"sending"}
+                await stuck.rollback()
+                await settle(d, timeout=20)
+            finally:
+                await d.smtp.close()
+            rows = await other.fetch("SELECT status FROM messages WHERE tenant_id = 'locked'")
+            assert [r["status"] for r in rows] == ["sent"] * 5
+            assert len(smtp.messages) == 10
+    finally:
+        await other.close()
         await core.close()
