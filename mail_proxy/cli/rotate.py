@@ -107,6 +107,10 @@ def rotate_key(ctx: typer.Context,
                     _prune(obj.instance, config.folder, path, new, yes)
                 return 0
         else:
+            if config.db_url.startswith(("postgresql:", "postgres:")) and \
+                    not _confirm_shared_rotation(yes):
+                err("nothing rotated")
+                return 1
             new = old.with_new_primary(generate_key())
         count = _reencrypt(obj.instance, config.folder, path, old, new)
         out(f"new primary key {new.primary_kid}; {count} values re-encrypted")
@@ -114,6 +118,19 @@ def rotate_key(ctx: typer.Context,
         if prune:
             _prune(obj.instance, config.folder, path, new, yes)
         return 0
+
+
+def _confirm_shared_rotation(yes: bool) -> bool:
+    """A PostgreSQL database is usually shared: every other instance on it fails to decrypt
+    what this rotation re-encrypts until it has the new ring (verification pass: a plain
+    rotation run by mistake stopped two other instances' sends)."""
+    from mail_proxy.cli.asking import confirm_destructive
+    from mail_proxy.cli.dataview import can_prompt
+
+    return confirm_destructive(
+        "Other instances on this PostgreSQL database cannot read the secrets re-encrypted "
+        "now until they have the new key ring (on several hosts, --stage, --stage-key and "
+        "--promote rotate without that gap). Rotate now?", yes=yes, can_prompt=can_prompt(False))
 
 
 def _decode_key(text: str) -> bytes:

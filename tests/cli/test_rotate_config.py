@@ -9,6 +9,7 @@ from typing import Any
 
 from mail_proxy.instance.config import ProcessConfig
 from mail_proxy.security.crypto import KeyRing
+from tests.store.pg import pg_url_fixture  # noqa: F401  (the `pg_url` fixture)
 
 
 def _stored_password(config: ProcessConfig) -> tuple[str, str]:
@@ -226,3 +227,21 @@ def test_staged_rotation_across_two_instances_of_one_database(
                "--yes").code == 0  # --prune with --no-reencrypt was silently ignored
     assert KeyRing.load(other.folder).kids == [new_kid]
     assert cli("main", "rotate-key", "--prune-only", "--stage").code == 2
+
+
+def test_a_plain_rotation_on_postgresql_asks_first(cli: Any, pg_url: str) -> None:
+    """The database is usually shared: other instances cannot read what a rotation
+    re-encrypts until they have the new ring (verification pass: run by mistake, it stopped
+    two other instances' sends)."""
+    from mail_proxy.instance.config import create_instance
+
+    config = create_instance("pgi", "127.0.0.1", None, pg_url)
+    assert config.folder is not None
+    before = KeyRing.load(config.folder).primary_kid
+    r = cli("pgi", "rotate-key")  # no terminal to ask
+    assert (r.code, r.err) == (2, "error: confirmation needed (no terminal to ask; pass "
+                                  "--yes)\n")
+    assert KeyRing.load(config.folder).primary_kid == before
+    r = cli("pgi", "rotate-key", "--yes")
+    assert r.code == 0, r.err
+    assert KeyRing.load(config.folder).primary_kid != before
