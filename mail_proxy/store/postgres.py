@@ -300,7 +300,15 @@ class PostgresStore:
         try:
             conn = await pool.acquire()
         except Exception as exc:
-            raise _translate(exc) from exc
+            # Whatever stops a connection from opening (the database refusing connections,
+            # renamed, a login refused after a password change) means "unavailable", never
+            # a bug in a query: an outcome being recorded is retried, not dropped (QA hunt:
+            # ALLOW_CONNECTIONS false made 28 of 28 delivered messages go out twice).
+            error = _translate(exc)
+            if not isinstance(error, StoreUnavailable):
+                error = StoreUnavailable(f"cannot connect to the database: "
+                                         f"{type(exc).__name__}: {exc}")
+            raise error from exc
         try:
             yield conn
         finally:

@@ -129,3 +129,35 @@ async def test_a_locked_tenant_holds_back_only_its_own_outcomes(pg_url: str,
     finally:
         await other.close()
         await core.close()
+
+
+async def test_a_database_refusing_new_connections_is_unavailable(keyring: KeyRing) -> None:
+    """`ALTER DATABASE ... ALLOW_CONNECTIONS false` (or a renamed database, a refused login)
+    fails the pool's reconnect with an error that is not a connection error: it must read
+    as "unavailable" (retried), not as a bug (an outcome was dropped and the message sent
+    again)."""
+    from mail_proxy.store.postgres import PostgresStore
+    from tests.store import pg
+
+    if not await pg.reachable():
+        pytest.skip(f"no PostgreSQL server at {pg.BASE_URL}")
+    name = pg.new_schema_name("conn")
+    admin = await asyncpg.connect(pg.BASE_URL)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    store = PostgresStore(pg.BASE_URL.rsplit("/", 1)[0] + f"/{name}", pool_size=2)
+    try:
+        await store.open()
+        assert await store.schema_version() >= 1
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = $1", name)
+        for _ in range(3):  # the first may meet the terminated connection, the rest reconnect
+            with pytest.raises(StoreUnavailable):
+                await store.fetch_value("next_due_at")
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await store.fetch_value("next_due_at")  # back once the database accepts again
+    finally:
+        await store.close()
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
