@@ -53,11 +53,15 @@ def write_record(folder: Path, record: dict[str, Any]) -> None:
     record["updated_at"] = int(time.time())
     path = folder / STATE_FILE
     tmp = folder / f".{STATE_FILE}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(record, fh)
-        fh.write("\n")
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(record, fh)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep half a record either
+        raise
 
 
 def process_create_time(pid: int) -> float | None:

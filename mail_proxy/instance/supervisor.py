@@ -32,6 +32,7 @@ from mail_proxy.instance import paths
 from mail_proxy.instance.config import probe_host, resolve_process_config
 from mail_proxy.instance.logs import reopen_files, supervisor_logger
 from mail_proxy.instance.states import (
+    STATE_FILE,
     State,
     new_record,
     process_create_time,
@@ -98,7 +99,13 @@ class Supervisor:
     def set_state(self, state: State, **fields: Any) -> None:
         self.record.update(fields)
         self.record["state"] = state.value
-        write_record(self.folder, self.record)
+        try:
+            write_record(self.folder, self.record)
+        except OSError as exc:
+            # A full disk must not take the supervisor down with it: nothing would restart
+            # the worker once space is back (durability verification: after a crash on a
+            # full disk the instance stayed down). The next state written catches up.
+            self.log.warning("cannot write %s (%s); supervising on", STATE_FILE, exc)
         self.log.info("state %s", state.value)
 
     # -- signals -----------------------------------------------------------------------

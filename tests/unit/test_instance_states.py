@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,35 @@ def test_the_already_running_line_says_what_the_supervisor_is_doing(tmp_path) ->
     assert line.endswith("at http://127.0.0.1:8100 (supervisor pid 10)")
     assert running_line("m", config, {**base, "state": "STARTING"}) == \
         "mail-proxy 'm' is starting at http://127.0.0.1:8100 (supervisor pid 10)"
+
+
+def test_a_state_the_disk_cannot_take_does_not_stop_the_supervisor(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Durability verification: after a worker crash on a full disk, the supervisor's write
+    of supervisor.json raised ENOSPC and ended it; nothing restarted the worker later."""
+    import errno
+    import logging
+    import os
+
+    from mail_proxy.instance import states
+    from mail_proxy.instance.supervisor import Supervisor
+
+    sup = Supervisor("main", tmp_path, ["true"], host="127.0.0.1", port=1,
+                     shutdown_timeout=1, logger=logging.getLogger("test.supervisor"))
+    sup.set_state(states.State.RUNNING)
+    real_open = os.open
+
+    def full(path: object, *args: object) -> int:
+        if str(path).endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(states.os, "open", full)
+    with caplog.at_level(logging.WARNING, logger="test.supervisor"):
+        sup.set_state(states.State.BACKOFF)  # does not raise
+    assert "cannot write supervisor.json" in caplog.text
+    monkeypatch.setattr(states.os, "open", real_open)
+    assert states.read_record(tmp_path)["state"] == "RUNNING"  # the last one written
+    sup.set_state(states.State.RUNNING)
+    assert not list(tmp_path.glob(".supervisor.json.*.tmp"))
