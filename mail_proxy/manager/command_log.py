@@ -13,6 +13,7 @@ import json
 import math
 import re
 from typing import Any
+from urllib.parse import unquote
 
 from mail_proxy.errors import BadRequest
 from mail_proxy.jsonfast import dumps_lenient
@@ -43,8 +44,9 @@ _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/?#@\s:]*):[^/?#@\s
 # Query parameters that carry a credential in presigned and tokenised links (S3's
 # X-Amz-Signature and X-Amz-Credential, Azure's sig, GCS's X-Goog-Signature, ?token=,
 # ?api_key=): the link works for anyone who reads it until it expires.
-_URL_SECRET_PARAMS = re.compile(
-    r"(?i)([?&][^=&#\s]*(?:sig|token|secret|pass|key|credential|auth)[^=&#\s]*=)[^&#\s]*")
+_URL_PARAM = re.compile(r"([?&#;])([^=&#;\s]+)=([^&#;\s\]]*)")
+_SECRET_PARAM_PARTS = ("sig", "token", "secret", "pass", "key", "credential", "auth")
+_SECRET_PARAM_NAMES = frozenset({"code"})  # OAuth's one-time code
 
 
 def _is_secret_key(key: object) -> bool:
@@ -63,11 +65,19 @@ def _credentials(value: Any) -> Any:
     return value if value is None or isinstance(value, bool) else MASK
 
 
+def _masked_param(match: re.Match[str]) -> str:
+    # names are compared decoded: "X-Amz-%53ignature" is a signature too
+    name = unquote(match.group(2)).lower()
+    if name in _SECRET_PARAM_NAMES or any(part in name for part in _SECRET_PARAM_PARTS):
+        return f"{match.group(1)}{match.group(2)}={MASK}"
+    return match.group(0)
+
+
 def _clean_url(text: str) -> str:
     if "@" in text:
         text = _URL_CREDENTIALS.sub(rf"\1:{MASK}@", text)  # a refused URL keeps no password
-    if "?" in text:
-        text = _URL_SECRET_PARAMS.sub(rf"\1{MASK}", text)
+    if "?" in text or "#" in text:
+        text = _URL_PARAM.sub(_masked_param, text)
     return text
 
 
@@ -93,8 +103,8 @@ def clean(value: Any, depth: int = 0) -> Any:
         return out
     if isinstance(value, list):
         return [clean(item, depth + 1) for item in value]
-    if isinstance(value, str) and "://" in value:
-        return _clean_url(value)
+    if isinstance(value, str) and ("://" in value or (value.startswith("/") and "?" in value)):
+        return _clean_url(value)  # a URL, or a path with a query (client_sync_path)
     return value
 
 

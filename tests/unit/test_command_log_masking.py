@@ -3,6 +3,8 @@ when a client names them unexpectedly (security hunt, 2026-11-25)."""
 
 from __future__ import annotations
 
+import pytest
+
 from mail_proxy.manager.command_log import MASK, clean
 
 
@@ -53,3 +55,18 @@ def test_presigned_link_signatures_are_masked() -> None:
                        "&api_key=***&page=2#frag")
     assert clean("see https://h.test/x?q=1&Signature=abc") == (
         "see https://h.test/x?q=1&Signature=***")
+
+
+@pytest.mark.parametrize(("value", "masked"), [
+    ("https://h.test/x?X-Amz-%53ignature=abc&page=2", "https://h.test/x?X-Amz-%53ignature=***&page=2"),
+    ("https://h.test/cb?code=123&state=ok", "https://h.test/cb?code=***&state=ok"),
+    ("https://h.test/x#token=T&a=1", "https://h.test/x#token=***&a=1"),
+    ("https://h.test/x?sig=AZ8;token=SEMI9", "https://h.test/x?sig=***;token=***"),
+    ("[https://h.test/x?token=T]p=1", "[https://h.test/x?token=***]p=1"),
+    ("/mail-proxy/sync?api_key=SYNC21", "/mail-proxy/sync?api_key=***"),
+    ("/mail-proxy/sync", "/mail-proxy/sync"),
+], ids=["percent-encoded-name", "oauth-code", "fragment", "semicolons", "endpoint-form",
+        "path-with-query", "plain-path"])
+def test_credential_parameters_are_masked_in_every_form(value: str, masked: str) -> None:
+    """Gaps the verification pass found in the first version of the masking."""
+    assert clean({"client_sync_path": value}) == {"client_sync_path": masked}
