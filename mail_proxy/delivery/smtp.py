@@ -133,13 +133,14 @@ class SmtpPools:
         # in two burnt an attempt and a retry delay). In a burst it can be pipelined behind
         # another last message again; each such loss is another message's session ending,
         # and the bound only guards against a server that does something stranger.
-        for retries_left in range(_STALE_RETRIES, -1, -1):
+        for _ in range(_STALE_RETRIES):
             try:
                 return await self._send(target, mail_from, rcpts, data, released=released,
-                                        retry_stale=retries_left > 0)
+                                        retry_stale=True)
             except _StaleConnection:
                 continue
-        raise AssertionError("unreachable: the last try never raises _StaleConnection")
+        return await self._send(target, mail_from, rcpts, data, released=released,
+                                retry_stale=False)
 
     async def _send(self, target: SmtpTarget, mail_from: str, rcpts: list[str], data: bytes,
                     *, released: Callable[[], None] | None, retry_stale: bool) -> SendResult:
