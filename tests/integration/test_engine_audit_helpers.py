@@ -19,6 +19,7 @@ from mail_proxy.delivery.dispatcher import Dispatcher
 from mail_proxy.delivery.smtp import SmtpPools
 from mail_proxy.manager.core import Core
 from mail_proxy.manager.messages import get_message
+from tests.support import factories as f
 from tests.support.dispatching import drive
 
 OWNER = "audit:1:0000aaaa"
@@ -99,3 +100,23 @@ async def account_row(core: Core, account_id: str = "main",
 
 def now() -> int:
     return int(time.time())
+
+
+@contextlib.asynccontextmanager
+async def one_claimed(core: Core, port: int, *, message: dict[str, Any] | None = None,
+                      **account: Any) -> AsyncIterator[Dispatcher]:
+    """Tenant ``acme``, account ``main`` on ``port``, one message claimed and held before
+    its send (every send slot taken) for the body of the block; on leaving it the
+    dispatcher runs until idle, then closes its connections."""
+    core.settings.max_concurrent_sends = 1
+    await f.tenant(core)
+    await f.account(core, port, **account)
+    await f.enqueue(core, message or f.message(1))
+    d = make(core)
+    try:
+        async with sends_blocked(d):
+            assert await d.run_once() == 1
+            yield d
+        await settle(d)
+    finally:
+        await d.smtp.close()

@@ -19,6 +19,7 @@ from tests.integration.test_engine_audit_helpers import (
     make,
     message,
     now,
+    one_claimed,
     sends_blocked,
     settle,
 )
@@ -376,21 +377,11 @@ async def test_tenant_deleted_after_claim_drops_the_send_quietly(
     """A forced tenant delete takes its messages with it: a send already claimed has nothing
     left to send, record or report, and is not an internal error (the rate-limit reservation
     used to fail on the tenant's foreign key and log a traceback)."""
-    core.settings.max_concurrent_sends = 1
-    await f.tenant(core)
-    await f.account(core, smtp_server.port, **limits)
-    await f.enqueue(core, f.message(1))
-    d = make(core)
-    try:
-        async with sends_blocked(d):
-            assert await d.run_once() == 1
-            await tenants.delete_tenant(core, "acme", force=True)
-            if expired:  # else the 5 s configuration cache still holds the tenant
-                expire_config_cache(monkeypatch)
-        await settle(d)
-        assert await d.run_once() == 0
-    finally:
-        await d.smtp.close()
+    async with one_claimed(core, smtp_server.port, **limits) as d:
+        await tenants.delete_tenant(core, "acme", force=True)
+        if expired:  # else the 5 s configuration cache still holds the tenant
+            expire_config_cache(monkeypatch)
+    assert await d.run_once() == 0
     # Unlimited and cached, nothing is read before the SMTP transaction: the message goes
     # out, as a sending message of a deleted account does (api.md §6.1).
     sent_anyway = not expired and not limits
@@ -402,18 +393,8 @@ async def test_account_deleted_after_claim_with_a_cached_limit_is_account_not_fo
         core, smtp_server, caplog) -> None:
     """The sender's configuration, cached, still has the account: the rate-slot reservation
     is what finds it gone, and the message ends T12 instead of an internal error."""
-    core.settings.max_concurrent_sends = 1
-    await f.tenant(core)
-    await f.account(core, smtp_server.port, limit_per_minute=5)
-    await f.enqueue(core, f.message(1))
-    d = make(core)
-    try:
-        async with sends_blocked(d):
-            assert await d.run_once() == 1
-            await accounts.delete_account(core, "acme", "main", force=True)
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    async with one_claimed(core, smtp_server.port, limit_per_minute=5):
+        await accounts.delete_account(core, "acme", "main", force=True)
     assert smtp_server.messages == []
     msg = await message(core, "m-1")
     assert msg["status"] == "error" and msg["last_error_code"] == "account_not_found"

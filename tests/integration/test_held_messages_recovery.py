@@ -9,14 +9,7 @@ from __future__ import annotations
 import pytest
 
 from mail_proxy.delivery import leases
-from tests.integration.test_engine_audit_helpers import (
-    OWNER,
-    make,
-    message,
-    now,
-    sends_blocked,
-    settle,
-)
+from tests.integration.test_engine_audit_helpers import OWNER, message, now, one_claimed
 from tests.support import factories as f
 
 pytestmark = pytest.mark.timeout(20)
@@ -30,22 +23,12 @@ async def _expire_leases(core) -> None:
 
 async def test_a_held_message_whose_lease_lapsed_is_not_recovered_by_its_worker(
         core, smtp_server) -> None:
-    core.settings.max_concurrent_sends = 1
-    await f.tenant(core)
-    await f.account(core, smtp_server.port)
-    await f.enqueue(core, f.message(1))
-    d = make(core)
-    try:
-        async with sends_blocked(d):
-            assert await d.run_once() == 1
-            await _expire_leases(core)  # renewals failed for longer than a lease
-            d._last_recovery = 0.0
-            await d.run_once()  # its recovery pass runs here
-            held = await message(core, "m-1")
-            assert held["status"] == "sending" and held["attempts"] == 0
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    async with one_claimed(core, smtp_server.port) as d:
+        await _expire_leases(core)  # renewals failed for longer than a lease
+        d._last_recovery = 0.0
+        await d.run_once()  # its recovery pass runs here
+        held = await message(core, "m-1")
+        assert held["status"] == "sending" and held["attempts"] == 0
     msg = await message(core, "m-1")
     assert msg["status"] == "sent" and msg["attempts"] == 1
     assert "lease_expired" not in [e["event_type"] for e in msg["events"]]
@@ -68,21 +51,11 @@ async def test_a_row_of_this_worker_it_no_longer_holds_is_recovered(core,
 
 async def test_a_message_claimed_again_while_held_is_sent_once(core, smtp_server) -> None:
     """Another worker recovered it while this one was frozen; this one claims it again."""
-    core.settings.max_concurrent_sends = 1
-    await f.tenant(core)
-    await f.account(core, smtp_server.port)
-    await f.enqueue(core, f.message(1))
-    d = make(core)
-    try:
-        async with sends_blocked(d):
-            assert await d.run_once() == 1
-            async with core.store.transaction() as tx:  # T14 by another worker
-                await tx.raw("UPDATE messages SET status = 'queued', lease_owner = NULL, "
-                             "lease_expires_at = NULL")
-            assert await d.run_once() == 1  # claimed again, already held
-            assert d.held == 1
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    async with one_claimed(core, smtp_server.port) as d:
+        async with core.store.transaction() as tx:  # T14 by another worker
+            await tx.raw("UPDATE messages SET status = 'queued', lease_owner = NULL, "
+                         "lease_expires_at = NULL")
+        assert await d.run_once() == 1  # claimed again, already held
+        assert d.held == 1
     assert (await message(core, "m-1"))["status"] == "sent"
     assert len(smtp_server.messages) == 1

@@ -12,7 +12,7 @@ import pytest
 
 from mail_proxy.manager import accounts, tenants
 from mail_proxy.manager.core import ADMIN
-from tests.integration.test_engine_audit_helpers import make, message, sends_blocked, settle
+from tests.integration.test_engine_audit_helpers import make, message, one_claimed, settle
 from tests.support import factories as f
 from tests.support.smtp_server import RecordingSmtpServer
 
@@ -59,21 +59,11 @@ async def test_a_message_claimed_for_a_deleted_account_skips_its_successor(
         core, smtp_server, other_server) -> None:
     """Claimed for the old account, still waiting for a send slot when the account is
     deleted and created again elsewhere: it ends account_not_found and goes nowhere."""
-    core.settings.max_concurrent_sends = 1
-    await f.tenant(core)
-    await f.account(core, smtp_server.port)
-    await f.enqueue(core, f.message(1))
-    d = make(core)
-    try:
-        async with sends_blocked(d):
-            assert await d.run_once() == 1
-            await accounts.delete_account(core, "acme", "main", force=True)
-            await f.account(core, other_server.port)
-            await f.enqueue(core, f.message(2))
-            assert await d.run_once() == 1  # the new account's message, claimed with it
-        await settle(d)
-    finally:
-        await d.smtp.close()
+    async with one_claimed(core, smtp_server.port) as d:
+        await accounts.delete_account(core, "acme", "main", force=True)
+        await f.account(core, other_server.port)
+        await f.enqueue(core, f.message(2))
+        assert await d.run_once() == 1  # the new account's message, claimed with it
     assert smtp_server.messages == []
     assert [m.rcpt_tos for m in other_server.messages] == [["rcpt2@example.com"]]
     old = await message(core, "m-1")
