@@ -59,6 +59,7 @@ def rotate_key(ctx: typer.Context,
     from mail_proxy.cli.dataview import can_prompt
     from mail_proxy.filelock import locked
     from mail_proxy.security.crypto import KeyRing, generate_key
+    from mail_proxy.store import backend_of
 
     obj: AppContext = ctx.obj
     if sum((stage, stage_key is not None, promote is not None, prune_only)) > 1:
@@ -107,8 +108,7 @@ def rotate_key(ctx: typer.Context,
                     _prune(obj.instance, config.folder, path, new, yes)
                 return 0
         else:
-            if config.db_url.startswith(("postgresql:", "postgres:")) and \
-                    not _confirm_shared_rotation(yes):
+            if backend_of(config.db_url) == "postgresql" and not _confirm_shared_rotation(yes):
                 err("nothing rotated")
                 return 1
             new = old.with_new_primary(generate_key())
