@@ -25,7 +25,7 @@ from typing import Any
 
 from mail_proxy import __version__
 from mail_proxy.errors import MailProxyError
-from mail_proxy.store.errors import StoreUnavailable
+from mail_proxy.store.errors import StoreUnavailable, StoreUnreachable
 
 log = logging.getLogger("mail_proxy.worker")
 SETTINGS_POLL = 5.0
@@ -387,6 +387,13 @@ def serve(config: Any) -> int:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StoreUnreachable as exc:
+        from mail_proxy.instance.states import DATABASE_UNREACHABLE_EXIT
+
+        log.error("worker cannot start yet: %s (exit %d: started again once the database "
+                  "answers)", exc, DATABASE_UNREACHABLE_EXIT)
+        print(f"error: {exc}", file=sys.stderr)
+        return DATABASE_UNREACHABLE_EXIT
     except MailProxyError as exc:
         log.error("worker failed to start: %s", exc)
         print(f"error: {exc}", file=sys.stderr)

@@ -72,6 +72,14 @@ def _restart(name: OptName = None, timeout: TimeoutOpt = None, force: ForceOpt =
                            wait=wait, out=out, err=err)
 
 
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "-"
+    from mail_proxy.instance.states import DATABASE_UNREACHABLE_EXIT
+
+    return f"{code} (database unreachable)" if code == DATABASE_UNREACHABLE_EXIT else str(code)
+
+
 def _status_lines(doc: dict[str, Any]) -> list[str]:
     from mail_proxy.cli.application import duration
 
@@ -82,7 +90,7 @@ def _status_lines(doc: dict[str, Any]) -> list[str]:
              f"worker:       {doc['worker_pid'] or '-'}",
              f"uptime:       {duration(doc['uptime_seconds'])}",
              f"restarts:     {doc['restarts']}",
-             f"last exit:    {doc['last_exit_code'] if doc['last_exit_code'] is not None else '-'}",
+             f"last exit:    {_exit_text(doc['last_exit_code'])}",
              f"version:      {doc['version']}"]
     server = doc.get("server")
     if server:

@@ -44,6 +44,7 @@ from mail_proxy.instance.database import check_database
 from mail_proxy.instance.db_urls import redact_url
 from mail_proxy.instance.logs import log_path
 from mail_proxy.instance.states import (
+    DATABASE_UNREACHABLE_EXIT,
     read_record,
     supervisor_alive,
     worker_alive,
@@ -78,9 +79,13 @@ def running_line(name: str, config: ProcessConfig, record: dict | None) -> str:
     if state in (None, "RUNNING") and rec.get("worker_pid"):
         return f"mail-proxy '{name}' is running at {url} (pid {rec['worker_pid']})"
     # no worker serving right now: say what its supervisor is doing, as `status` would
+    backoff = ("is waiting for its database (BACKOFF: its worker cannot reach it and is "
+               f"started again every 30 s at most; mail-proxy logs {name})"
+               if rec.get("last_exit_code") == DATABASE_UNREACHABLE_EXIT else
+               "is in BACKOFF (its worker failed and is restarted after a pause; "
+               f"mail-proxy logs {name})")
     doing = {"STARTING": "is starting", "STOPPING": "is stopping",
-             "BACKOFF": "is in BACKOFF (its worker failed and is restarted after a pause; "
-                        f"mail-proxy logs {name})"}.get(str(state), f"is {state}")
+             "BACKOFF": backoff}.get(str(state), f"is {state}")
     return f"mail-proxy '{name}' {doing} at {url} (supervisor pid {rec.get('supervisor_pid')})"
 
 

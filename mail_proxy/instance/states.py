@@ -26,6 +26,11 @@ class State(enum.StrEnum):
     FATAL = "FATAL"
 
 
+# The worker's exit code when its database cannot be reached at start (EX_TEMPFAIL of
+# sysexits.h): the supervisor retries it without counting a crash, since waiting is the
+# remedy (a PostgreSQL server restarting, a host booting with the database not up yet).
+DATABASE_UNREACHABLE_EXIT = 75
+
 # States in which a supervisor process should exist; the others are terminal records.
 ACTIVE_STATES = frozenset({State.STARTING, State.RUNNING, State.BACKOFF, State.STOPPING})
 

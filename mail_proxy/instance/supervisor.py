@@ -7,7 +7,9 @@ stays small and never imports the web stack it supervises.
 Life cycle (states.py)::
 
     STARTING --/health 200--> RUNNING --exit / 3 failed checks--> BACKOFF --delay--> STARTING
-        |                        |                                  (5th crash in 60 s: FATAL)
+        |                        |                                  (5th crash in 60 s: FATAL;
+        |                        |                                   exit 75, database not
+        |                        |                                   reachable, is no crash)
         +------ SIGTERM/SIGINT --+--> STOPPING --worker gone--> STOPPED
 """
 
@@ -32,6 +34,7 @@ from mail_proxy.instance import paths
 from mail_proxy.instance.config import probe_host, resolve_process_config
 from mail_proxy.instance.logs import reopen_files, supervisor_logger
 from mail_proxy.instance.states import (
+    DATABASE_UNREACHABLE_EXIT,
     STATE_FILE,
     State,
     new_record,
@@ -148,7 +151,9 @@ class Supervisor:
                 break
             now = time.time()
             crashes = [t for t in self.record["recent_crashes"] if now - t < CRASH_WINDOW]
-            crashes.append(now)
+            waiting = self.record["last_exit_code"] == DATABASE_UNREACHABLE_EXIT
+            if not waiting:
+                crashes.append(now)
             if len(crashes) >= MAX_CRASHES:
                 self.log.error("%d crashes within %ds: giving up", len(crashes),
                                int(CRASH_WINDOW))
@@ -159,7 +164,11 @@ class Supervisor:
             self.step += 1
             self.set_state(State.BACKOFF, recent_crashes=crashes, worker_pid=None,
                            worker_create_time=None, worker_since_boot=None)
-            self.log.info("restarting the worker in %.2fs", delay)
+            if waiting:
+                self.log.warning("the worker cannot reach its database: trying again in "
+                                 "%.2fs (not counted as a crash)", delay)
+            else:
+                self.log.info("restarting the worker in %.2fs", delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), delay)
             if not self.stop_event.is_set():

@@ -11,6 +11,12 @@ class StoreUnavailable(StorageError):
     """The database could not be reached or refused the write (disk full, locked, down)."""
 
 
+class StoreUnreachable(StoreUnavailable):
+    """The database server could not be reached at all (down, starting up, refusing
+    connections, out of connection slots): waiting for it is the remedy, unlike a refused
+    login or a database that does not exist."""
+
+
 class StoreBusy(StoreUnavailable):
     """A lock wait timed out: the database answers, but a row this write needs is held by
     a transaction that is taking long (another write may well go through)."""

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ import asyncpg
 from mail_proxy.errors import SchemaTooNew
 from mail_proxy.store import queries as named
 from mail_proxy.store.base import Guard, Step, check_guard
-from mail_proxy.store.errors import StoreBusy, StoreUnavailable, UniqueViolation
+from mail_proxy.store.errors import StoreBusy, StoreUnavailable, StoreUnreachable, UniqueViolation
 from mail_proxy.store.postgres_statements import coerce, convert, unnest_insert
 
 T = TypeVar("T")
@@ -52,6 +53,13 @@ _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
                 # pg_terminate_backend) can surface as "cannot switch to state N; another
                 # operation is in progress" instead of a connection error
                 asyncpg.exceptions.InternalClientError)
+
+# Failures to open that waiting cures: no server listening (yet), a timeout, a server
+# starting up or shutting down, no connection slot free. A refused login or a missing
+# database is not among them, nor a TLS failure (an OSError too): those need the operator.
+_UNREACHABLE = (OSError, TimeoutError, asyncpg.CannotConnectNowError,
+                asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError,
+                asyncpg.CrashShutdownError, asyncpg.ConnectionDoesNotExistError)
 
 
 def parse_url(url: str) -> tuple[str, str | None]:
@@ -227,6 +235,8 @@ class PostgresStore:
             if isinstance(exc, SchemaTooNew):
                 raise
             error = _translate(exc)
+            if isinstance(exc, _UNREACHABLE) and not isinstance(exc, ssl.SSLError):
+                raise StoreUnreachable(f"cannot open PostgreSQL database: {error}") from exc
             if isinstance(error, StoreUnavailable) or isinstance(exc, asyncpg.PostgresError):
                 raise StoreUnavailable(f"cannot open PostgreSQL database: {error}") from exc
             raise
