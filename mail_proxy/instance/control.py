@@ -350,8 +350,29 @@ def restart(name: str, *, timeout: float | None = None, force: bool = False,
             f"{record.get('supervisor_pid')})",
             hint="restart it where it was started (e.g. systemctl restart mail-proxy@"
                  f"{name}), or mail-proxy stop {name} and mail-proxy start {name}")
+    if supervisor_alive(record):
+        _check_restartable(name, record or {})
     stop(name, timeout=timeout, force=force, out=lambda _line: None, err=err)
-    return start(name, wait=wait, out=out, err=err)
+    try:
+        return start(name, wait=wait, out=out, err=err)
+    except MailProxyError as exc:
+        # what the checks above cannot see (the database, a port taken meanwhile): say
+        # plainly that the instance this command found running is down now
+        exc.hint = (f"instance '{name}' was stopped by this restart and is not running; "
+                    + (exc.hint or f"mail-proxy start {name} once the cause is fixed"))
+        raise
+
+
+def _check_restartable(name: str, record: dict) -> None:
+    """What `start` would refuse, checked while the running worker still serves: a restart
+    that stopped a healthy instance and then could not start it left it down (a port set by
+    `config set port` and taken meanwhile, an edited api_token or encryption.key)."""
+    from mail_proxy.security.crypto import KeyRing
+
+    config = resolve_process_config(name)  # config.toml, the admin token
+    KeyRing.load(config.folder)
+    if (config.host, config.port) != (record.get("host"), record.get("port")):
+        _check_port(name, config.host, config.port)  # the running worker holds the old one
 
 
 def delete(name: str, *, force: bool, confirm: Callable[[str], bool] | None,

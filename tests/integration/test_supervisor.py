@@ -305,3 +305,40 @@ def test_start_on_a_running_instance_names_where_it_runs_and_what_it_ignores(
     assert r.returncode == 0
     assert r.stdout.startswith(f"mail-proxy 'demo' is running at http://127.0.0.1:{port} ")
     assert r.stderr.startswith("note: --host and --port apply to a stopped instance")
+
+
+def test_restart_refuses_before_stopping_what_start_would_refuse(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """A restart used to stop the running instance and only then find that `start` refused
+    (docs audit, 2026-11-25): the instance stayed down. Now the refusal comes first and the
+    same worker keeps serving."""
+    assert run_cli("start", "demo", "--port", str(free_port()), "--wait", "10").returncode == 0
+    worker = record()["worker_pid"]
+    folder = paths.instance_dir("demo")
+
+    token = (folder / "api_token").read_text()
+    (folder / "api_token").write_text("short\n")
+    r = run_cli("restart", "demo", "--wait", "10")
+    assert r.returncode == 2 and "admin token" in r.stderr, r.stderr
+    assert (record()["state"], record()["worker_pid"]) == ("RUNNING", worker)
+    (folder / "api_token").write_text(token)
+
+    ring = (folder / "encryption.key").read_text()
+    (folder / "encryption.key").write_text(ring + "garbage!!\n")
+    r = run_cli("restart", "demo", "--wait", "10")
+    assert r.returncode == 2, r.stderr
+    assert (record()["state"], record()["worker_pid"]) == ("RUNNING", worker)
+    (folder / "encryption.key").write_text(ring)
+
+    with socket.socket() as busy:  # `config set port` to a port taken meanwhile
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        assert run_cli("demo", "config", "set", "port", str(taken)).returncode == 0
+        r = run_cli("restart", "demo", "--wait", "10")
+        assert (r.returncode, r.stderr.splitlines()[0]) == (
+            1, f"error: port {taken} on 127.0.0.1 is in use"), r.stderr
+        assert (record()["state"], record()["worker_pid"]) == ("RUNNING", worker)
+    r = run_cli("restart", "demo", "--wait", "10")
+    assert r.returncode == 0, r.stderr
+    assert record()["port"] == taken and record()["worker_pid"] != worker
