@@ -84,7 +84,7 @@ def list_(ctx: typer.Context,
 @app.command("show")
 def show(ctx: typer.Context,
          message_id: Annotated[str, typer.Argument(help="Message id.", show_default=False)],
-         history: Annotated[bool, typer.Option("--history", help="Add the event table.")
+         history: Annotated[bool, typer.Option("--history", help="Add the event table (--json always has the events).")
                             ] = False,
          json_output: JsonOpt = False) -> None:
     """One message record."""
@@ -93,9 +93,7 @@ def show(ctx: typer.Context,
 
     instance, tenant = _where(ctx)
     message = with_core(instance, lambda s: manager.get_message(s.core, tenant, message_id))
-    if json_output:
-        if not history:
-            message = {k: v for k, v in message.items() if k != "events"}
+    if json_output:  # the object GET /messages/{id} answers, events included (cli.md §8)
         print_json({"ok": True, "message": message})
         return
     shown = {k: v for k, v in message.items() if k not in ("events", "payload")}

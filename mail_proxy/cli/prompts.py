@@ -36,7 +36,10 @@ def confirm_by_typing(name: str) -> bool:
 def confirm(message: str, default: bool = True) -> bool:
     import questionary
 
-    return bool(_ask(questionary.confirm(message, default=default)))
+    # auto_enter off: the Enter a user types after "n" would otherwise answer the next
+    # question with its default (docs audit: "n⏎" at "Test the connection now?" also said
+    # yes to "Create account?")
+    return bool(_ask(questionary.confirm(message, default=default, auto_enter=False)))
 
 
 def with_default(message: str, default: str) -> str:

@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from typing import Any
 
 import pexpect
@@ -61,11 +63,11 @@ def test_tenants_add_prompts_in_order(instance: ProcessConfig) -> None:
     child.expect("Bearer token")
     child.sendline("bearer-secret-456")
     child.expect("Generate a secret to sign delivery reports")
-    child.send("y")
+    child.sendline("y")
     child.expect("Create an API key for this tenant")
-    child.send("n")
+    child.sendline("n")
     child.expect("Create tenant 'acme'")
-    child.send("y")
+    child.sendline("y")
     transcript = finished(child, "created tenant 'acme'")
     assert "bearer-secret-456" not in transcript  # hidden input, not in the summary
     tenant = run_json("main", "tenants", "show", "acme")["tenant"]
@@ -98,11 +100,11 @@ def test_accounts_add_hidden_password_and_ctrl_c(instance: ProcessConfig, cli: A
     child.expect("When a limit is reached")
     child.send("\r")
     child.expect("default account")
-    child.send("y")
+    child.sendline("y")
     child.expect("Test the connection now")
-    child.send("n")
+    child.sendline("n")
     child.expect("Create account 'smtp1'")
-    child.send("y")
+    child.sendline("y")
     transcript = finished(child, "created account 'smtp1'")
     assert "hidden-pass-789" not in transcript
     account = run_json("main", "acme", "accounts", "show", "smtp1")["account"]
@@ -175,3 +177,28 @@ def test_a_bad_sync_path_is_refused_at_its_prompt(instance: ProcessConfig, cli: 
     child.sendline("/sync")
     finished(child, "created tenant 'tty2'")
     assert run_json("main", "tenants", "show", "tty2")["tenant"]["client_sync_path"] == "/sync"
+
+
+TWO_QUESTIONS = ("from mail_proxy.cli import prompts\n"
+                 "first = prompts.confirm('First?', default=True)\n"
+                 "second = prompts.confirm('Second?', default=True)\n"
+                 "print('ANSWERS', first, second)\n")
+
+
+def test_a_typed_no_and_enter_answers_one_question_only() -> None:
+    """"n" then Enter at a yes/no question: the "n" used to answer at once and the Enter
+    reached the next question, accepting its default, so the summary's "Create account?"
+    after "Test the connection now?" was answered yes unasked (docs audit, 2026-11-25)."""
+    env = {**os.environ, "TERM": "xterm", "PROMPT_TOOLKIT_NO_CPR": "1"}
+    child = pexpect.spawn(sys.executable, ["-c", TWO_QUESTIONS], env=env, encoding="utf-8",
+                          timeout=10, dimensions=(40, 120))
+    for question in ("First", "Second"):
+        child.expect(question)
+        time.sleep(0.3)  # the question is drawn and reading, as when a person answers
+        child.send("n")
+        time.sleep(0.1)
+        child.send("\r")  # what the Enter key sends
+    child.expect(r"ANSWERS (\w+) (\w+)")
+    assert child.match.groups() == ("False", "False")
+    child.expect(pexpect.EOF)
+    child.close()

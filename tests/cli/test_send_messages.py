@@ -147,6 +147,11 @@ def test_messages_list_csv_delete_retry(cli: Any, tenant: str, tmp_path: Path) -
     assert r.code == 1  # a script can tell that "ghost" was not there
     r = cli("main", "acme", "messages", "show", ids[1], "--history")
     assert r.code == 0 and "queued" in r.out
+    # --json is the API's object, events included, with or without --history
+    shown = json.loads(cli("main", "acme", "messages", "show", ids[1], "--json").out)
+    with_history = json.loads(cli("main", "acme", "messages", "show", ids[1], "--history",
+                                  "--json").out)
+    assert "events" in shown["message"] and shown == with_history
 
 
 @pytest.mark.parametrize("header", [b"From: a@acme.test\r\n", b"Subject: s\r\n"])
