@@ -84,8 +84,8 @@ def list_(ctx: typer.Context,
 @app.command("show")
 def show(ctx: typer.Context,
          message_id: Annotated[str, typer.Argument(help="Message id.", show_default=False)],
-         history: Annotated[bool, typer.Option("--history", help="Add the event table (--json always has the events).")
-                            ] = False,
+         history: Annotated[bool, typer.Option(
+             "--history", help="Add the event table (--json always has the events).")] = False,
          json_output: JsonOpt = False) -> None:
     """One message record."""
     from mail_proxy.cli.database import with_core

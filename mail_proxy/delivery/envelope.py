@@ -14,20 +14,12 @@ from email.utils import parseaddr
 from functools import lru_cache
 from typing import Any
 
-import idna
+from mail_proxy.idn import to_ascii
 
 
 def ascii_domain(domain: str) -> str:
     """The A-label form of ``domain``; ASCII domains are returned unchanged."""
-    if domain.isascii():
-        return domain
-    try:
-        # UTS #46 mapping accepts the mixed-case and full-width input users actually type.
-        return idna.encode(domain, uts46=True).decode("ascii")
-    except idna.IDNAError:
-        # The stdlib codec (IDNA 2003) is more lenient with some symbols; validation
-        # already accepted the domain, so prefer sending over failing here.
-        return domain.encode("idna").decode("ascii")
+    return to_ascii(domain)  # validation already accepted the domain, so it converts
 
 
 # The two normal forms validation stores: ``Name <local@domain>`` (the name possibly quoted)

@@ -12,12 +12,12 @@ envelope form with the domain converted to IDNA.
 from __future__ import annotations
 
 import re
-from encodings import idna as _idna
 from functools import lru_cache
 from typing import Any, NamedTuple, NoReturn
 
 from mail_proxy.encoded_words import hides_line_break
 from mail_proxy.errors import RejectedMessage
+from mail_proxy.idn import to_ascii
 
 __all__ = ["Address", "AddressError", "addr_spec", "address_field", "address_list_field",
            "idna_domain", "json_type", "parse_address", "parse_address_list", "parse_addresses",
@@ -83,19 +83,17 @@ def idna_domain(domain: str) -> str | None:
     """IDNA (ASCII) form of a host name, or None when it is not a usable one."""
     if not domain or len(domain) > 253:
         return None
-    labels = domain.split(".")
-    out: list[str] = []
-    for label in labels:
-        if not label.isascii():
-            try:
-                label = _idna.ToASCII(label).decode("ascii")
-            except (UnicodeError, ValueError):
-                return None
-        if _LABEL.fullmatch(label) is None:
+    if not domain.isascii():
+        try:
+            # the conversion the envelope uses: a return path and the recipients of one
+            # message must name the same domains (mail_proxy/idn.py)
+            domain = to_ascii(domain)
+        except (UnicodeError, ValueError):
             return None
-        out.append(label)
-    result = ".".join(out)
-    return result if len(result) <= 253 else None
+    labels = domain.split(".")
+    if any(_LABEL.fullmatch(label) is None for label in labels):
+        return None
+    return domain if len(domain) <= 253 else None
 
 
 def _spec(spec: str, original: str) -> tuple[str, str, str]:

@@ -1,7 +1,9 @@
 """Per-tenant suppression lists (enterprise.md §2, data.md §2.9).
 
-Addresses are compared and stored as lower-cased addr-specs. Entries come from hard bounces
-(:func:`record_bounce`, used by the bounce poller inside its own transaction) or by hand.
+Addresses are compared and stored as lower-cased addr-specs, the domain in its U-label form
+(mail_proxy/idn.py), so that every spelling of one domain finds the same entry. Entries come
+from hard bounces (:func:`record_bounce`, used by the bounce poller inside its own
+transaction) or by hand.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from mail_proxy.errors import BadRequest, FieldError, NotFound
+from mail_proxy.idn import address_forms
 from mail_proxy.manager.core import Core, Principal, now, upsert
 from mail_proxy.manager.fields import (
     Bad,
@@ -72,8 +75,13 @@ async def list_suppressions(core: Core, tenant_id: str, *, address_filter: objec
         except Bad:
             raise _bad("address", "is not a valid e-mail address") from None
     await _require_tenant(core, tenant_id)
-    rows = await core.store.fetch("suppression_page", tenant_id=tenant_id, after=_cursor(cursor),
-                                  address=wanted, limit=limit + 1)
+    after = _cursor(cursor)
+    forms = address_forms(wanted) if wanted is not None else (None, None)
+    rows = await core.store.fetch("suppression_page", tenant_id=tenant_id, after=after,
+                                  address=forms[0], limit=limit + 1)
+    if not rows and forms[1] != forms[0]:  # an entry stored in A-label form before
+        rows = await core.store.fetch("suppression_page", tenant_id=tenant_id, after=after,
+                                      address=forms[1], limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = None
@@ -101,11 +109,16 @@ async def add_suppression(core: Core, body: object, principal: Principal | None,
         errors.append(FieldError("address", "required", "is required"))
     fail_if(errors)
     await _require_tenant(core, tid)
-    addr = values["address"]
+    addr, ascii_form = address_forms(values["address"])
 
     async def attempt() -> tuple[dict[str, Any], bool]:
+        nonlocal addr
         async with core.store.transaction() as tx:
             row = await tx.fetch_one("suppression_get", tenant_id=tid, address=addr)
+            if row is None and ascii_form != addr:  # stored in A-label form before
+                row = await tx.fetch_one("suppression_get", tenant_id=tid, address=ascii_form)
+                if row is not None:
+                    addr = ascii_form
             if row is None:
                 await tx.execute("suppression_add_manual", tenant_id=tid, address=addr,
                                  reason=values.get("reason"), now=now())
@@ -127,8 +140,11 @@ async def remove_suppression(core: Core, tenant_id: str, address_text: object) -
         fail_if([FieldError("address", c, m) for _, c, m in bad.items])
         raise AssertionError("unreachable") from None
     await _require_tenant(core, tenant_id)
+    removed = 0
     async with core.store.transaction() as tx:
-        return await tx.execute("suppression_remove", tenant_id=tenant_id, address=addr) > 0
+        for form in dict.fromkeys(address_forms(addr)):
+            removed += await tx.execute("suppression_remove", tenant_id=tenant_id, address=form)
+    return removed > 0
 
 
 async def suppressed_among(core: Core, tenant_id: str, addresses: Iterable[str]) -> set[str]:
@@ -138,11 +154,16 @@ async def suppressed_among(core: Core, tenant_id: str, addresses: Iterable[str])
     """
     if not core.settings.suppression_enabled:
         return set()
-    wanted = sorted({a.strip().lower() for a in addresses if isinstance(a, str)})
-    if not wanted:
+    given = {a.strip().lower() for a in addresses if isinstance(a, str)}
+    if not given:
         return set()
+    # an address matches its entry in any spelling of its domain: U-label (how entries are
+    # stored), A-label (how the envelope names it, and how older entries may be stored)
+    forms = {a: address_forms(a) for a in given}
+    wanted = sorted({form for pair in forms.values() for form in pair})
     rows = await core.store.fetch("suppression_among", tenant_id=tenant_id, addresses=wanted)
-    return {r["address"] for r in rows}
+    listed = {r["address"] for r in rows}
+    return {a for a, pair in forms.items() if listed.intersection(pair)}
 
 
 async def record_bounce(tx: Transaction, *, tenant_id: str, address_text: str,
@@ -150,6 +171,6 @@ async def record_bounce(tx: Transaction, *, tenant_id: str, address_text: str,
                         message_pk: int | None) -> bool:
     """Add a hard-bounce entry inside the caller's transaction; False if already listed."""
     changed = await tx.execute("suppression_add_bounce", tenant_id=tenant_id,
-                               address=address_text.strip().lower(), reason=reason,
+                               address=address_forms(address_text)[0], reason=reason,
                                bounce_status=bounce_status, message_pk=message_pk, now=now())
     return changed > 0

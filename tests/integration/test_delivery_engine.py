@@ -203,3 +203,33 @@ async def test_suppressed_recipients_are_refused_at_enqueue_and_send(core, smtp_
     assert meta["refused_recipients"] == [
         {"address": "gone@example.com", "smtp_code": None, "message": "suppressed"}]
     await d.smtp.close()
+
+
+async def test_one_domain_in_any_spelling_is_one_address(core, smtp_server) -> None:
+    """Suppressions and the envelope sender agree on internationalised domains (Postfix
+    interop hunt, 2026-11-25): an entry for "bücher.example" let mail through to
+    "xn--bcher-kva.example" (what the envelope sends), and a return path in "straße.example"
+    became "strasse.example" (IDNA 2003) while the recipients used "xn--strae-oqa"."""
+    from mail_proxy.errors import BadRequest
+    from mail_proxy.manager import suppressions
+    from mail_proxy.manager.core import ADMIN
+
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    await suppressions.add_suppression(core, {"address": "Gone@BÜCHER.example"}, ADMIN, "acme")
+    with pytest.raises(BadRequest) as refused:
+        await f.enqueue(core, f.message(1, to=["gone@xn--bcher-kva.example"]))
+    assert refused.value.rejected[0]["code"] == "suppressed"  # type: ignore[attr-defined]
+    await f.enqueue(core, f.message(2, to=["gone@bücher.example", "ok@straße.example"],
+                                    return_path="bounce@straße.example"))
+    d = dispatcher_for(core, "a:1:aa")
+    await drive(d)
+    sent = smtp_server.messages[0]
+    assert sent.rcpt_tos == ["ok@xn--strae-oqa.example"]
+    assert sent.mail_from == "bounce@xn--strae-oqa.example"
+    listed = await suppressions.list_suppressions(core, "acme",
+                                                  address_filter="GONE@xn--bcher-kva.example")
+    assert [e["address"] for e in listed["suppressions"]] == ["gone@bücher.example"]
+    assert await suppressions.remove_suppression(core, "acme", "gone@xn--bcher-kva.example")
+    assert (await suppressions.list_suppressions(core, "acme"))["suppressions"] == []
+    await d.smtp.close()
