@@ -83,6 +83,9 @@ def read_toml(folder: Path) -> dict[str, Any]:
         raise InstanceError(f"cannot read {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; an editor saved it in Latin-1, say
+        raise ConfigurationError(f"{path} is not valid TOML: byte {exc.start} is not "
+                                 "UTF-8") from None
 
 
 def _toml_value(value: Any) -> str:
@@ -411,8 +414,26 @@ def create_instance(name: str, host: str, port: int | None,
     with _creation_lock(paths.ensure_home()):
         if (folder / "config.toml").exists():
             raise InstanceExists(f"instance '{name}' already exists")
+        _refuse_orphaned_files(folder, name)
         port = _fill_folder(folder, name, host, port, db_url, password, key_file)
     return resolve_process_config(name, host=host, port=port)
+
+
+# What makes a folder an instance's, besides config.toml: creating "a new instance" over them
+# would replace the key ring and token, and a failed creation used to remove the folder with
+# its database (ops hunt, 2026-11-25: a config.toml moved aside, then `start NAME`).
+_INSTANCE_FILES = ("mail_service.db", "encryption.key", "api_token", "db_password",
+                   "supervisor.json")
+
+
+def _refuse_orphaned_files(folder: Path, name: str) -> None:
+    found = [f for f in _INSTANCE_FILES if (folder / f).exists()]
+    if found:
+        raise ConfigurationError(
+            f"instance '{name}' has no config.toml, but its folder {folder} still holds "
+            + ", ".join(found),
+            hint="put config.toml back (a copy, or the keys name, host, port and db_url), or "
+                 "move the folder away to create a new instance under this name")
 
 
 def _fill_folder(folder: Path, name: str, host: str, port: int | None, db_url: str,

@@ -492,3 +492,18 @@ def test_query_secrets_that_cannot_move_are_refused(cli: Any, query: str) -> Non
     assert "KeyPass9" not in r.text and "a9" not in r.text and "Other9" not in r.text
     no_surprise(r.text)
     assert not paths.instance_dir("pgs").exists()
+
+
+def test_a_config_toml_that_is_not_utf8_is_one_configuration_error(cli: Any) -> None:
+    """A Latin-1 byte (an editor's encoding) gave "unexpected UnicodeDecodeError" in every
+    command, `list` of every instance included (ops hunt, 2026-11-25)."""
+    create_instance("t5", "127.0.0.1", free_port(), None)
+    create_instance("t6", "127.0.0.1", free_port(), None)
+    with (paths.instance_dir("t5") / "config.toml").open("ab") as fh:
+        fh.write(b"# h\xe9llo\n")
+    r = cli("t5", "tenants", "list")
+    assert (r.code, r.err.splitlines()[0]) == (
+        2, f"error: {paths.instance_dir('t5') / 'config.toml'} is not valid TOML: byte "
+           f"{(paths.instance_dir('t5') / 'config.toml').stat().st_size - 5} is not UTF-8"), r.text
+    listed = cli("list")
+    assert listed.code == 0 and "t6" in listed.out and "t5" in listed.out, listed.text

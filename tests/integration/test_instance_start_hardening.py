@@ -129,3 +129,28 @@ def test_start_with_an_unresolvable_host_is_not_port_in_use(cli: Cli) -> None:
     r = cli("start", "hh2", "--host", "nosuch.invalid")
     assert r.returncode == 2 and "in use" not in r.stderr and "no free port" not in r.stderr
     assert "nosuch.invalid" in r.stderr
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_start_never_recreates_over_an_instance_that_lost_its_config(cli: Cli,
+                                                                    running: bool) -> None:
+    """config.toml moved aside, then `start NAME`: it was taken for a new instance; the
+    creation failed its key check and removed the folder, database included, even under a
+    running worker (ops hunt, 2026-11-25). Without encrypted values it replaced the token and
+    the key ring instead."""
+    folder = Path(os.environ["MAIL_PROXY_HOME"]) / "lost"
+    assert cli("start", "lost", "--port", str(free_port())).returncode == 0
+    if not running:
+        assert cli("stop", "lost").returncode == 0
+    before = {f: (folder / f).read_bytes() for f in ("api_token", "encryption.key")}
+    db = (folder / "mail_service.db").stat().st_ino
+    (folder / "config.toml").rename(folder.parent / "config.toml.aside")
+    r = cli("start", "lost", "--port", str(free_port()))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("error: instance 'lost' has no config.toml, but its folder ")
+    assert "mail_service.db" in r.stderr and "Traceback" not in r.stderr
+    assert "Created instance" not in r.stdout
+    assert (folder / "mail_service.db").stat().st_ino == db
+    assert {f: (folder / f).read_bytes() for f in before} == before
+    (folder.parent / "config.toml.aside").rename(folder / "config.toml")
+    assert cli("stop", "lost").returncode == 0
