@@ -132,7 +132,8 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
         # one `start` at a time per instance: a second one waits here, then finds the
         # supervisor the first one launched (two preflights on a new SQLite file collide)
         if config is None:
-            config = _existing(name, host=host, port=port, db=db, key_file=key_file)
+            config = _existing(name, host=host, port=port, db=db, key_file=key_file,
+                               wait=wait)
         if config is not None:
             try:
                 _check_port(name, config.host, config.port)
@@ -226,15 +227,29 @@ def _start_lock(folder: Path) -> Iterator[None]:
 
 
 def _existing(name: str, *, host: str | None, port: int | None, db: str | None,
-              key_file: Path | None) -> ProcessConfig | None:
+              key_file: Path | None, wait: float) -> ProcessConfig | None:
     """The configuration to start an existing instance with; None when it runs already."""
     folder = paths.existing_instance(name)
     if db or key_file:
         raise ConfigurationError(
             f"--db and --key-file only apply when creating an instance; '{name}' exists",
             hint=f"edit {folder / 'config.toml'} deliberately to move it")
-    if supervisor_alive(read_record(folder)):
-        return None
+    record = read_record(folder) or {}
+    if supervisor_alive(record):
+        if record.get("state") != "STOPPING":
+            return None
+        # A stop is draining it: "is stopping" with exit 0 left nothing running once the
+        # drain ended (ops hunt). Wait for the stop, within --wait, and start afresh.
+        if not _gone(folder, wait):
+            raise OperationFailed(f"instance '{name}' is still stopping (supervisor pid "
+                                  f"{record.get('supervisor_pid')})",
+                                  hint=f"mail-proxy start {name} once the stop has ended")
+    elif worker_alive(record):
+        # its supervisor was killed and the worker drains alone; "port in use, use --port N"
+        # would have put a second worker on the same queue
+        raise OperationFailed(f"the worker of instance '{name}' (pid {record.get('worker_pid')})"
+                              " is still draining: its supervisor is gone",
+                              hint=f"wait for it to end, or mail-proxy stop {name}")
     if host is not None or port is not None:
         # checked before it is saved: a refused start must not change the configuration
         current = resolve_process_config(name, need_token=False)
@@ -243,6 +258,18 @@ def _existing(name: str, *, host: str | None, port: int | None, db: str | None,
     config = resolve_process_config(name)
     check_database(config)
     return config
+
+
+def _gone(folder: Path, limit: float) -> bool:
+    """True once no supervisor or worker of the instance is alive, within ``limit`` s."""
+    deadline = time.monotonic() + limit
+    while True:
+        record = read_record(folder) or {}
+        if not supervisor_alive(record) and not worker_alive(record):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def _wait_recorded(folder: Path, proc: subprocess.Popen[bytes], limit: float) -> None:
@@ -381,7 +408,7 @@ def delete(name: str, *, force: bool, confirm: Callable[[str], bool] | None,
     if paths.name_problem(name) or not (folder / "config.toml").is_file():
         raise InstanceError(f"instance '{name}' not found")
     record = read_record(folder)
-    if supervisor_alive(record) and not force:
+    if (supervisor_alive(record) or worker_alive(record)) and not force:
         raise OperationFailed(f"instance '{name}' is running",
                               hint=f"stop it first, or use mail-proxy delete {name} --force")
     if not force:
@@ -390,7 +417,7 @@ def delete(name: str, *, force: bool, confirm: Callable[[str], bool] | None,
                                      "(no terminal to ask; pass --force)")
         if not confirm(name):
             raise OperationFailed("deletion cancelled: the name did not match")
-    if supervisor_alive(record):
+    if supervisor_alive(record) or worker_alive(record):  # an orphaned worker too
         stop(name, force=True, out=lambda _line: None, err=err)
     db_url = ""
     try:

@@ -342,3 +342,44 @@ def test_restart_refuses_before_stopping_what_start_would_refuse(
     r = run_cli("restart", "demo", "--wait", "10")
     assert r.returncode == 0, r.stderr
     assert record()["port"] == taken and record()["worker_pid"] != worker
+
+
+def test_start_and_delete_see_a_worker_that_outlived_its_supervisor(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """kill -9 of the supervisor alone: its worker drains on. `start` said "port in use; use
+    --port N", whose advice put a second worker on the queue, and `delete --force` removed
+    the folder under the still-serving worker (ops hunt, 2026-11-25)."""
+    port = free_port()
+    assert run_cli("start", "demo", "--port", str(port), "--wait", "10",
+                   worker="lingering").returncode == 0
+    rec = record()
+    os.kill(rec["supervisor_pid"], signal.SIGKILL)
+    wait_for(lambda: not is_alive(rec["supervisor_pid"], rec["supervisor_create_time"]))
+    r = run_cli("start", "demo", "--wait", "10")
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"error: the worker of instance 'demo' (pid {rec['worker_pid']}) is still draining: "
+        "its supervisor is gone", "hint: wait for it to end, or mail-proxy stop demo"]
+    r = run_cli("delete", "demo", "--force")
+    assert r.returncode == 0, r.stderr
+    assert not is_alive(rec["worker_pid"], rec["worker_create_time"])
+    assert not paths.instance_dir("demo").exists()
+
+
+def test_start_during_a_stop_waits_for_it_and_starts_afresh(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """`start` on a STOPPING instance answered "is stopping" with exit 0, and nothing ran
+    once the drain ended (ops hunt, 2026-11-25)."""
+    assert run_cli("start", "demo", "--port", str(free_port()), "--wait", "10").returncode == 0
+    assert run_cli("stop", "demo").returncode == 0
+    assert run_cli("demo", "config", "set", "shutdown_timeout", "1").returncode == 0
+    assert run_cli("start", "demo", "--wait", "10", worker="stubborn").returncode == 0
+    first = record()["supervisor_pid"]
+    assert run_cli("stop", "demo", "--timeout", "0.3").returncode == 1  # still draining
+    r = run_cli("start", "demo", "--wait", "0.5")
+    assert (r.returncode, r.stderr.splitlines()[0]) == (
+        1, f"error: instance 'demo' is still stopping (supervisor pid {first})"), r.stderr
+    r = run_cli("start", "demo", "--wait", "25")  # the supervisor kills it after 1 + 10 s
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("mail-proxy 'demo' is running at")
+    assert record()["state"] == "RUNNING" and record()["supervisor_pid"] != first
