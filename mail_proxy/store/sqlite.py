@@ -207,12 +207,20 @@ class SqliteStore:
 
     async def _connect(self, *, writer: bool = False) -> aiosqlite.Connection:
         if self.readonly:
-            conn = await aiosqlite.connect(self._uri + "?mode=ro", uri=True,
-                                           isolation_level=None)
+            pending = aiosqlite.connect(self._uri + "?mode=ro", uri=True, isolation_level=None)
             pragmas: tuple[str, ...] = ("PRAGMA busy_timeout = 1000",)
         else:
-            conn = await aiosqlite.connect(self.path, isolation_level=None)
+            pending = aiosqlite.connect(self.path, isolation_level=None)
             pragmas = PRAGMAS + (WRITER_PRAGMAS if writer else ())
+        try:
+            conn = await pending
+        except BaseException:
+            # aiosqlite stops the connection's thread with a future of its own that nobody
+            # awaits: let the thread end while this loop runs, or its last hand-back hit a
+            # closed loop and printed a traceback ("Event loop is closed") before the
+            # one-line error of `serve` (ops hunt, 2026-11-25)
+            await asyncio.to_thread(pending._thread.join, 5)
+            raise
         try:
             for pragma in pragmas:
                 await conn.execute(pragma)

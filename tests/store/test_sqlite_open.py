@@ -62,3 +62,29 @@ async def test_opening_a_migrated_file_takes_no_write_lock(tmp_path: Path) -> No
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+
+
+def test_a_file_that_cannot_be_created_leaves_no_late_thread_traceback(tmp_path: Path) -> None:
+    """A path in a folder that does not exist: aiosqlite stopped the connection's thread with
+    a future nobody awaited, and when the loop had closed by then the thread printed
+    "RuntimeError: Event loop is closed" tracebacks before `serve`'s one-line error (about
+    half the runs, ops hunt 2026-11-25). Twenty opens, each on a loop closed right after."""
+    import subprocess
+    import sys
+
+    script = (
+        "import asyncio\n"
+        "from mail_proxy.store.errors import StoreUnavailable\n"
+        "from mail_proxy.store.sqlite import SqliteStore\n"
+        "async def main():\n"
+        f"    store = SqliteStore({str(tmp_path / 'missing' / 'db.sqlite')!r})\n"
+        "    try:\n"
+        "        await store.open()\n"
+        "    except StoreUnavailable:\n"
+        "        pass\n"
+        "for _ in range(20):\n"
+        "    asyncio.run(main())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
