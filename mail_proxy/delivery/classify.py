@@ -31,8 +31,12 @@ RCPT = "rcpt"
 DATA = "data"
 NOOP = "noop"
 
-THROTTLE_TEXT = re.compile(r"rate.?limit|throttl|too many (messages|connections)|slow down",
-                           re.IGNORECASE)
+# delivery.md §4's pattern, plus Postfix's own rate-limit replies (anvil: "450 4.7.1 Error:
+# too much mail from 10.0.0.1", "... too many recipients from ..."), which it misses: a
+# relay's rate limit then spent attempts and ended messages in error (Postfix interop hunt).
+# "too many recipients" alone is a per-message limit (452 4.5.3), not a rate.
+THROTTLE_TEXT = re.compile(r"rate.?limit|throttl|too many (messages|connections)|slow down"
+                           r"|too much mail from|too many recipients from", re.IGNORECASE)
 _AUTH_REFUSED = frozenset({530, 534, 535, 538})
 _ENHANCED = re.compile(r"^\d\.\d{1,3}\.\d{1,3}\b")
 # C0 controls but tab, DEL, C1 controls, and the bidirectional overrides and isolates
@@ -105,6 +109,18 @@ def reply_failure(stage: str, code: int, message: str, *, user: str | None = Non
     if 400 <= code < 500:
         return TransientFailure(text, code="smtp_transient", smtp_code=code, refused=refused)
     return PermanentFailure(text, code="smtp_permanent", smtp_code=code, refused=refused)
+
+
+def auth_unsupported(host: str, port: int, *, tls_mode: str, offers_auth: bool,
+                     offers_starttls: bool) -> PermanentFailure:
+    """Credentials configured, and no AUTH mechanism we can use on this connection."""
+    text = (f"{host}:{port} offers no usable AUTH mechanism (CRAM-MD5, PLAIN, LOGIN) but "
+            "credentials are configured")
+    if not offers_auth and offers_starttls and tls_mode == "none":
+        # Postfix's smtpd_tls_auth_only and most submission servers: AUTH only after TLS
+        text = (f"{host}:{port} offers AUTH only after STARTTLS (it announces STARTTLS and no "
+                "AUTH): set tls_mode starttls")
+    return PermanentFailure(text, code="auth_unsupported")
 
 
 def refused_entry(address: str, code: int, message: str) -> dict[str, Any]:

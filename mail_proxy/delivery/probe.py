@@ -199,9 +199,9 @@ class Probe:
         assert client is not None and t.user is not None and t.password is not None
         offered = [m for m in AUTH_PREFERENCE if m in client.server_auth_methods]
         if not client.supports_extension("auth") or not offered:
-            raise PermanentFailure(f"{t.host}:{t.port} offers no usable AUTH mechanism "
-                                   "(CRAM-MD5, PLAIN, LOGIN) but credentials are configured",
-                                   code="auth_unsupported")
+            raise c.auth_unsupported(t.host, t.port, tls_mode=t.tls_mode,
+                                   offers_auth=client.supports_extension("auth"),
+                                   offers_starttls=client.supports_extension("starttls"))
         method = getattr(client, "auth_" + offered[0].replace("-", ""))
         await method(t.user, t.password)
         return f"{offered[0].upper()} as {t.user}"

@@ -440,10 +440,9 @@ class SmtpPools:
     async def _login(self, pool: _Pool, client: aiosmtplib.SMTP, target: SmtpTarget) -> None:
         offered = [m for m in _AUTH_PREFERENCE if m in client.server_auth_methods]
         if not client.supports_extension("auth") or not offered:
-            raise PermanentFailure(
-                f"{target.host}:{target.port} offers no usable AUTH mechanism "
-                f"(CRAM-MD5, PLAIN, LOGIN) but credentials are configured",
-                code="auth_unsupported")
+            raise c.auth_unsupported(target.host, target.port, tls_mode=target.tls_mode,
+                                   offers_auth=client.supports_extension("auth"),
+                                   offers_starttls=client.supports_extension("starttls"))
         if target.tls_mode == "none" and not pool.warned_plain_auth:
             pool.warned_plain_auth = True
             log.warning("account %s/%s authenticates over an unencrypted connection",
