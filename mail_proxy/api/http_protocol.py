@@ -6,6 +6,11 @@ loop (API, dispatch, reports) for 19 s, and a bigger one got the worker killed b
 supervisor. The head (request line and headers) is therefore counted as it arrives and a
 request whose head passes MAX_HEAD_BYTES is answered 431 and its connection closed before
 the parser sees more of it. h11, uvicorn's fallback, bounds the head itself.
+
+Trailers (header fields after a chunked body) go through the same concatenation: an 80 MiB
+trailer held the loop for 6 s and 200 MiB got the worker killed (API hunt, 2026-11-25).
+What a request brings besides its head and its body bytes (chunk framing and trailers) is
+therefore bounded too: MAX_HEAD_BYTES for trailers plus a little framing per chunk.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any
 # is far above anything a client of this API sends (a token, a content type, a request id).
 MAX_HEAD_BYTES = 64 * 1024
 _ENDS = (b"\r\n\r\n", b"\n\n")
+# a chunk's size line and CRLFs: "ffffffff\r\n" ... "\r\n", with room for a short extension
+_FRAMING_PER_CHUNK = 64
 
 
 def _refusal(status: bytes, code: str, error: str) -> bytes:
@@ -44,14 +51,34 @@ def protocol_class() -> Any:
         _head_bytes = 0
         _tail = b""  # the last bytes seen, for a terminator split between two reads
 
+        _raw_bytes = 0  # of the current request, head included
+        _body_bytes = 0
+        _chunks = 0
+
         def data_received(self, data: bytes) -> None:
             if self._in_head and self._head_too_large(data):
-                self.transport.write(_refusal(
-                    b"431 Request Header Fields Too Large", "headers_too_large",
-                    f"the request line and headers exceed {MAX_HEAD_BYTES} bytes"))
-                self.transport.close()
+                self._refuse("the request line and headers")
                 return
+            self._raw_bytes += len(data)
             super().data_received(data)
+            extra = self._raw_bytes - self._body_bytes  # head, chunk framing, trailers
+            if extra > 2 * MAX_HEAD_BYTES + _FRAMING_PER_CHUNK * self._chunks:
+                self._refuse("the request's headers and trailers")
+
+        def _refuse(self, what: str) -> None:
+            if self.transport.is_closing():
+                return
+            self.transport.write(_refusal(
+                b"431 Request Header Fields Too Large", "headers_too_large",
+                f"{what} exceed {MAX_HEAD_BYTES} bytes"))
+            self.transport.close()
+
+        def on_body(self, body: bytes) -> None:
+            self._body_bytes += len(body)
+            super().on_body(body)
+
+        def on_chunk_header(self) -> None:  # httptools calls it when the class has it
+            self._chunks += 1
 
         def send_400_response(self, msg: str) -> None:
             # uvicorn's own answer to a request its parser refuses is plain text
@@ -75,6 +102,7 @@ def protocol_class() -> Any:
         def on_message_complete(self) -> None:
             # the next request on this connection starts with a fresh count
             self._in_head, self._head_bytes, self._tail = True, 0, b""
+            self._raw_bytes = self._body_bytes = self._chunks = 0
             super().on_message_complete()
 
     return BoundedHeadProtocol

@@ -52,6 +52,32 @@ def test_a_huge_header_is_refused_without_stalling_the_worker(live: LiveServer) 
     assert live.call("GET", "/health").status_code == 200
 
 
+def test_a_huge_trailer_is_refused_without_stalling_the_worker(live: LiveServer) -> None:
+    """A chunked request whose trailer (header fields after the body) held 80 MiB froze
+    the loop for 6 s, 200 MiB got the worker killed (API hunt, 2026-11-25): trailers are
+    bounded like the head."""
+    head = b"POST /commands/run-now HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    bomb = head + b"2\r\n{}\r\n0\r\nX-Big: " + b"a" * (8 * 2**20) + b"\r\n\r\n"
+    started = time.monotonic()
+    answer = raw_exchange(live, bomb)
+    assert b" 431 " in answer, answer[:300]
+    assert b'"headers_too_large"' in answer
+    assert time.monotonic() - started < 5  # a floor against hanging, not a timing target
+    assert live.call("GET", "/health").status_code == 200
+
+
+def test_chunked_bodies_with_small_trailers_and_many_chunks_pass(live: LiveServer) -> None:
+    payload = json.dumps({"tenant_id": "acme"}).encode()
+    body = b"".join(f"{1:x}\r\n".encode() + bytes([c]) + b"\r\n" for c in payload)
+    request = (b"POST /commands/run-now HTTP/1.1\r\nHost: x\r\nX-API-Token: "
+               + live.admin_token.encode() + b"\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+               + body + b"0\r\nX-Trailer: " + b"t" * 1000 + b"\r\n\r\n")
+    # one chunk per byte above: framing five times the body is still a request
+    answer = raw_exchange(live, request)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+
+
 def test_heads_within_the_bound_and_big_bodies_pass(live: LiveServer) -> None:
     """Only the head is counted: a body far larger than the bound, sent in the same write
     as its headers, and a header just under the bound both go through."""
