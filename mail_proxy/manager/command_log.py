@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from mail_proxy.errors import BadRequest
-from mail_proxy.jsonfast import dumps_lenient
+from mail_proxy.jsonfast import dumps_lenient, loads_strict
 from mail_proxy.manager.core import Core, now
 from mail_proxy.manager.fields import INT64_MAX, MAX_EPOCH, query_integer, query_number
 
@@ -196,7 +196,7 @@ def decode_cursor(cursor: object) -> int:
     try:
         assert isinstance(cursor, str)
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        last = json.loads(raw)["id"]
+        last = loads_strict(raw)["id"]
         if isinstance(last, bool) or not isinstance(last, int) or not 0 <= last <= INT64_MAX:
             raise ValueError(last)
         return last

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from mail_proxy.errors import BadRequest, NotFound
+from mail_proxy.jsonfast import loads_strict
 from mail_proxy.manager.core import Core, now
 from mail_proxy.manager.fields import INT64_MAX, MAX_EPOCH
 
@@ -22,7 +23,7 @@ def encode_cursor(pk: int) -> str:
 def decode_cursor(cursor: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        pk = json.loads(raw)["pk"]
+        pk = loads_strict(raw)["pk"]
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise BadRequest("'cursor' cannot be decoded", code="invalid_parameter",
                          detail={"parameter": "cursor"}) from exc

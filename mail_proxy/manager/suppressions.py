@@ -16,6 +16,7 @@ from typing import Any
 
 from mail_proxy.errors import BadRequest, FieldError, NotFound
 from mail_proxy.idn import address_forms
+from mail_proxy.jsonfast import loads_strict
 from mail_proxy.manager.core import Core, Principal, now, upsert
 from mail_proxy.manager.fields import (
     Bad,
@@ -50,7 +51,7 @@ def _cursor(cursor: object) -> str:
         return ""
     try:
         assert isinstance(cursor, str)
-        after = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["a"]
+        after = loads_strict(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["a"]
         assert isinstance(after, str)
         return after
     except (AssertionError, binascii.Error, ValueError, KeyError, TypeError):

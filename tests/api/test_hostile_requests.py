@@ -238,3 +238,20 @@ def test_a_refused_request_is_logged_with_its_request_id(live: LiveServer) -> No
     assert refused and refused[0].startswith("INFO ") and "-> 401" in refused[0]
     assert "GET /tenants" in refused[0]
     assert any(ln.startswith("DEBUG ") and "rid-4712-y" in ln for ln in ours)
+
+
+def test_tampered_cursors_are_400_on_every_paged_route(live: LiveServer) -> None:
+    """Cursors decoded with a plain json.loads: deep nesting (RecursionError), a lone
+    surrogate and, on PostgreSQL, a NUL reached the database or the parser as a 500
+    (API hunt, 2026-11-25)."""
+    def cursor(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    nested = "[" * 5000 + "]" * 5000
+    for route, extra in (("/suppressions", "&tenant_id=acme"), ("/messages", "&tenant_id=acme"),
+                         ("/command-log", "")):
+        for text in (nested, '{"a": "\\u0000", "pk": 1, "id": 1}',
+                     '{"a": "\\ud800", "pk": 1, "id": 1}'):
+            r = live.call("GET", f"{route}?cursor={cursor(text)}{extra}", headers=admin(live))
+            assert r.status_code == 400, (route, text[:20], r.text)
+            assert r.json()["code"] == "invalid_parameter", r.text
