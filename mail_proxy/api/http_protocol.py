@@ -23,6 +23,10 @@ from typing import Any
 # is far above anything a client of this API sends (a token, a content type, a request id).
 MAX_HEAD_BYTES = 64 * 1024
 _ENDS = (b"\r\n\r\n", b"\n\n")
+# A client has this long to send a request's head, from the moment its connection opened or
+# its previous answer was sent: connections that send nothing, or a byte now and then, were
+# kept for ever, and 20,000 of them used up the worker's file descriptors (API hunt).
+HEAD_TIMEOUT = 20.0
 # a chunk's size line and CRLFs: "ffffffff\r\n" ... "\r\n", with room for a short extension
 _FRAMING_PER_CHUNK = 64
 
@@ -51,7 +55,40 @@ def protocol_class() -> Any:
         _head_bytes = 0
         _tail = b""  # the last bytes seen, for a terminator split between two reads
 
+        _head_timer: Any = None
         _raw_bytes = 0  # of the current request, head included
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm_head_timer()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm_head_timer()  # the next request's head has the same time
+
+        def _arm_head_timer(self) -> None:
+            self._disarm_head_timer()
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timed_out)
+
+        def _disarm_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if not self._in_head or self.transport.is_closing():
+                return
+            if self._head_bytes or self._tail:  # a head begun and never finished
+                self.transport.write(_refusal(b"408 Request Timeout", "request_timeout",
+                                              f"the request head took more than "
+                                              f"{HEAD_TIMEOUT:g} s"))
+            self.transport.close()
         _body_bytes = 0
         _chunks = 0
 
@@ -97,6 +134,7 @@ def protocol_class() -> Any:
 
         def on_headers_complete(self) -> None:
             self._in_head = False
+            self._disarm_head_timer()
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:

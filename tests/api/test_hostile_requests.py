@@ -255,3 +255,37 @@ def test_tampered_cursors_are_400_on_every_paged_route(live: LiveServer) -> None
             r = live.call("GET", f"{route}?cursor={cursor(text)}{extra}", headers=admin(live))
             assert r.status_code == 400, (route, text[:20], r.text)
             assert r.json()["code"] == "invalid_parameter", r.text
+
+
+def test_connections_that_never_finish_a_head_are_closed(live: LiveServer,
+                                                         monkeypatch: Any) -> None:
+    """Silent connections, and heads sent a byte now and then, were kept for ever: 20,000
+    of them used up the worker's file descriptors (API hunt, 2026-11-25)."""
+    from mail_proxy.api import http_protocol
+
+    monkeypatch.setattr(http_protocol, "HEAD_TIMEOUT", 0.5)
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as silent, \
+            socket.create_connection(("127.0.0.1", live.port), timeout=5) as slow:
+        slow.sendall(b"GET /health HTTP/1.1\r\nX-Pad: ")
+        started = time.monotonic()
+        for _ in range(20):  # a byte every 0.1 s keeps nothing alive
+            try:
+                slow.sendall(b"a")
+            except OSError:
+                break
+            time.sleep(0.1)
+        answer = slow.recv(65536)
+        assert b" 408 " in answer and b'"request_timeout"' in answer, answer[:200]
+        assert silent.recv(1) == b""  # closed without a word: it asked nothing
+        assert time.monotonic() - started < 4
+    # a keep-alive client whose next head comes at once is not affected
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as ok:
+        for _ in range(2):
+            ok.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"}"):  # the whole answer, head and JSON body
+                chunk = ok.recv(65536)
+                assert chunk, answer
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+            time.sleep(0.3)
