@@ -39,6 +39,13 @@ async def json_body(request: Request) -> Any:
     request.scope["mp_raw"] = raw  # the command log reads the body from here, never again
     if not raw.strip():
         return {}
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # not decoded here: a gzip body read as "not valid UTF-8", and a plain one labelled
+        # gzip was taken as it was (API hunt)
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Encoding {encoding} is not accepted: send the body as it is "
+                       "(compress on the wire with TLS or a proxy, not per request)")
     content_type = request.headers.get("content-type", "")
     # curl -d sends form encoding by default; a JSON-looking body is still accepted then, so
     # the quick-start curl line works, but any other declared type is refused.

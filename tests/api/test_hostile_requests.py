@@ -289,3 +289,36 @@ def test_connections_that_never_finish_a_head_are_closed(live: LiveServer,
                 answer += chunk
             assert answer.startswith(b"HTTP/1.1 200 "), answer
             time.sleep(0.3)
+
+
+def test_commands_refuse_fields_they_do_not_know(live: LiveServer) -> None:
+    """A typo ("batch-code") was ignored, and the suspend it went with suspended the
+    whole tenant instead of one batch (API hunt, 2026-11-25)."""
+    r = live.call("POST", "/commands/suspend", headers=admin(live),
+                  json={"tenant_id": "acme", "batch-code": "spring"})
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "validation_error"
+    assert [d["field"] for d in r.json()["detail"]] == ["batch-code"]
+    tenant = live.call("GET", "/tenant/acme", headers=admin(live)).json()["tenant"]
+    assert tenant["suspended_batches"] in ([], None), tenant
+    for route, body in (("/commands/retry-messages", {"ids": ["x"], "id": "y"}),
+                        ("/commands/run-now", {"tenant": "acme"}),
+                        ("/commands/cleanup-messages", {"older_than": 5})):
+        r = live.call("POST", route, headers=admin(live), json={"tenant_id": "acme", **body})
+        assert r.status_code == 422 and r.json()["code"] == "validation_error", (route, r.text)
+
+
+def test_a_content_encoding_is_refused_not_ignored(live: LiveServer) -> None:
+    import gzip
+
+    body = json.dumps({"tenant_id": "acme"}).encode()
+    for encoding, data in (("gzip", gzip.compress(body)), ("br", body)):
+        r = live.call("POST", "/commands/run-now", content=data,
+                      headers={**admin(live), "Content-Type": "application/json",
+                               "Content-Encoding": encoding})
+        assert r.status_code == 415, r.text
+        assert r.json()["code"] == "unsupported_media_type" and encoding in r.json()["error"]
+    r = live.call("POST", "/commands/run-now", content=body,
+                  headers={**admin(live), "Content-Type": "application/json",
+                           "Content-Encoding": "identity"})
+    assert r.status_code == 200, r.text
