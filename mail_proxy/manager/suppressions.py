@@ -29,6 +29,7 @@ from mail_proxy.manager.fields import (
     scoped_tenant,
     string,
 )
+from mail_proxy.manager.tenant_cache import forget_tenant
 from mail_proxy.store.base import Transaction
 
 MAX_PAGE = 1000
@@ -130,7 +131,9 @@ async def add_suppression(core: Core, body: object, principal: Principal | None,
         assert fresh is not None
         return _entry(fresh), row is None
 
-    return await upsert(attempt)
+    answer = await upsert(attempt)
+    forget_tenant(core, tid)  # the next enqueue checks the tenant's list
+    return answer
 
 
 async def remove_suppression(core: Core, tenant_id: str, address_text: object) -> bool:

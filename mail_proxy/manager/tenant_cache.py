@@ -77,3 +77,14 @@ def tenant_cache(core: Core) -> TenantCache:
     if cache is None:
         cache = core.caches["enqueue_tenants"] = TenantCache()
     return cache
+
+
+def forget_tenant(core: Core, tenant_id: str) -> None:
+    """A change made through this Core (tenant, its accounts, its suppressions): the next
+    enqueue reads the tenant afresh instead of trusting the cache for up to a second (a
+    message stored for the old default account right after the PATCH that changed it, an
+    address just suppressed accepted; API hunt). Other processes still see it within
+    TENANT_CACHE_SECONDS."""
+    cache = core.caches.get("enqueue_tenants")
+    if isinstance(cache, TenantCache):
+        cache.forget({tenant_id})

@@ -422,3 +422,30 @@ async def test_removing_the_url_settles_messages_with_pending_events(core) -> No
     assert msg["settled_at"] is not None
     pending = await core.store.fetch_value("report_pending_counts")
     assert pending is None
+
+
+async def test_enqueue_sees_a_change_made_through_the_same_core_at_once(core) -> None:
+    """The enqueue cache trusted a tenant read for up to a second even after a change made
+    by this very worker: a message went to the old default account, a just-suppressed
+    address was accepted, a just-deactivated tenant still stored (API hunt, 2026-11-25)."""
+    from mail_proxy.manager import tenants as manager
+    from mail_proxy.manager.core import ADMIN
+    from mail_proxy.manager.messages import get_message
+    from tests.support import factories as f
+
+    await f.tenant(core)
+    await f.account(core, 2525, account_id="a1")
+    await f.account(core, 2526, account_id="a2")
+    await manager.patch_tenant(core, "acme", {"default_account_id": "a1"}, ADMIN)
+    await f.enqueue(core, f.message(1))  # the cache now holds acme
+    await manager.patch_tenant(core, "acme", {"default_account_id": "a2"}, ADMIN)
+    await f.enqueue(core, f.message(2))
+    assert (await get_message(core, "acme", "m-2"))["account_id"] == "a2"
+    await suppressions.add_suppression(core, {"address": "gone@example.com"}, ADMIN, "acme")
+    with pytest.raises(BadRequest) as refused:
+        await f.enqueue(core, f.message(3, to=["gone@example.com"]))
+    assert refused.value.rejected[0]["code"] == "suppressed"  # type: ignore[attr-defined]
+    await manager.patch_tenant(core, "acme", {"active": False}, ADMIN)
+    with pytest.raises(BadRequest) as inactive:
+        await f.enqueue(core, f.message(4))
+    assert inactive.value.rejected[0]["code"] == "tenant_inactive"  # type: ignore[attr-defined]
