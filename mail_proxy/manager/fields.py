@@ -203,6 +203,10 @@ def http_url(value: Any) -> str:
     if len(value) > 2048:
         raise Bad("too_long", "must be at most 2048 characters")
     if not _URL.fullmatch(value):
+        scheme, sep, rest = value.partition("://")
+        if sep and scheme.lower() in ("http", "https") and "@" in rest.split("/", 1)[0]:
+            raise Bad("invalid_value", "must not carry credentials (user:password@) before "
+                      "its host: they go in their own field (client_auth for a tenant)")
         raise Bad("invalid_value", "must be an absolute http or https URL")
     return value
 

@@ -449,3 +449,12 @@ async def test_enqueue_sees_a_change_made_through_the_same_core_at_once(core) ->
     with pytest.raises(BadRequest) as inactive:
         await f.enqueue(core, f.message(4))
     assert inactive.value.rejected[0]["code"] == "tenant_inactive"  # type: ignore[attr-defined]
+
+
+async def test_a_base_url_with_credentials_is_named_as_such(core) -> None:
+    with pytest.raises(ValidationFailed) as refused:
+        await tenants.put_tenant(core, {"id": "masky", "client_base_url":
+                                        "https://u:pw123@app.test"}, ADMIN)
+    message = refused.value.fields[0].message  # type: ignore[attr-defined]
+    assert message.startswith("must not carry credentials (user:password@) before its host")
+    assert "pw123" not in str(refused.value.fields)  # type: ignore[attr-defined]
