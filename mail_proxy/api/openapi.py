@@ -22,12 +22,13 @@ from mail_proxy import __version__
 @dataclass(frozen=True)
 class Op:
     summary: str
-    access: str               # public | any | admin | own | own-accounts
+    access: str               # public | any | admin | own | own-accounts[-delete]
     ok: tuple[int, str]       # success status, component schema name
     params: tuple[str, ...] = ()
     body: str | None = None   # component schema name of the JSON body
     errors: tuple[int, ...] = ()
     tags: tuple[str, ...] = field(default=())
+    replaces: bool = True     # a 201 route that also answers 200 (create or replace)
 
 
 ACCESS_TEXT = {
@@ -35,6 +36,8 @@ ACCESS_TEXT = {
     "any": "admin or any tenant key",
     "admin": "admin only (tenant key: 403 admin_required)",
     "own": "admin, or a tenant key for its own tenant",
+    "own-accounts-delete": "admin, or a tenant key for its own tenant when "
+                           "tenant_can_manage_accounts is true (else 403 admin_required)",
     "own-accounts": "admin, or a tenant key for its own tenant when "
                     "tenant_can_manage_accounts is true (else 403 admin_required); "
                     "tls_ca_file is admin only; a tenant key may only set public hosts "
@@ -82,7 +85,8 @@ OPS: dict[tuple[str, str], Op] = {
     ("PATCH", "/account/{id}"): Op("Change some fields of an account", "own-accounts",
                                    (200, "AccountAnswer"), (_TID,), "AccountPatch"),
     ("DELETE", "/account/{id}"): Op("Delete an account (force cancels its queued messages)",
-                                    "own-accounts", (200, "AccountDeleted"), (_TID, _FORCE),
+                                    "own-accounts-delete", (200, "AccountDeleted"),
+                                    (_TID, _FORCE),
                                     errors=(409,)),
     ("GET", "/tenants"): Op("List tenants", "admin", (200, "TenantList"), ("active_only",)),
     ("POST", "/tenant"): Op("Create (201, with its API key) or replace (200) a tenant",
@@ -95,7 +99,8 @@ OPS: dict[tuple[str, str], Op] = {
     ("DELETE", "/tenant/{id}"): Op("Delete a tenant and everything it owns", "admin",
                                    (200, "TenantDeleted"), (_FORCE,), errors=(409,)),
     ("POST", "/tenant/{id}/api-key"): Op("Create a new API key, replacing the old one",
-                                         "admin", (201, "ApiKey"), body="ApiKeyBody"),
+                                         "admin", (201, "ApiKey"), body="ApiKeyBody",
+                                         replaces=False),
     ("DELETE", "/tenant/{id}/api-key"): Op("Revoke the API key", "admin", (200, "Revoked")),
     ("GET", "/instance"): Op("Instance and runtime settings", "admin", (200, "Instance")),
     ("PATCH", "/instance"): Op("Change runtime settings (null restores the default)",
@@ -308,6 +313,8 @@ def _parameters(path: str, op: Op) -> list[dict[str, Any]]:
                     "schema": {"type": "string", "minLength": 1}})
     for name in op.params:
         description, schema = QUERY[name]
+        if name == _TID and op.access == "admin":  # no tenant key gets that far
+            description = "filter on one tenant"
         out.append({"name": name, "in": "query", "required": False,
                     "description": description, "schema": schema})
     return out
@@ -324,7 +331,7 @@ def _responses(op: Op, method: str) -> dict[str, Any]:
         content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
     out[str(status)] = {"description": "success", "headers": headers(status),
                         "content": content}
-    if status == 201:  # create-or-replace routes answer 200 on replace
+    if status == 201 and op.replaces:  # create-or-replace routes answer 200 on replace
         out["200"] = {**out["201"], "description": "replaced (or already present)"}
     codes = set(op.errors)
     if op.access != "public":
