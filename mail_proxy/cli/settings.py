@@ -30,9 +30,12 @@ def parse_value(text: str, default: Any) -> Any:
     """JSON when it parses (``true``, ``5``, ``[60,300]``), else the string; a list setting
     also takes ``60,300``."""
     try:
-        return loads_strict(text)
+        value = loads_strict(text)
     except ValueError:
         pass
+    else:
+        # "5" for a list setting is the list of one ("5,10" already read as two)
+        return [value] if isinstance(default, list) and not isinstance(value, list) else value
     if isinstance(default, list):
         items = [item.strip() for item in text.split(",") if item.strip()]
         return [int(i) if i.lstrip("-").isdigit() else i for i in items]

@@ -134,6 +134,9 @@ def test_config_show_set_reset(cli: Any, instance: ProcessConfig) -> None:
     r = cli("main", "config", "set", "retry_delays", "60,300")
     assert (r.code, r.out) == (0, "retry_delays = [60, 300] (running workers apply it "
                                   "within 5 s)\n")
+    r = cli("main", "config", "set", "retry_delays", "5")  # a list of one, as "5,10" is two
+    assert (r.code, r.out.split(" (")[0]) == (0, "retry_delays = [5]"), r.err
+    r = cli("main", "config", "set", "retry_delays", "60,300")
     r = cli("main", "config", "set", "max_retries", "99")
     assert (r.code, r.err) == (2, "error: max_retries: must be between 0 and 50\n")
     r = cli("main", "config", "set", "bounce_imap_password", "-", stdin="imap-secret-9\n")
