@@ -70,8 +70,10 @@ def check_database(config: Any) -> None:
         return
     inside = config.folder is not None and os.path.dirname(os.path.abspath(path)) == \
         os.path.abspath(config.folder)
-    hint = ("restore it from a backup; to start afresh with an empty one: mail-proxy delete "
-            f"{config.name}, then mail-proxy start {config.name}" if inside else
+    from_env = next((v for v in ("GMP_DB_URL", "GMP_DB_PATH") if os.environ.get(v)), None)
+    hint = (f"restore it from a backup, or correct {from_env} (it names the file)" if from_env
+            else "restore it from a backup; to start afresh with an empty one: mail-proxy "
+            f"delete {config.name}, then mail-proxy start {config.name}" if inside else
             "restore it from a backup, or point db_url in config.toml at the right file")
     raise DatabaseMissing(f"the database of instance '{config.name}' {problem}: {path}",
                           hint=hint)

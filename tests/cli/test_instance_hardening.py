@@ -360,6 +360,9 @@ def test_a_missing_database_is_an_error_not_an_empty_new_one(cli: Any) -> None:
     no_surprise(r.stderr)
     assert r.returncode == 2 and "is missing" in r.stderr, r.stderr
     assert not db.exists()
+    elsewhere = db.parent / "moved.db"  # the path came from the environment: named there
+    r = run_sub("serve", "gone", env={"GMP_DB_PATH": str(elsewhere)})
+    assert "hint: restore it from a backup, or correct GMP_DB_PATH" in r.stderr, r.stderr
     assert cli("delete", "gone", "--force").code == 0
 
 
