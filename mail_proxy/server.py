@@ -93,6 +93,7 @@ class Worker:
         self.stop_requested = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
         self._unimplemented_warned: tuple[str, ...] = ()
+        self._background: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         from mail_proxy.manager.core import Core
@@ -156,6 +157,7 @@ class Worker:
                                      fetcher=self.fetcher, metrics=self.metrics,
                                      on_event=self._event_written)
         core.wake_dispatcher = self.dispatcher.wake
+        core.account_changed = self._account_changed
         core.settings_listeners.append(self._settings_changed)
         self._warn_unimplemented(settings)
         core.wake_reporter = self._event_written
@@ -206,6 +208,11 @@ class Worker:
                 gauge.labels(tenant_id, account_id, state).set(counts.get(state, 0))
         for tier, size in self.fetcher.cache_bytes().items():
             self.metrics.attachment_cache_bytes.labels(tier).set(size)
+
+    def _account_changed(self, tenant_id: str, account_id: str) -> None:
+        task = asyncio.create_task(self.smtp.discard(tenant_id, account_id))
+        self._background.add(task)  # kept until done: a bare task may be collected
+        task.add_done_callback(self._background.discard)
 
     def _event_written(self, tenant_id: str | None) -> None:
         if self.reporter is not None:

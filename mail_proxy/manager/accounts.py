@@ -154,6 +154,8 @@ async def _write(core: Core, tenant_id: str, account_id: str, values: dict[str, 
     created = await upsert(lambda: _write_once(core, tenant_id, account_id, values, errors,
                                                principal, replace=replace))
     forget_tenant(core, tenant_id)
+    if core.account_changed is not None:
+        core.account_changed(tenant_id, account_id)
     return created
 
 
@@ -344,6 +346,8 @@ async def delete_account(core: Core, tenant_id: str, account_id: str, *, force: 
     if cancelled and reportable and core.wake_reporter is not None:
         core.wake_reporter(tid)
     forget_tenant(core, tenant_id)
+    if core.account_changed is not None:
+        core.account_changed(tenant_id, account_id)
     return cancelled
 
 

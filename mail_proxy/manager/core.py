@@ -61,6 +61,9 @@ class Core:
     settings_version: int = -1
     # Set by the worker so that domain operations can wake its loops; None in the CLI.
     wake_dispatcher: Callable[[str | None], None] | None = None
+    # the worker's SMTP pools: an account changed or deleted through this Core closes its
+    # idle connections at once (delivery.md §8.1), not a minute later when they time out
+    account_changed: Callable[[str, str], None] | None = None
     wake_reporter: Callable[[str | None], None] | None = None
     metrics: Any = None  # mail_proxy.metrics.Metrics in the worker; None in the CLI
     # Short-lived caches of domain modules, per database (never module globals).

@@ -205,3 +205,36 @@ async def test_sighup_rereads_settings_even_without_a_new_version(tmp_path, keyr
                 break
             await asyncio.sleep(0.02)
         assert worker.core.settings.max_recipients == 1
+
+
+async def test_an_account_changed_or_deleted_through_the_api_closes_its_idle_connections(
+        tmp_path, keyring, smtp_server) -> None:
+    """delivery.md §8.1: the old pool closes its idle connections at once. With nothing
+    left to send, they stayed open until the idle timeout, 60-75 s (soak hunt)."""
+    async with running_worker(tmp_path, keyring) as (worker, client):
+        await f.tenant(worker.core)
+        await f.account(worker.core, smtp_server.port)
+        r = await client.post("/commands/add-messages",
+                              json={"tenant_id": "acme", "messages": [f.message(1)]})
+        assert r.status_code == 200, r.text
+
+        async def idle() -> int:
+            return sum(s["idle"] for s in worker.smtp.stats().values())
+
+        async def one_idle() -> bool:
+            return await idle() == 1
+
+        async def none_idle() -> bool:
+            return await idle() == 0
+
+        await wait_for(one_idle)
+        r = await client.patch("/account/main", params={"tenant_id": "acme"},
+                               json={"max_connections": 2})
+        assert r.status_code == 200, r.text
+        await wait_for(none_idle, timeout=3)
+        r = await client.post("/commands/add-messages",
+                              json={"tenant_id": "acme", "messages": [f.message(2)]})
+        await wait_for(one_idle)
+        r = await client.delete("/account/main", params={"tenant_id": "acme"})
+        assert r.status_code == 200, r.text
+        await wait_for(none_idle, timeout=3)
