@@ -320,6 +320,14 @@ class Sender:
             until = int(config.throttle_until or t)
         if self.metrics is not None:
             self.metrics.throttled_total.labels(msg.tenant_id, msg.account_id).inc()
+        if failure.refused and until > t:
+            # The server slowed us down over this message's recipients (a mailbox's own rate
+            # limit, "450 ... rate limit" to RCPT), not the connection: the account pauses
+            # as delivery.md §7 says, but the message waits one pause more, so its account's
+            # other messages go first when the pause ends. Deferred only to the pause's end,
+            # the oldest message was claimed first after every pause, throttled again, and
+            # held the whole account until max_message_age (Postfix interop hunt).
+            until += until - t
         age_limit = settings.max_message_age
         if age_limit and until > msg.not_before + age_limit:
             await self.recorder.error(msg, code="expired", attempted=False,

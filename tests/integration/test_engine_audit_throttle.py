@@ -50,7 +50,11 @@ async def test_throttle_reply_pauses_the_account_without_attempts(
         row = await account_row(core)
         assert row["throttle_level"] == 1
         assert before + 60 <= row["throttle_until"] <= now() + 60
-        assert first["next_attempt_at"] == row["throttle_until"]
+        if where == "rcpt":  # refused over its recipients: one pause more than its account
+            pause = row["throttle_until"] - first["events"][-1]["event_ts"]
+            assert abs(first["next_attempt_at"] - (row["throttle_until"] + pause)) <= 1
+        else:
+            assert first["next_attempt_at"] == row["throttle_until"]
         # the other messages of the account were given back (T7) or never claimed; after a
         # throttle at the end of DATA, the next message may already have been pipelined:
         # it gets the server's reply, deferred to the same pause (no attempt, no escalation)
@@ -157,3 +161,29 @@ async def test_throttle_past_max_message_age_expires(core, smtp_server) -> None:
     assert msg["attempts"] == 0
     assert "421 4.7.0 Try again later" in msg["last_error"]
     assert msg["events"][-1]["metadata"]["code"] == "expired"
+
+
+async def test_a_message_throttled_over_its_recipients_lets_the_others_go_first(
+        core, smtp_server) -> None:
+    """One recipient answering "450 ... rate limit" at RCPT throttled its account after
+    every pause: the message, still the oldest, was claimed first each time, and the
+    account's other messages waited until max_message_age (Postfix interop hunt)."""
+    await f.tenant(core)
+    await f.account(core, smtp_server.port, max_connections=1)
+    smtp_server.script(rcpt={"rcpt1@example.com": "450 4.7.1 Rate limit exceeded, slow down"})
+    await f.enqueue(core, *[f.message(i) for i in range(1, 5)])
+    d = make(core)
+    try:
+        await settle(d)
+        poison = await message(core, "m-1")
+        row = await account_row(core)
+        assert poison["status"] == "deferred" and poison["next_attempt_at"] > row["throttle_until"]
+        # the account's pause ends; the throttled message's own wait does not yet
+        await sql(core, f"UPDATE accounts SET throttle_until = {now() - 1}")
+        d.configs.forget()
+        await settle(d)
+        for other in ("m-2", "m-3", "m-4"):
+            assert (await message(core, other))["status"] == "sent", other
+        assert (await message(core, "m-1"))["status"] == "deferred"
+    finally:
+        await d.smtp.close()
