@@ -80,9 +80,13 @@ class SendResult:
 class SmtpChannel(asyncio.Protocol):
     """Commands and replies on one session; one transaction at a time (the pool's lease)."""
 
-    def __init__(self, transport: asyncio.Transport, *, pipelining: bool) -> None:
+    def __init__(self, transport: asyncio.Transport, *, pipelining: bool,
+                 size: bool = False) -> None:
         self.transport = transport
         self.pipelining = pipelining
+        # RFC 1870: MAIL FROM names the message's size, so a server whose limit it passes
+        # refuses at once (552 to MAIL) instead of after receiving it all
+        self.size = size
         self._buffer = bytearray()
         # One future per command written, in write order: replies are matched to commands
         # by position, so two transactions can overlap (one waiting for its final reply
@@ -113,7 +117,8 @@ class SmtpChannel(asyncio.Protocol):
         transport = cast(asyncio.Transport, client.transport)
         if transport is None or transport.is_closing():
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        channel = cls(transport, pipelining=client.supports_extension("pipelining"))
+        channel = cls(transport, pipelining=client.supports_extension("pipelining"),
+                      size=client.supports_extension("size"))
         transport.set_protocol(channel)
         # The client must not close the transport now that the channel owns it.
         client.transport = None
@@ -220,7 +225,8 @@ class SmtpChannel(asyncio.Protocol):
         session is between transactions as far as the server is concerned, and with
         PIPELINING the next transaction may be written before this one's final reply.
         """
-        envelope = [b"MAIL FROM:<" + _ascii(mail_from) + b">\r\n"]
+        size = b" SIZE=%d" % len(data) if self.size else b""
+        envelope = [b"MAIL FROM:<" + _ascii(mail_from) + b">" + size + b"\r\n"]
         envelope += [b"RCPT TO:<" + _ascii(r) + b">\r\n" for r in rcpts]
         data_reply: SMTPResponse | None = None
         self.stage = c.MAIL

@@ -286,3 +286,32 @@ async def test_tls_none_never_upgrades(pools: SmtpPools, ca: trustme.CA) -> None
         await pools.send(target(srv), "s@acme.test", ["a@example.test"], DATA)
     assert srv.messages[0].tls is False
     assert srv.ehlo_names == ["proxy.test"]
+
+
+async def test_mail_from_names_the_size_so_an_oversized_message_is_refused_before_upload(
+        core, smtp_server) -> None:
+    """RFC 1870: without SIZE= a server whose limit a message passes still received all of
+    it before answering 552 (3 MB against Postfix's 20 kB limit, interop hunt)."""
+    from tests.integration.test_engine_audit_helpers import make, message, settle
+    from tests.support import factories as f
+
+    await f.tenant(core)
+    await f.account(core, smtp_server.port)
+    await f.enqueue(core, f.message(1))
+    d = make(core)
+    try:
+        await settle(d)
+        assert (await message(core, "m-1"))["status"] == "sent"
+        [options] = smtp_server.mail_options
+        assert len(options) == 1 and options[0].startswith("SIZE=")
+        assert int(options[0][5:]) == len(smtp_server.messages[0].data)  # the message as sent
+        smtp_server.size_limit = 2000
+        await d.smtp.close()
+        d = make(core)
+        await f.enqueue(core, f.message(2, body="x" * 5000))
+        await settle(d)
+        refused = await message(core, "m-2")
+        assert refused["status"] == "error" and refused["last_smtp_code"] == 552
+        assert smtp_server.commands["DATA"] == 1  # only the first message's
+    finally:
+        await d.smtp.close()

@@ -102,6 +102,7 @@ class _Handler:
             return self.owner.scripted.mail
         envelope.mail_from = address
         envelope.mail_options.extend(options)
+        self.owner.mail_options.append(list(options))
         return "250 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
@@ -193,6 +194,8 @@ class RecordingSmtpServer:
         self.hostname = hostname
         self.handler = _Handler(self)
         self.scripted = Script()
+        self.size_limit = 33554432  # aiosmtpd's default; announced as SIZE, checked at MAIL
+        self.mail_options: list[list[str]] = []  # the parameters of every MAIL FROM
         self.messages: list[ReceivedMessage] = []
         self.commands: Counter[str] = Counter()
         self.ehlo_names: list[str] = []
@@ -236,7 +239,8 @@ class RecordingSmtpServer:
         return _Protocol(
             self, hostname=self.hostname, loop=asyncio.get_running_loop(),
             tls_context=self._ctx if self.tls == "starttls" else None,
-            authenticator=self._authenticate, auth_require_tls=False, timeout=30)
+            authenticator=self._authenticate, auth_require_tls=False, timeout=30,
+            data_size_limit=self.size_limit)
 
     async def __aenter__(self) -> RecordingSmtpServer:
         loop = asyncio.get_running_loop()
