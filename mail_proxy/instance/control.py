@@ -134,6 +134,8 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
         if config is None:
             config = _existing(name, host=host, port=port, db=db, key_file=key_file,
                                wait=wait)
+            if config is not None:
+                _warn_unknown_keys(folder, err)
         if config is not None:
             try:
                 _check_port(name, config.host, config.port)
@@ -258,6 +260,18 @@ def _existing(name: str, *, host: str | None, port: int | None, db: str | None,
     config = resolve_process_config(name)
     check_database(config)
     return config
+
+
+def _warn_unknown_keys(folder: Path, err: Say) -> None:
+    """A typo in config.toml ("prot = 8100") was ignored without a word (ops hunt): the
+    instance started on its old port. Said once, at start; the instance still starts."""
+    from mail_proxy.instance.config import CONFIG_KEYS, read_toml
+
+    unknown = sorted(k for k in read_toml(folder) if k not in CONFIG_KEYS)
+    if unknown:
+        err(f"warning: {folder / 'config.toml'}: unknown key(s) "
+            + ", ".join(repr(k) for k in unknown) + " ignored (known: "
+            + ", ".join(CONFIG_KEYS) + ")")
 
 
 def _gone(folder: Path, limit: float) -> bool:

@@ -383,3 +383,15 @@ def test_start_during_a_stop_waits_for_it_and_starts_afresh(
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("mail-proxy 'demo' is running at")
     assert record()["state"] == "RUNNING" and record()["supervisor_pid"] != first
+
+
+def test_start_warns_about_unknown_config_keys(
+        run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    """A typo in config.toml ("prot") was ignored without a word (ops hunt, 2026-11-25)."""
+    assert run_cli("start", "demo", "--port", str(free_port()), "--wait", "10").returncode == 0
+    assert run_cli("stop", "demo").returncode == 0
+    toml = paths.instance_dir("demo") / "config.toml"
+    toml.write_text(toml.read_text() + "prot = 8100\n")
+    r = run_cli("start", "demo", "--wait", "10")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.startswith(f"warning: {toml}: unknown key(s) 'prot' ignored (known: name, ")
