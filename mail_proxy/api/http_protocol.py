@@ -57,6 +57,8 @@ def protocol_class() -> Any:
 
         _head_timer: Any = None
         _raw_bytes = 0  # of the current request, head included
+        _body_bytes = 0
+        _chunks = 0
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -89,8 +91,6 @@ def protocol_class() -> Any:
                                               f"the request head took more than "
                                               f"{HEAD_TIMEOUT:g} s"))
             self.transport.close()
-        _body_bytes = 0
-        _chunks = 0
 
         def data_received(self, data: bytes) -> None:
             if self._in_head and self._head_too_large(data):
