@@ -30,7 +30,6 @@ from mail_proxy.manager.fields import (
     scoped_tenant,
     string,
 )
-from mail_proxy.manager.tenant_cache import forget_tenant
 
 _RESOLVE_SECONDS = 5.0
 # Column defaults of the configurable fields (API name -> value); a replace starts here.
@@ -153,9 +152,7 @@ async def _write(core: Core, tenant_id: str, account_id: str, values: dict[str, 
     """Merge and store; True when the account was created."""
     created = await upsert(lambda: _write_once(core, tenant_id, account_id, values, errors,
                                                principal, replace=replace))
-    forget_tenant(core, tenant_id)
-    if core.account_changed is not None:
-        core.account_changed(tenant_id, account_id)
+    core.changed(tenant_id, account_id)
     return created
 
 
@@ -345,9 +342,7 @@ async def delete_account(core: Core, tenant_id: str, account_id: str, *, force: 
         await tx.execute("account_delete", tenant_id=tid, id=account_id)
     if cancelled and reportable and core.wake_reporter is not None:
         core.wake_reporter(tid)
-    forget_tenant(core, tenant_id)
-    if core.account_changed is not None:
-        core.account_changed(tenant_id, account_id)
+    core.changed(tenant_id, account_id)
     return cancelled
 
 

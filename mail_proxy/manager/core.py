@@ -52,6 +52,9 @@ def now() -> int:
     return int(time.time())
 
 
+ENQUEUE_TENANTS = "enqueue_tenants"  # the key of manager/tenant_cache.py's cache in caches
+
+
 @dataclass
 class Core:
     store: Store
@@ -105,6 +108,16 @@ class Core:
 
     async def close(self) -> None:
         await self.store.close()
+
+    def changed(self, tenant_id: str, account_id: str | None = None) -> None:
+        """A tenant, one of its accounts or its suppression list was written through this
+        Core: its enqueue view is read afresh (not trusted for up to a second), and a
+        changed or deleted account's SMTP pools close their idle connections at once."""
+        cache = self.caches.get(ENQUEUE_TENANTS)
+        if cache is not None:
+            cache.forget({tenant_id})
+        if account_id is not None and self.account_changed is not None:
+            self.account_changed(tenant_id, account_id)
 
     def wake(self, tenant_id: str | None = None) -> None:
         if self.wake_dispatcher is not None:

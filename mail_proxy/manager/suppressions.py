@@ -29,7 +29,6 @@ from mail_proxy.manager.fields import (
     scoped_tenant,
     string,
 )
-from mail_proxy.manager.tenant_cache import forget_tenant
 from mail_proxy.store.base import Transaction
 
 MAX_PAGE = 1000
@@ -132,7 +131,7 @@ async def add_suppression(core: Core, body: object, principal: Principal | None,
         return _entry(fresh), row is None
 
     answer = await upsert(attempt)
-    forget_tenant(core, tid)  # the next enqueue checks the tenant's list
+    core.changed(tid)  # the next enqueue checks the tenant's list
     return answer
 
 

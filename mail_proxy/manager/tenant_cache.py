@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from mail_proxy.manager.core import Core
+from mail_proxy.manager.core import ENQUEUE_TENANTS, Core
 from mail_proxy.manager.validation import TenantInfo
 
 # A tenant's configuration is re-read at most this often on the enqueue hot path; a
@@ -73,18 +73,8 @@ class TenantCache:
 
 def tenant_cache(core: Core) -> TenantCache:
     """The cache of one Core (one database): never shared between databases."""
-    cache = core.caches.get("enqueue_tenants")
+    cache = core.caches.get(ENQUEUE_TENANTS)
     if cache is None:
-        cache = core.caches["enqueue_tenants"] = TenantCache()
+        cache = core.caches[ENQUEUE_TENANTS] = TenantCache()
     return cache
 
-
-def forget_tenant(core: Core, tenant_id: str) -> None:
-    """A change made through this Core (tenant, its accounts, its suppressions): the next
-    enqueue reads the tenant afresh instead of trusting the cache for up to a second (a
-    message stored for the old default account right after the PATCH that changed it, an
-    address just suppressed accepted; API hunt). Other processes still see it within
-    TENANT_CACHE_SECONDS."""
-    cache = core.caches.get("enqueue_tenants")
-    if isinstance(cache, TenantCache):
-        cache.forget({tenant_id})

@@ -39,7 +39,6 @@ from mail_proxy.manager.fields import (
     timestamp,
     url_path,
 )
-from mail_proxy.manager.tenant_cache import forget_tenant
 from mail_proxy.security.tokens import generate_token, hash_api_key
 
 RESERVED_IDS = frozenset({
@@ -244,7 +243,7 @@ async def put_tenant(core: Core, body: object, principal: Principal | None
 
     api_key = await upsert(attempt)
     auth.forget(core)
-    forget_tenant(core, tenant_id)
+    core.changed(tenant_id)
     return await get_tenant(core, tenant_id), api_key is not None, api_key
 
 
@@ -299,7 +298,7 @@ async def patch_tenant(core: Core, tenant_id: str, body: object, principal: Prin
         await tx.execute("tenant_update", id=tenant_id, now=stamp, **columns)
         await _on_url_removed(tx, row, columns, stamp)
     auth.forget(core)
-    forget_tenant(core, tenant_id)
+    core.changed(tenant_id)
     return await get_tenant(core, tenant_id)
 
 
@@ -324,7 +323,7 @@ async def delete_tenant(core: Core, tenant_id: str, *, force: bool = False) -> d
         await tx.execute("tenant_expire_large_files", tenant_id=tenant_id, now=stamp)
         await tx.execute("tenant_delete", id=tenant_id)
     auth.forget(core)
-    forget_tenant(core, tenant_id)
+    core.changed(tenant_id)
     return {"accounts": int(counts.get("accounts") or 0),
             "messages": int(counts.get("messages") or 0)}
 
@@ -350,7 +349,6 @@ async def create_api_key(core: Core, tenant_id: str, expires_at: object = None
         await tx.execute("tenant_set_api_key", id=tenant_id, api_key_hash=hash_api_key(key),
                          expires_at=expiry, now=now())
     auth.forget(core)
-    forget_tenant(core, tenant_id)
     return {"tenant_id": tenant_id, "api_key": key, "expires_at": expiry}
 
 
@@ -360,7 +358,6 @@ async def revoke_api_key(core: Core, tenant_id: str) -> bool:
             raise _not_found(tenant_id)
         changed = await tx.execute("tenant_revoke_api_key", id=tenant_id, now=now())
     auth.forget(core)
-    forget_tenant(core, tenant_id)
     return changed > 0
 
 
