@@ -42,7 +42,10 @@ ACCESS_TEXT = {
                     "tenant_can_manage_accounts is true (else 403 admin_required); "
                     "tls_ca_file is admin only; a tenant key may only set public hosts "
                     "unless allow_private_urls is true (else 422 validation_error, field code "
-                    "host_not_allowed)",
+                    "host_not_allowed), and must send password (imap_password) again to "
+                    "change host, port, tls_mode or tls_verify (imap_host, imap_port, "
+                    "imap_tls) of an account that stores one (else 422, field code "
+                    "password_required)",
 }
 _AUTH_ERRORS = (400, 401, 403, 404, 429, 503)
 _BODY_ERRORS = (413, 415, 422)

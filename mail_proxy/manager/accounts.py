@@ -41,6 +41,10 @@ DEFAULTS: dict[str, Any] = {
     "imap_folder": "INBOX", "imap_tls": True,
 }
 SECRETS = ("password", "imap_password")
+# What a stored secret is bound to: a tenant key that moves one of these must send the
+# secret again (decisions: security.md, "A stored password stays with its destination").
+_SMTP_DESTINATION = ("host", "port", "tls_mode", "tls_verify")
+_IMAP_DESTINATION = ("imap_host", "imap_port", "imap_tls")
 ALIASES = {"is_pec_account": "is_pec", "imap_ssl": "imap_tls"}
 _BOOLS = ("tls_verify", "is_pec", "imap_tls")
 
@@ -185,6 +189,8 @@ async def _write_once(core: Core, tenant_id: str, account_id: str, values: dict[
             errors.append(FieldError("imap_host", "required", "required when is_pec is true"))
         stored_mode = old["tls_mode"] if old is not None and not replace else None
         merged["tls_mode"] = resolve_tls(values, merged["port"], stored_mode, [])
+        if old is not None and principal is not None and principal.is_tenant:
+            errors.extend(_secrets_moved(old, merged, values))
         fail_if(errors)
         params = _columns(core, merged)
         if row is None:
@@ -194,6 +200,38 @@ async def _write_once(core: Core, tenant_id: str, account_id: str, values: dict[
             await tx.execute("account_update", tenant_id=tenant_id, id=account_id,
                              now=now(), **params)
     return row is None
+
+
+def _secrets_moved(old: dict[str, Any], merged: dict[str, Any], values: dict[str, Any]
+                   ) -> list[FieldError]:
+    """A tenant key that points an account with a stored password at another host or port,
+    or at weaker TLS, must send the password again in the same request.
+
+    Otherwise a stolen tenant key could make the worker log in to a server of its own
+    choosing with a password the admin set and the key holder was never told: secrets are
+    never returned (api.md §1.2), and replaying one to a new destination returns it all
+    the same. The IMAP login falls back to the SMTP password (enterprise.md), so an IMAP
+    destination guards that one too when the account has no IMAP password of its own."""
+    def moved(fields: tuple[str, ...]) -> list[str]:
+        return [f for f in fields if merged.get(f) != old.get(f)]
+
+    errors = []
+    smtp = moved(_SMTP_DESTINATION)
+    if smtp and old["password"] is not None and "password" not in values:
+        errors.append(FieldError(
+            "password", "password_required",
+            f"send the password again to change {', '.join(smtp)}: a stored password stays "
+            "with the destination it was given for"))
+    imap = moved(_IMAP_DESTINATION)
+    imap_secret = old["imap_password"] is not None or (
+        merged.get("imap_password") is None and old["password"] is not None
+        and "password" not in values)
+    if imap and imap_secret and "imap_password" not in values:
+        errors.append(FieldError(
+            "imap_password", "password_required",
+            f"send imap_password again to change {', '.join(imap)}: a stored password stays "
+            "with the destination it was given for"))
+    return errors
 
 
 def _read(data: dict[str, Any], errors: list[FieldError]) -> dict[str, Any]:

@@ -242,3 +242,51 @@ def test_a_bad_ids_field_has_the_field_code_of_api_md(live: LiveServer, route: s
     answer = live.call("POST", route, live.admin_token, json={"tenant_id": "acme", **body})
     assert answer.status_code == 422, answer.text
     assert [(d["field"], d["code"]) for d in answer.json()["detail"]] == [("ids", code)]
+
+
+def test_a_tenant_key_cannot_take_a_stored_password_to_another_destination(
+        live: LiveServer) -> None:
+    """Security hunt: a tenant key moved an admin-provisioned account to a server of its
+    own and the worker logged in there with the stored password (in clear text with
+    tls_mode none). A move now needs the password in the same request."""
+    admin = live.call("POST", "/account", live.admin_token,
+                      json={"tenant_id": "acme", "id": "vault", "host": "smtp.example.com",
+                            "port": 587, "user": "relayuser", "password": "s3cret-admin",
+                            "is_pec": True, "imap_host": "imap.example.com"})
+    assert admin.status_code == 201, admin.text
+    try:
+        for change in ({"host": "smtp.example.org"}, {"port": 2525}, {"tls_mode": "none"},
+                       {"use_tls": False}, {"tls_verify": False}):
+            moved = live.call("PATCH", "/account/vault", live.keys["acme"], json=change)
+            assert moved.status_code == 422, (change, moved.text)
+            [error] = moved.json()["detail"]
+            assert (error["field"], error["code"]) == ("password", "password_required")
+        # the IMAP login falls back to the SMTP password: its destination is guarded too
+        imap = live.call("PATCH", "/account/vault", live.keys["acme"],
+                         json={"imap_host": "imap.example.org"})
+        assert [(e["field"], e["code"]) for e in imap.json()["detail"]] == [
+            ("imap_password", "password_required")], imap.text
+        # a replace (POST) that keeps the password by omission is a move as well
+        replaced = live.call("POST", "/account", live.keys["acme"],
+                             json={"id": "vault", "host": "smtp.example.org", "port": 587,
+                                   "is_pec": True, "imap_host": "imap.example.com"})
+        assert replaced.status_code == 422, replaced.text
+        stored = live.call("GET", "/account/vault", live.admin_token,
+                           params={"tenant_id": "acme"}).json()["account"]
+        assert (stored["host"], stored["port"], stored["tls_mode"], stored["tls_verify"],
+                stored["imap_host"]) == ("smtp.example.com", 587, "starttls", True,
+                                         "imap.example.com")
+        # the same values sent back, other fields, or the password given again: all fine
+        same = live.call("PATCH", "/account/vault", live.keys["acme"],
+                         json={"host": "smtp.example.com", "port": 587, "batch_size": 5})
+        assert same.status_code == 200, same.text
+        again = live.call("PATCH", "/account/vault", live.keys["acme"],
+                          json={"host": "smtp.example.org", "password": "tenant-knows",
+                                "imap_host": "imap.example.org", "imap_password": "x"})
+        assert again.status_code == 200, again.text
+        # the admin is trusted with every secret already
+        admin_move = live.call("PATCH", "/account/vault", live.admin_token,
+                               params={"tenant_id": "acme"}, json={"port": 2525})
+        assert admin_move.status_code == 200, admin_move.text
+    finally:
+        live.call("DELETE", "/account/vault", live.admin_token, params={"tenant_id": "acme"})
