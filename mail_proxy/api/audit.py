@@ -27,7 +27,7 @@ NOT_RECORDED = frozenset({"/commands/run-now"})
 
 def endpoint_label(method: str, path: str) -> str:
     """``"PATCH /account/{id}"``: the route template, so rows group by operation."""
-    return f"{method} {path.replace(':path', '')}"
+    return f"{method} {path.replace(':rest', '')}"
 
 
 async def _payload(request: Request) -> dict[str, Any]:

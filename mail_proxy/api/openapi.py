@@ -305,8 +305,8 @@ def components() -> dict[str, Any]:
     }
 
 def template(path: str) -> str:
-    """A Starlette path (``/messages/{id:path}``) as an OpenAPI path."""
-    return path.replace(":path", "")
+    """A Starlette path (``/messages/{id:rest}``) as an OpenAPI path."""
+    return path.replace(":rest", "")
 
 
 def _parameters(path: str, op: Op) -> list[dict[str, Any]]:

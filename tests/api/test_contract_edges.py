@@ -290,3 +290,20 @@ def test_a_tenant_key_cannot_take_a_stored_password_to_another_destination(
         assert admin_move.status_code == 200, admin_move.text
     finally:
         live.call("DELETE", "/account/vault", live.admin_token, params={"tenant_id": "acme"})
+
+
+@pytest.mark.parametrize(("method", "path", "code"), [
+    ("GET", "/messages/a%0Ab", "message_not_found"),
+    ("GET", "/account/a%0Ab", "account_not_found"),
+])
+def test_a_line_break_in_a_path_id_reaches_the_route(live: LiveServer, method: str, path: str,
+                                                     code: str) -> None:
+    """Security hunt: ``{id:path}`` did not match a decoded newline, so these fell through
+    to "no such route" while the other routes said which resource was missing."""
+    answer = live.call(method, path, live.keys["acme"])
+    assert (answer.status_code, answer.json()["code"]) == (404, code), answer.text
+
+
+def test_a_line_break_in_a_suppressed_address_reaches_the_route(live: LiveServer) -> None:
+    answer = live.call("DELETE", "/suppressions/x%0Ay@example.com", live.keys["acme"])
+    assert (answer.status_code, answer.json()["code"]) == (400, "invalid_parameter"), answer.text
