@@ -148,7 +148,10 @@ def send(ctx: typer.Context,
     if queued:
         wake(obj.instance, tenant)
     if json_output:
-        print_json({"ok": True, "queued": queued, "rejected": rejected})
+        # the REST route's answer, including its all-rejected form (api.md §4.1, cli.md §8)
+        print_json({"ok": True, "queued": queued, "rejected": rejected} if queued else
+                   {"ok": False, "error": "no message was accepted", "code": "all_rejected",
+                    "queued": 0, "rejected": rejected})
     else:
         _report(parsed, rejected, show_lines=bar is None)
     return 0 if not rejected else 1

@@ -83,6 +83,12 @@ def test_send_many_files_json_and_rejections(cli: Any, tenant: str, tmp_path: Pa
     assert (doc["ok"], doc["queued"]) == (True, 6)
     assert doc["rejected"] == [{"index": 3, "id": None, "code": "invalid_eml",
                                 "reason": "no From header"}]
+    r = cli("main", "acme", "send", str(broken), "--json")  # nothing queued: REST's 400 form
+    assert r.code == 1
+    assert json.loads(r.out) == {"ok": False, "error": "no message was accepted",
+                                 "code": "all_rejected", "queued": 0,
+                                 "rejected": [{"index": 0, "id": None, "code": "invalid_eml",
+                                               "reason": "no From header"}]}
     r = cli("main", "acme", "send", *files, "--new-id")  # > 5 files: a bar, then a summary
     assert (r.code, r.out) == (0, "6 queued, 0 rejected\n")
     r = cli("main", "acme", "send", str(broken), files[0], "--account", "nope")
