@@ -391,16 +391,20 @@ def restart(name: str, *, timeout: float | None = None, force: bool = False,
             f"{record.get('supervisor_pid')})",
             hint="restart it where it was started (e.g. systemctl restart mail-proxy@"
                  f"{name}), or mail-proxy stop {name} and mail-proxy start {name}")
-    if supervisor_alive(record):
+    was_running = supervisor_alive(record)
+    if was_running:
         _check_restartable(name, record or {})
     stop(name, timeout=timeout, force=force, out=lambda _line: None, err=err)
     try:
         return start(name, wait=wait, out=out, err=err)
     except MailProxyError as exc:
         # what the checks above cannot see (the database, a port taken meanwhile): say
-        # plainly that the instance this command found running is down now
-        exc.hint = (f"instance '{name}' was stopped by this restart and is not running; "
-                    + (exc.hint or f"mail-proxy start {name} once the cause is fixed"))
+        # plainly that the instance this command found running is down now; one that was
+        # not running gets start's own message (security hunt: it was told it had been
+        # "stopped by this restart")
+        if was_running:
+            exc.hint = (f"instance '{name}' was stopped by this restart and is not running; "
+                        + (exc.hint or f"mail-proxy start {name} once the cause is fixed"))
         raise
 
 

@@ -343,6 +343,13 @@ def test_restart_refuses_before_stopping_what_start_would_refuse(
     assert r.returncode == 0, r.stderr
     assert record()["port"] == taken and record()["worker_pid"] != worker
 
+    # a stopped instance that cannot start is not said to have been stopped by the restart
+    assert run_cli("stop", "demo").returncode == 0
+    (folder / "encryption.key").write_text("AAAA\n")
+    r = run_cli("restart", "demo", "--wait", "10")
+    assert r.returncode == 2 and "encryption.key" in r.stderr, r.stderr
+    assert "stopped by this restart" not in r.stderr, r.stderr
+
 
 def test_start_and_delete_see_a_worker_that_outlived_its_supervisor(
         run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
