@@ -406,6 +406,33 @@ async def test_md5_mismatch_is_permanent(source: Any, make_fetcher: Any) -> None
     assert info.value.code == "attachment_md5_mismatch"
 
 
+async def test_a_checksum_is_checked_for_inline_content_too(make_fetcher: Any) -> None:
+    """Attachment hunt: content_md5 and the {MD5:...} marker were skipped for base64."""
+    cfg = settings()
+    data = b"inline bytes"
+    good = norm([{"filename": "a.txt", "storage_path": "base64:" + base64.b64encode(data).decode(),
+                  "content_md5": md5(data)}], cfg)
+    assert (await make_fetcher(cfg).fetch_all(tenant(), good))[0].content == data
+    for item in ({"filename": "a.txt", "content_md5": "0" * 32},
+                 {"filename": "a_{MD5:" + "0" * 32 + "}.txt"}):
+        bad = norm([{**item, "storage_path": "base64:" + base64.b64encode(data).decode()}], cfg)
+        with pytest.raises(PermanentFailure) as info:
+            await make_fetcher(cfg).fetch_all(tenant(), bad)
+        assert info.value.code == "attachment_md5_mismatch"
+
+
+async def test_an_endpoint_without_a_base_url_fails_with_a_delivery_code(
+        make_fetcher: Any) -> None:
+    """Attachment hunt: the base URL removed after enqueue ended the message with the
+    enqueue code endpoint_not_configured, outside delivery.md §4's closed list."""
+    cfg = settings()
+    items = norm([{"filename": "inv.pdf", "storage_path": "inv.pdf"}], cfg, "http://x.test")
+    with pytest.raises(PermanentFailure) as info:
+        await make_fetcher(cfg).fetch_all(tenant(None), items)
+    assert info.value.code == "attachment_error"
+    assert "client_base_url" in str(info.value)
+
+
 @pytest.mark.parametrize("threshold_kb", [100, 1])  # memory tier, then disk tier
 async def test_cache_hit_skips_the_source(source: Any, make_fetcher: Any, tmp_path: Path,
                                           threshold_kb: int) -> None:

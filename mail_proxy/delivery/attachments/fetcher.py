@@ -122,6 +122,7 @@ class AttachmentFetcher:
     async def _content(self, tenant: TenantFetchContext, item: dict[str, Any], name: str,
                        meter: ItemMeter) -> tuple[bytes, str]:
         mode = item["fetch_mode"]
+        expected = expected_md5(item["filename"], item.get("content_md5"))
         if mode == modes.BASE64:
             text = item["storage_path"]
             if len(text) > _INLINE_DECODE_LIMIT:
@@ -129,8 +130,12 @@ class AttachmentFetcher:
             else:
                 content = modes.decode_base64(text)
             meter.add(len(content))
+            # a checksum the client sent is checked whatever the source (attachment hunt:
+            # inline content skipped it silently)
+            if expected is not None and (actual := await md5_of(content)) != expected:
+                raise permanent(name, "attachment_md5_mismatch",
+                                f"content MD5 {actual} does not match the expected {expected}")
             return content, "ok"
-        expected = expected_md5(item["filename"], item.get("content_md5"))
         if expected is not None:
             cached = await self._cache.get(tenant.tenant_id, expected)
             if cached is not None:
@@ -173,8 +178,11 @@ class AttachmentFetcher:
                                                    allow_private=allow_private, auth=auth,
                                                    post_path=params)
         if not tenant.base_url:
-            raise permanent(name, "endpoint_not_configured",
-                            "endpoint attachments need the tenant's client_base_url")
+            # attachment_error, a code of delivery.md §9.9: endpoint_not_configured is the
+            # enqueue rejection of the same cause (the URL was removed after enqueue)
+            raise permanent(name, "attachment_error",
+                            "endpoint attachments need the tenant's client_base_url, which is "
+                            "not set")
         url = tenant.base_url.rstrip("/") + tenant.attachment_path
         auth = item.get("auth") if item.get("auth") is not None else tenant.client_auth
         return await self._downloader.download(url, name=name, meter=meter,
