@@ -284,17 +284,46 @@ class Worker:
 
         reopen_files(logging.getLogger())
 
+        token, ring = None, None
         try:
             fresh = resolve_process_config(self.config.name if self.config.folder else None)
-            self.api.admin_token = fresh.api_token
-            self.keyring = KeyRing.load(self.config.folder)
-            self.core.keyring = self.keyring
-            self.dispatcher.configs.forget()
-            log.info("reloaded admin token and key ring")
+            token, ring = fresh.api_token, KeyRing.load(self.config.folder)
         except MailProxyError as exc:
             log.error("reload failed, keeping the previous token and key ring: %s", exc)
-        task = asyncio.get_running_loop().create_task(self.reload_settings(force=True))
+        task = asyncio.get_running_loop().create_task(self._reload(token, ring))
         self.tasks.append(task)
+
+    async def _reload(self, token: str | None, ring: Any) -> None:
+        if token is not None and ring is not None:
+            await self.adopt_key_ring(token, ring)
+        await self.reload_settings(force=True)
+
+    async def adopt_key_ring(self, token: str, ring: Any) -> bool:
+        """Use a re-read admin token and key ring, unless the ring drops a key of the
+        current one that stored values use: a reload that took such a ring made every send
+        needing one of those secrets fail (attachment hunt: an edited encryption.key and a
+        SIGHUP, and messages ended in internal_error). A ring that still lacks a key the
+        current one lacks too is taken: copying in one missing key of several must help."""
+        from mail_proxy.store.keycheck import missing_kids
+
+        try:
+            missing = {kid for kid in await missing_kids(self.core.store, ring)
+                       if kid in self.keyring}
+        except Exception as exc:
+            log.error("reload: cannot check the new key ring against the database (%s); "
+                      "keeping the previous token and key ring", exc)
+            return False
+        if missing:
+            log.error("reload refused, keeping the previous token and key ring: the database "
+                      "holds values encrypted with key %s, which the new key ring lacks",
+                      ", ".join(sorted(missing)))
+            return False
+        self.api.admin_token = token
+        self.keyring = ring
+        self.core.keyring = ring
+        self.dispatcher.configs.forget()
+        log.info("reloaded admin token and key ring")
+        return True
 
     async def stop(self) -> None:
         timeout = float(self.config.shutdown_timeout)

@@ -226,7 +226,8 @@ class Sender:
                 raise PermanentFailure("attachments are not supported by this worker",
                                        code="attachment_error")
             attachments = [self._decrypt_auth(a) for a in raw_attachments]
-            fetched = await self.fetcher.fetch_all(await self._fetch_context(msg), attachments)
+            fetched = await self.fetcher.fetch_all(
+                await self._fetch_context(msg, attachments), attachments)
             parts = [AttachmentPart(filename=f.filename, content=f.content, mime_type=f.mime_type,
                                     content_id=f.content_id) for f in fetched]
         build = functools.partial(build_message, payload, client_id=msg.id,
@@ -247,13 +248,22 @@ class Sender:
                                        code="secret_unavailable") from exc
         return attachment
 
-    async def _fetch_context(self, msg: Claimed) -> Any:
+    async def _fetch_context(self, msg: Claimed, attachments: list[dict[str, Any]]) -> Any:
         from mail_proxy.delivery.attachments.fetcher import TenantFetchContext
 
         row = await self.core.store.fetch_one("tenant_fetch_context", tenant_id=msg.tenant_id)
         auth = None
-        if row and row["client_auth"]:
-            auth = self.core.keyring.decrypt_json(row["client_auth"])
+        # Only endpoint fetches use the tenant's credentials: a message with base64, file or
+        # URL attachments must not fail because they cannot be decrypted (attachment hunt:
+        # it ended in internal_error, with a traceback).
+        if row and row["client_auth"] and any(a.get("fetch_mode") == "endpoint"
+                                              for a in attachments):
+            try:
+                auth = self.core.keyring.decrypt_json(row["client_auth"])
+            except Exception as exc:
+                raise TransientFailure(
+                    f"the tenant's client_auth cannot be decrypted ({exc})",
+                    code="secret_unavailable") from exc
         return TenantFetchContext(tenant_id=msg.tenant_id,
                                   base_url=row["client_base_url"] if row else None,
                                   attachment_path=(row["client_attachment_path"] if row else None)

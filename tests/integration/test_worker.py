@@ -195,10 +195,14 @@ async def test_sighup_rereads_settings_even_without_a_new_version(tmp_path, keyr
 
     async with running_worker(tmp_path, keyring) as (worker, _client):
         assert worker.core.settings.max_recipients == 500
-        db = sqlite3.connect(tmp_path / "mail_service.db")
-        with db:
-            db.execute("UPDATE instance SET settings = ?", ('{"max_recipients": 1}',))
-        db.close()
+
+        def restore() -> None:  # in a thread: the worker's writer needs this event loop
+            db = sqlite3.connect(tmp_path / "mail_service.db", timeout=10)
+            with db:
+                db.execute("UPDATE instance SET settings = ?", ('{"max_recipients": 1}',))
+            db.close()
+
+        await asyncio.to_thread(restore)
         worker.reload()  # what the SIGHUP handler runs
         for _ in range(50):
             if worker.core.settings.max_recipients == 1:
@@ -238,3 +242,72 @@ async def test_an_account_changed_or_deleted_through_the_api_closes_its_idle_con
         r = await client.delete("/account/main", params={"tenant_id": "acme"})
         assert r.status_code == 200, r.text
         await wait_for(none_idle, timeout=3)
+
+
+
+async def test_a_reload_keeps_the_key_ring_when_the_new_one_lacks_a_key_in_use(
+        tmp_path, keyring) -> None:
+    """Start refuses a ring without a key the database uses; SIGHUP took one, and every
+    send needing one of those secrets failed (attachment hunt)."""
+    from mail_proxy.security.crypto import KeyRing, generate_key
+
+    async with running_worker(tmp_path, keyring) as (worker, _client):
+        await f.tenant(worker.core, client_base_url="http://127.0.0.1:9/base",
+                       client_auth={"method": "bearer", "token": "t0ken"})
+        stranger = KeyRing([generate_key()], source="env")
+        assert not await worker.adopt_key_ring("other-token", stranger)
+        assert worker.core.keyring is keyring and worker.api.admin_token != "other-token"
+        wider = KeyRing([generate_key(), *keyring.keys()], source="env")
+        assert await worker.adopt_key_ring(worker.api.admin_token, wider)
+        assert worker.core.keyring is wider
+        # a ring that lacks a key the running one lacks as well is no loss: taken
+        worker.core.keyring = worker.keyring = stranger
+        another = KeyRing([generate_key()], source="env")
+        assert await worker.adopt_key_ring(worker.api.admin_token, another)
+        assert worker.core.keyring is another
+
+
+async def test_only_endpoint_attachments_need_the_tenant_client_auth(
+        tmp_path, keyring, smtp_server) -> None:
+    """Attachment hunt: with the tenant's client_auth unreadable, a message whose only
+    attachment was base64 ended in internal_error (with a traceback); an endpoint one
+    should be the transient secret_unavailable of delivery.md §4."""
+    import sqlite3
+
+    from mail_proxy.security.crypto import KeyRing, generate_key
+
+    async with running_worker(tmp_path, keyring) as (worker, client):
+        await f.tenant(worker.core, client_base_url="http://127.0.0.1:9/base")
+        await f.account(worker.core, smtp_server.port)
+        lost = KeyRing([generate_key()], source="env").encrypt_json(
+            {"method": "bearer", "token": "t0ken"})
+
+        def overwrite() -> None:
+            # in a thread: the worker shares this event loop, and a transaction of its
+            # writer may be waiting for the loop while holding the write lock
+            db = sqlite3.connect(tmp_path / "mail_service.db", timeout=10)
+            with db:
+                db.execute("UPDATE tenants SET client_auth = ? WHERE id = 'acme'", (lost,))
+            db.close()
+
+        await asyncio.to_thread(overwrite)
+        r = await client.post("/commands/add-messages", json={"tenant_id": "acme", "messages": [
+            f.message(1, attachments=[{"filename": "a.txt", "storage_path": "base64:aGVsbG8="}]),
+            f.message(2, attachments=[{"filename": "b.pdf", "storage_path": "doc-7",
+                                       "fetch_mode": "endpoint"}])]})
+        assert r.status_code == 200, r.text
+
+        async def settled() -> bool:
+            rows = await worker.core.store.fetch(
+                "message_list", tenant_id="acme", status=None, batch_code=None,
+                before_pk=None, limit=10)
+            return {row["id"]: row["status"] for row in rows}.get("m-2") == "deferred" \
+                and len(smtp_server.messages) == 1
+
+        await wait_for(settled)
+        rows = await worker.core.store.fetch("message_list", tenant_id="acme", status=None,
+                                             batch_code=None, before_pk=None, limit=10)
+        by_id = {row["id"]: row for row in rows}
+        assert by_id["m-1"]["status"] == "sent"
+        assert by_id["m-2"]["last_error_code"] == "secret_unavailable"
+        assert "client_auth cannot be decrypted" in by_id["m-2"]["last_error"]
