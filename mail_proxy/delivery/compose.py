@@ -80,6 +80,24 @@ class WrittenHeader(str):
         return f"{self.name}: {self._folded}{policy.linesep}"
 
 
+class VerbatimHeader(str):
+    """A header written exactly as given, on one line: for a msg-id such as Content-ID,
+    where RFC 2047 forbids encoded words and clients compare the literal text with the
+    HTML's ``cid:`` reference. The email package folded one of 76 characters or more into
+    encoded words, and the inline image matched nothing (attachment hunt). The value is
+    validated printable ASCII of at most 200 characters, well within a line."""
+
+    name: str
+
+    def __new__(cls, name: str, text: str) -> VerbatimHeader:
+        self = super().__new__(cls, text)
+        self.name = name
+        return self
+
+    def fold(self, *, policy: Any) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
+
+
 def _address(value: str) -> Address:
     # Headers must be ASCII without SMTPUTF8, and RFC 2047 may not encode a domain:
     # international domains are written in their IDNA form, as on the envelope.
@@ -125,7 +143,11 @@ def _file(att: AttachmentPart, *, inline: bool) -> MIMEPart:
                      disposition="inline" if inline else "attachment",
                      filename=header_text(att.filename))
     if inline and att.content_id:
-        part["Content-ID"] = f"<{header_text(att.content_id).strip('<>')}>"
+        cid = one_line(att.content_id).replace(" ", "").strip("<>")
+        # a non-ASCII id can only be one stored before enqueue refused them: encoded words
+        # then, as before, rather than raw bytes in a header
+        part["Content-ID"] = (VerbatimHeader("Content-ID", f"<{cid}>") if cid.isascii()
+                              else f"<{header_text(cid)}>")
     return part
 
 

@@ -104,6 +104,8 @@ def test_endpoint_and_mount_forms() -> None:
     ({"filename": "a", "storage_path": "x", "mime_type": "pdf"}, "attachments[0].mime_type"),
     ({"filename": "a", "storage_path": "x", "content_md5": "abc"}, "attachments[0].content_md5"),
     ({"filename": "a", "storage_path": "x", "content_id": "a b"}, "attachments[0].content_id"),
+    ({"filename": "a", "storage_path": "x", "content_id": "cid@exämple.com"},
+     "attachments[0].content_id"),
     ({"filename": "a", "storage_path": "x", "auth": {"method": "bearer"}},
      "attachments[0].auth.token"),
     ({"filename": "a", "storage_path": "ftp://h/x", "fetch_mode": "http_url"},

@@ -108,6 +108,17 @@ def test_inline_and_regular_attachments_structure() -> None:
     assert files[1].get_content() in (b"a,b\n1,2\n", "a,b\n1,2\n")
 
 
+@pytest.mark.parametrize("cid", ["c" * 75, "c" * 76 + "@x.y", "x" * 200,
+                                 "=?utf-8?q?abc?=", "part1.06090408.01060107@acme.test"])
+def test_a_content_id_goes_out_verbatim_on_one_line(cid: str) -> None:
+    """Attachment hunt: one of 76 characters or more was written as RFC 2047 encoded words,
+    which no client matches with the HTML's cid: reference (Python's parser decodes them,
+    so only the raw bytes show it)."""
+    logo = AttachmentPart("logo.png", b"\x89PNG", "image/png", content_id=cid)
+    raw = build(payload(html=f"<img src='cid:{cid}'>"), (logo,))
+    assert f"\r\nContent-ID: <{cid}>\r\n".encode() in raw
+
+
 def test_inline_without_html_is_an_ordinary_attachment() -> None:
     logo = AttachmentPart("logo.png", b"\x89PNG", "image/png", content_id="logo1")
     msg = parse(build(payload(body="plain"), (logo,)))

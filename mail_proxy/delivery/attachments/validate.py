@@ -18,7 +18,8 @@ _KEYS = {"filename", "storage_path", "fetch_mode", "mime_type", "content_md5", "
 _TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"
 # fullmatch, never match with "$": "$" also matches before a final newline ("text/html\n")
 _MIME = re.compile(rf"{_TOKEN}/{_TOKEN}")
-_CONTENT_ID = re.compile(r"[^<>\s\x00-\x1f\x7f]{1,200}")
+# printable ASCII: a msg-id cannot carry anything else without SMTPUTF8 (RFC 5322 §3.6.4)
+_CONTENT_ID = re.compile(r"[!-;=?-~]{1,200}")
 _AUTH_FIELDS = {"none": (), "bearer": ("token",), "basic": ("user", "password")}
 # The rules of a tenant's client_auth (manager.fields): what goes into an Authorization
 # header must be sendable there, and is bounded like any other secret.
@@ -75,7 +76,8 @@ def _one(item: object, where: str, settings: Any, base_url: str | None) -> dict[
         "mime_type": _optional(item, "mime_type", where, label, _MIME, "a 'type/subtype' value"),
         "content_md5": _md5(item.get("content_md5"), where, label),
         "content_id": _optional(item, "content_id", where, label, _CONTENT_ID,
-                                "1-200 characters without '<', '>' or whitespace"),
+                                "1-200 printable ASCII characters without '<', '>' or "
+                                "whitespace"),
         "auth": _auth(item.get("auth"), f"{where}.auth", label),
     }
     if out["content_id"] and hides_line_break(out["content_id"]):
