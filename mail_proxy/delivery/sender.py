@@ -16,6 +16,7 @@ from mail_proxy.delivery.compose import AttachmentPart, build_message, envelope
 from mail_proxy.delivery.leases import LeaseGuard
 from mail_proxy.delivery.outcomes import Claimed, Recorder
 from mail_proxy.delivery.retry import RetryPolicy, expired_text, throttle_delay
+from mail_proxy.delivery.smtp import NotResent
 from mail_proxy.errors import DeliveryFailure, PermanentFailure, TransientFailure
 from mail_proxy.manager.core import now
 from mail_proxy.store.errors import StoreUnavailable
@@ -153,8 +154,9 @@ class Sender:
             key = (msg.tenant_id, msg.account_id)
             epoch = self.configs.throttle_epoch(key)
             try:
-                result = await self.smtp.send(config.target, mail_from, rcpts, data,
-                                              released=transmitted)
+                result = await self.smtp.send(
+                    config.target, mail_from, rcpts, data, released=transmitted,
+                    may_resend=lambda: self.configs.throttle_epoch(key) == epoch)
             except DeliveryFailure as failure:
                 # With PIPELINING the next transaction starts before this one's final reply:
                 # a throttle reply to a transaction that was already under way when another
@@ -176,6 +178,11 @@ class Sender:
             # the slot is used; giving it back let a slow server get the limit many times
             sent = failure.recipients_accepted
             await self._failed(msg, config, failure, attempted=True, escalate=not late_throttle)
+            return
+        except NotResent:
+            # throttled while this message waited behind the throttled one: held messages
+            # of a throttled account are given back (delivery.md §7, T7)
+            await self.recorder.released(msg)
             return
         finally:
             await self._settle(msg, reservation, sent)

@@ -52,6 +52,12 @@ class _StaleConnection(Exception):
     """A reused connection was gone before the server answered this transaction's MAIL."""
 
 
+class NotResent(Exception):
+    """A transaction lost with its stale connection was not tried again, because the caller
+    said no (the account was throttled meanwhile): nothing of it reached the server, so the
+    message goes back to the queue without an attempt."""
+
+
 class _Pool:
     def __init__(self, target: SmtpTarget) -> None:
         self.key = target.pool_key
@@ -117,13 +123,15 @@ class SmtpPools:
         self._health_after = health_check_after
 
     async def send(self, target: SmtpTarget, mail_from: str, rcpts: list[str],
-                   data: bytes, *, released: Callable[[], None] | None = None
-                   ) -> SendResult:
+                   data: bytes, *, released: Callable[[], None] | None = None,
+                   may_resend: Callable[[], bool] | None = None) -> SendResult:
         """One transaction on a pooled connection; raises a classified DeliveryFailure.
 
         ``released`` is called once the connection is free for another transaction: with
         PIPELINING that is as soon as the message is written, before its final reply, so
         the next message's envelope travels while the server is still accepting this one.
+        ``may_resend`` is asked before a transaction lost with a stale connection goes again
+        on a new one; when it says no, NotResent is raised.
         """
         if self._closed:
             raise TransientFailure("SMTP pools are shut down", code="connection_failed")
@@ -138,6 +146,11 @@ class SmtpPools:
                 return await self._send(target, mail_from, rcpts, data, released=released,
                                         retry_stale=True)
             except _StaleConnection:
+                # The session may have ended with a throttle reply to the message before
+                # (421 "slow down" and a hang-up): a resend at once would go out inside the
+                # pause the server just asked for (delivery hunt).
+                if may_resend is not None and not may_resend():
+                    raise NotResent from None
                 continue
         return await self._send(target, mail_from, rcpts, data, released=released,
                                 retry_stale=False)

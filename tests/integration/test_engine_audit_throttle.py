@@ -187,3 +187,25 @@ async def test_a_message_throttled_over_its_recipients_lets_the_others_go_first(
         assert (await message(core, "m-1"))["status"] == "deferred"
     finally:
         await d.smtp.close()
+
+
+async def test_a_message_pipelined_behind_a_throttle_and_hang_up_is_given_back(core) -> None:
+    """Delivery hunt: "421 closing, slow down" at the end of m-1's data and a hang-up; m-2,
+    pipelined behind it, was sent again at once on a new connection, inside the pause."""
+    from tests.integration.test_smtp_pool import OneMessagePerSession
+
+    async with OneMessagePerSession(b"421 4.7.0 closing, slow down") as srv:
+        await f.tenant(core)
+        await f.account(core, srv.port, max_connections=1)
+        await f.enqueue(core, *[f.message(i) for i in range(1, 4)])
+        d = make(core)
+        try:
+            await settle(d)
+        finally:
+            await d.smtp.close()
+        assert len(srv.received) == 1  # m-1 only: nothing went out inside the pause
+    first = await message(core, "m-1")
+    assert (first["status"], first["last_error_code"]) == ("deferred", "throttled")
+    for other in ("m-2", "m-3"):
+        msg = await message(core, other)
+        assert msg["status"] in ("queued", "deferred") and msg["attempts"] == 0, msg

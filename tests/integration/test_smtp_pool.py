@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mail_proxy.delivery.smtp import SmtpPools, SmtpTarget
+from mail_proxy.delivery.smtp import NotResent, SmtpPools, SmtpTarget
 from mail_proxy.errors import TransientFailure
 from tests.support.smtp_server import RecordingSmtpServer, SinkServer
 
@@ -269,9 +269,10 @@ class OneMessagePerSession:
     """Answers PIPELINING, takes one message per session and hangs up after its 250 (a
     per-session message limit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *finals: bytes) -> None:
         self.received: list[bytes] = []
         self.sessions = 0
+        self.finals = list(finals)  # the first messages' final replies, then 250
 
     async def __aenter__(self) -> OneMessagePerSession:
         self.server = await asyncio.start_server(self._session, "127.0.0.1", 0)
@@ -293,7 +294,8 @@ class OneMessagePerSession:
                     body.append(line)
                     continue
                 self.received.append(b"".join(body))
-                writer.write(b"250 2.0.0 queued\r\n")
+                final = self.finals.pop(0) if self.finals else b"250 2.0.0 queued"
+                writer.write(final + b"\r\n")
                 await writer.drain()
                 break  # the limit: one message, then the session ends without QUIT
             verb = line[:4].upper()
@@ -322,3 +324,22 @@ async def test_a_server_hanging_up_after_its_250_costs_the_next_message_nothing(
         finally:
             await pools.close()
     assert len(srv.received) == 4 and srv.sessions == 4
+
+
+async def test_a_message_lost_behind_a_throttle_and_hang_up_is_not_resent_when_told_not_to(
+        ) -> None:
+    """Delivery hunt: "421 closing, slow down" at the end of one message, and the envelope
+    pipelined behind it went again at once on a new connection, inside the pause."""
+    async with OneMessagePerSession(b"421 4.7.0 closing, slow down") as srv:
+        pools = SmtpPools(ehlo_name="proxy.test", connect_timeout=2, send_timeout=2)
+        t = target(srv.port, max_connections=1)
+        try:
+            first, second = await asyncio.gather(*(
+                pools.send(t, "a@acme.test", [f"r{i}@example.com"],
+                           b"Subject: %d\r\n\r\nhi\r\n" % i, may_resend=lambda: False)
+                for i in range(2)), return_exceptions=True)
+        finally:
+            await pools.close()
+    assert isinstance(first, TransientFailure) and first.throttle, first
+    assert isinstance(second, NotResent), second
+    assert len(srv.received) == 1 and srv.sessions == 1
