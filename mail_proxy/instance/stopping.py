@@ -60,7 +60,8 @@ def _stop_orphan(name: str, record: dict, timeout: float | None, force: bool,
     err(f"the supervisor of '{name}' is gone; stopping its worker {pid}")
     with contextlib.suppress(ProcessLookupError):
         os.kill(int(pid), signal.SIGTERM)  # type: ignore[arg-type]
-    deadline = time.monotonic() + (_stop_timeout(name, err) if timeout is None else timeout)
+    deadline = time.monotonic() + (_stop_timeout(name, err, record) if timeout is None
+                                   else timeout)
     while is_alive(pid, created, since_boot) and time.monotonic() < deadline:
         time.sleep(POLL)
     if is_alive(pid, created, since_boot):
@@ -85,7 +86,7 @@ def stop(name: str, *, timeout: float | None = None, force: bool = False,
         return 0
     assert record is not None
     if timeout is None:
-        timeout = _stop_timeout(name, err)
+        timeout = _stop_timeout(name, err, record)
     try:
         os.kill(record["supervisor_pid"], signal.SIGTERM)
     except ProcessLookupError:
@@ -111,9 +112,15 @@ def running_instances() -> list[str]:
             if supervisor_alive(read_record(paths.instance_dir(n)))]
 
 
-def _stop_timeout(name: str, err: Say) -> float:
-    """shutdown_timeout + 15 s; a config.toml edited badly since the start must not make a
-    running instance impossible to stop, so it falls back to the default budget."""
+def _stop_timeout(name: str, err: Say, record: dict | None = None) -> float:
+    """shutdown_timeout + 15 s: the value the running supervisor started with (a value set
+    since applies at the next start; waiting for it instead said "still draining; use
+    --force" to a worker still within its budget), else config.toml's. A config.toml edited
+    badly since the start must not make a running instance impossible to stop, so it falls
+    back to the default budget."""
+    recorded = (record or {}).get("shutdown_timeout")
+    if isinstance(recorded, (int, float)) and not isinstance(recorded, bool) and recorded >= 0:
+        return float(recorded) + 15
     try:
         return resolve_process_config(name, need_token=False).shutdown_timeout + 15
     except ConfigurationError as exc:

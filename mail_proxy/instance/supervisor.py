@@ -132,7 +132,10 @@ class Supervisor:
         self.record.update(supervisor_pid=os.getpid(),
                            supervisor_create_time=process_create_time(os.getpid()),
                            supervisor_since_boot=process_since_boot(os.getpid()),
-                           host=self.host, port=self.port, started_at=int(time.time()))
+                           host=self.host, port=self.port, started_at=int(time.time()),
+                           # the drain budget in force: `stop` waits for it, not for a value
+                           # edited in config.toml since (applied at the next start)
+                           shutdown_timeout=self.shutdown_timeout)
         # on disk as soon as we hold the lock, before the worker exists: a concurrent
         # `start` (or one whose supervisor lost the lock to us) must see us alive at once
         # (written quietly: the state STARTING is logged when the worker is spawned)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mail_proxy.instance import paths
+from mail_proxy.instance import paths, stopping
 from mail_proxy.instance.states import is_alive, read_record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +94,12 @@ def test_start_restart_after_kill_and_drain(run_cli: Callable[..., subprocess.Co
     assert again.returncode == 0 and again.stdout.startswith("mail-proxy 'demo' is running at")
     status = run_cli("status", "demo", "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["restarts"] == 1
+
+    # the drain budget in force is recorded: `stop` waits for it, not for an edited one
+    assert record()["shutdown_timeout"] == 30
+    assert run_cli("demo", "config", "set", "shutdown_timeout", "1").returncode == 0
+    assert stopping._stop_timeout("demo", lambda _line: None, record()) == 45
+    assert stopping._stop_timeout("demo", lambda _line: None, None) == 16
 
     r = run_cli("stop", "demo")
     assert (r.returncode, r.stdout) == (0, "stopped\n"), r.stderr
