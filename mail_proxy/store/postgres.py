@@ -57,9 +57,14 @@ _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
 # Failures to open that waiting cures: no server listening (yet), a timeout, a server
 # starting up or shutting down, no connection slot free. A refused login or a missing
 # database is not among them, nor a TLS failure (an OSError too): those need the operator.
+# ObjectNotInPrerequisiteStateError: 'database "x" is not currently accepting connections'
+# (ALTER DATABASE ... ALLOW_CONNECTIONS false, a maintenance window) and, its subclass, a
+# lock the migration could not get: both pass (PostgreSQL hunt: a worker restarted during
+# such an outage ended FATAL while the running ones rode it out).
 _UNREACHABLE = (OSError, TimeoutError, asyncpg.CannotConnectNowError,
                 asyncpg.TooManyConnectionsError, asyncpg.AdminShutdownError,
-                asyncpg.CrashShutdownError, asyncpg.ConnectionDoesNotExistError)
+                asyncpg.CrashShutdownError, asyncpg.ConnectionDoesNotExistError,
+                asyncpg.ObjectNotInPrerequisiteStateError)
 
 
 def parse_url(url: str) -> tuple[str, str | None]:

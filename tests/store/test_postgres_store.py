@@ -49,6 +49,29 @@ async def test_unreachable_server_is_unavailable_and_hides_the_password() -> Non
     assert "s3cret" not in str(info.value)
 
 
+async def test_a_database_closed_to_connections_is_unreachable(pg_url: str) -> None:
+    """PostgreSQL hunt: 'database ... is not currently accepting connections' (ALTER
+    DATABASE ... ALLOW_CONNECTIONS false) made a starting worker crash (exit 1, FATAL after
+    five) instead of exit 75, which its supervisor waits out."""
+    import secrets as random_names
+    from urllib.parse import urlsplit, urlunsplit
+
+    from mail_proxy.store.errors import StoreUnreachable
+
+    name = "mp_closed_" + random_names.token_hex(4)
+    admin = await asyncpg.connect(pg_url.split("?")[0])
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        parts = urlsplit(pg_url.split("?")[0])
+        store = PostgresStore(urlunsplit(parts._replace(path=f"/{name}")))
+        with pytest.raises(StoreUnreachable, match="not currently accepting connections"):
+            await store.open()
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.close()
+
+
 class Wakes:
     """What a listening store received: its payloads, and an event set on each."""
 
