@@ -44,7 +44,8 @@ def test_rotate_reencrypts_and_prunes(cli: Any, tenant: str, instance: ProcessCo
     assert r.code == 0, r.err
     ring = KeyRing.load(instance.folder)
     assert ring.kids[1:] == [old_kid]
-    assert r.out == f"new primary key {ring.primary_kid}; 1 values re-encrypted\n"
+    # the account's password and the instance secret (data.md §2.7)
+    assert r.out == f"new primary key {ring.primary_kid}; 2 values re-encrypted\n"
     after, plain = _stored_password(instance)
     assert plain == "pw-rotate-me" and f":{ring.primary_kid}:" in after
 

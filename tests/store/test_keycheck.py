@@ -26,3 +26,20 @@ async def test_missing_kids_names_the_keys_the_ring_lacks(core, keyring: KeyRing
     assert "into this instance's encryption.key" in text
     creating = refusal_message({keyring.primary_kid}, "main", creating=True)
     assert "--key-file PATH" in creating and "into this instance's" not in creating
+
+
+async def test_the_first_opening_generates_the_instance_secret(core, keyring: KeyRing) -> None:
+    """data.md §2.7 (PostgreSQL hunt): it stayed null, so a fresh shared database held no
+    secret and a second instance with a key of its own was accepted."""
+    import base64
+
+    row = await core.store.fetch_one("instance_get")
+    secret = keyring.decrypt(row["instance_secret"])
+    assert len(base64.b64decode(secret)) == 32
+    # an empty database already marks the ring that opened it first
+    other = KeyRing([generate_key()], source="env")
+    assert await missing_kids(core.store, other) == {keyring.primary_kid}
+    # and a later opening keeps it
+    await core._init_instance_secret()
+    assert (await core.store.fetch_one("instance_get"))["instance_secret"] == \
+        row["instance_secret"]

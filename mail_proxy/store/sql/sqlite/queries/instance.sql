@@ -16,3 +16,6 @@ DELETE FROM leases WHERE name = :name AND owner = :me;
 
 -- name: command_log_prune
 DELETE FROM command_log WHERE command_ts < :before;
+
+-- name: instance_secret_init
+UPDATE instance SET instance_secret = :secret WHERE id = 1 AND instance_secret IS NULL;
