@@ -80,7 +80,38 @@ def context_tenant(world: World, instance: str) -> tuple[str | None, str | None]
     return None, None
 
 
+HELP_FLAGS = ("-h", "--help")
+
+
 def resolve_argv(argv: list[str], world: World) -> Route:
+    try:
+        return _resolve(argv, world)
+    except GrammarError:
+        route = _help_route(argv, world)
+        if route is None:
+            raise
+        return route
+
+
+def _help_route(argv: list[str], world: World) -> Route | None:
+    """``mail-proxy send --help`` before any instance or tenant exists: the help of the
+    command, with NAME and TENANT standing for the missing names (CLI hunt: a new user got
+    "no instance given" instead of the options). Help is printed before any command runs,
+    so the placeholders never reach the disk."""
+    if not any(a in HELP_FLAGS for a in argv):
+        return None
+    words = [a for a in argv if not a.startswith("-")]
+    command = next((w for w in words if w in INSTANCE_WORDS or w in TENANT_WORDS), None)
+    if command is None:
+        return None
+    rest = argv[argv.index(command):]
+    instance = argv[0] if argv[0] in world.instances else "NAME"
+    if command in TENANT_ONLY_WORDS:
+        return Route("tenant", rest, instance, "TENANT", "argv", "argv")
+    return Route("instance", rest, instance, None, "argv")
+
+
+def _resolve(argv: list[str], world: World) -> Route:
     if not argv or argv[0].startswith("-") or argv[0] in GLOBAL_WORDS:
         return Route("global", list(argv))
     first = argv[0]

@@ -146,3 +146,22 @@ def test_a_mistyped_command_gets_a_suggestion() -> None:
                                 "the tenants")
     far = fail(["main", "zzz"], world())
     assert far.hint == "mail-proxy main tenants list shows the tenants"
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["send", "--help"], Route("tenant", ["send", "--help"], "NAME", "TENANT", "argv", "argv")),
+    (["tenants", "add", "-h"], Route("instance", ["tenants", "add", "-h"], "NAME", None,
+                                     "argv")),
+    (["other", "accounts", "add", "--help"],
+     Route("tenant", ["accounts", "add", "--help"], "other", "TENANT", "argv", "argv")),
+])
+def test_help_of_a_command_needs_no_instance_or_tenant(argv: list[str],
+                                                      expected: Route) -> None:
+    """CLI hunt: a new user asking for a command's options got "no instance given"."""
+    assert resolve_argv(argv, world()) == expected
+
+
+def test_help_does_not_hide_an_unknown_name() -> None:
+    with pytest.raises(GrammarError) as info:
+        resolve_argv(["nosuch", "--help"], world())
+    assert info.value.exit_code == 3
