@@ -123,14 +123,15 @@ def _delete(name: NameArg,
                 "--force", help="Stop it first if running; no confirmation.")] = False) -> int:
     """Remove an instance folder (not its PostgreSQL database)."""
     from mail_proxy.cli.application import interactive
-    from mail_proxy.instance import control
 
     confirm = None
     if interactive():
         from mail_proxy.cli.prompts import confirm_by_typing
 
         confirm = confirm_by_typing
-    return control.delete(name, force=force, confirm=confirm, out=out, err=err)
+    from mail_proxy.instance import removal
+
+    return removal.delete(name, force=force, confirm=confirm, out=out, err=err)
 
 
 def _logs(name: OptName = None,

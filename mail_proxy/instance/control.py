@@ -22,7 +22,6 @@ from pathlib import Path
 import mail_proxy
 from mail_proxy.errors import (
     ConfigurationError,
-    InstanceError,
     MailProxyError,
     OperationFailed,
 )
@@ -41,7 +40,6 @@ from mail_proxy.instance.config import (
     url_host,
 )
 from mail_proxy.instance.database import check_database
-from mail_proxy.instance.db_urls import redact_url
 from mail_proxy.instance.logs import log_path
 from mail_proxy.instance.states import (
     DATABASE_UNREACHABLE_EXIT,
@@ -124,7 +122,13 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
     if host is not None:
         check_host(host)  # before anything is created or saved (cli.md §8: exit 2)
     folder = paths.instance_dir(name)
-    config = _create(name, host=host, port=port, db=db, key_file=key_file, out=out)
+    existed = folder.exists()
+    try:
+        config = _create(name, host=host, port=port, db=db, key_file=key_file, out=out)
+    except KeyboardInterrupt:
+        if not existed:  # half-written: it would block the next start as orphaned files
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     created = config is not None
     proc = None
     log_start = _log_size(folder)
@@ -140,8 +144,11 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
             try:
                 _check_port(name, config.host, config.port)
                 _preflight(name, config, created)
-            except MailProxyError:
-                if created:  # a failed creation keeps nothing: the corrected start runs again
+            except (MailProxyError, KeyboardInterrupt):
+                # a failed (or interrupted: CLI hunt) creation keeps nothing, so the next
+                # start creates it afresh and shows its token; else it stayed, never
+                # announced
+                if created:
                     shutil.rmtree(folder, ignore_errors=True)
                 raise
             if created:  # only now: a refused creation is not kept, nor announced
@@ -149,7 +156,8 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
                 out(f"Admin token (stored in {folder / 'api_token'}): {config.api_token}")
             if not foreground:
                 proc = launch_supervisor(name, folder)
-                _wait_recorded(folder, proc, wait or NO_WAIT_GRACE)
+                with _interrupted_note(name, err):
+                    _wait_recorded(folder, proc, wait or NO_WAIT_GRACE)
     if config is None:  # already running (alive, cli.md §9.4): its URL, exit 0
         running = resolve_process_config(name, need_token=False)
         record = read_record(folder) or {}
@@ -176,7 +184,20 @@ def start(name: str, *, host: str | None = None, port: int | None = None,
         out(f"mail-proxy '{name}' is starting at {config.url} (supervisor pid {proc.pid}); "
             f"mail-proxy status {name} tells when it runs")
         return 0
-    return _await_ready(name, folder, config, proc, wait, log_start, out=out, err=err)
+    with _interrupted_note(name, err):
+        return _await_ready(name, folder, config, proc, wait, log_start, out=out, err=err)
+
+
+@contextlib.contextmanager
+def _interrupted_note(name: str, err: Say) -> Iterator[None]:
+    """Ctrl-C while `start` waits stops the waiting, not the instance: say so (CLI hunt:
+    the supervisor went on in the background without a word)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err(f"interrupted: instance '{name}' goes on starting in the background; "
+            f"mail-proxy status {name} tells how it is, mail-proxy stop {name} stops it")
+        raise
 
 
 def _log_size(folder: Path) -> int:
@@ -394,7 +415,12 @@ def restart(name: str, *, timeout: float | None = None, force: bool = False,
     was_running = supervisor_alive(record)
     if was_running:
         _check_restartable(name, record or {})
-    stop(name, timeout=timeout, force=force, out=lambda _line: None, err=err)
+    try:
+        stop(name, timeout=timeout, force=force, out=lambda _line: None, err=err)
+    except KeyboardInterrupt:
+        err(f"interrupted: instance '{name}' may still be stopping and will not be started "
+            f"again; mail-proxy start {name} starts it")
+        raise
     try:
         return start(name, wait=wait, out=out, err=err)
     except MailProxyError as exc:
@@ -418,42 +444,6 @@ def _check_restartable(name: str, record: dict) -> None:
     KeyRing.load(config.folder)
     if (config.host, config.port) != (record.get("host"), record.get("port")):
         _check_port(name, config.host, config.port)  # the running worker holds the old one
-
-
-def delete(name: str, *, force: bool, confirm: Callable[[str], bool] | None,
-           out: Say, err: Say) -> int:
-    folder = paths.instance_dir(name)
-    if paths.name_problem(name) or not (folder / "config.toml").is_file():
-        raise InstanceError(f"instance '{name}' not found")
-    record = read_record(folder)
-    if (supervisor_alive(record) or worker_alive(record)) and not force:
-        raise OperationFailed(f"instance '{name}' is running",
-                              hint=f"stop it first, or use mail-proxy delete {name} --force")
-    if not force:
-        if confirm is None:
-            raise ConfigurationError("deleting an instance needs confirmation "
-                                     "(no terminal to ask; pass --force)")
-        if not confirm(name):
-            raise OperationFailed("deletion cancelled: the name did not match")
-    if supervisor_alive(record) or worker_alive(record):  # an orphaned worker too
-        stop(name, force=True, out=lambda _line: None, err=err)
-    db_url = ""
-    try:
-        db_url = resolve_process_config(name, need_token=False).db_url
-    except MailProxyError:
-        pass
-    with paths.os_errors("delete", folder):
-        shutil.rmtree(folder)
-    current, _tenant = paths.read_current()
-    if current == name:
-        paths.write_current(None, None)
-    out(f"deleted instance '{name}'")
-    if db_url.startswith(("postgresql://", "postgres://")):
-        err(f"note: the PostgreSQL database {redact_url(db_url)} was not dropped")
-    elif db_url.startswith("sqlite://") and os.path.exists(db_url[len("sqlite://"):]):
-        err(f"note: the SQLite database {db_url[len('sqlite://'):]} lies outside the instance "
-            "folder and was not deleted")
-    return 0
 
 
 def read_token(name: str) -> str:

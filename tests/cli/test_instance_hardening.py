@@ -510,3 +510,31 @@ def test_a_config_toml_that_is_not_utf8_is_one_configuration_error(cli: Any) -> 
            f"{(paths.instance_dir('t5') / 'config.toml').stat().st_size - 5} is not UTF-8"), r.text
     listed = cli("list")
     assert listed.code == 0 and "t6" in listed.out and "t5" in listed.out, listed.text
+
+
+def test_ctrl_c_while_a_new_instance_is_checked_keeps_nothing(cli: Any, monkeypatch: Any) -> None:
+    """CLI hunt: Ctrl-C between writing config.toml and the end of the preflight left a
+    complete instance that was never announced (no token shown); the next start ran it as
+    an existing one."""
+    from mail_proxy.instance import control, paths
+
+    def interrupted(*_args: Any, **_kw: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(control, "_preflight", interrupted)
+    r = cli("start", "fresh", "--port", str(free_port()))
+    assert r.code == 130 and "Created instance" not in r.out
+    assert not paths.instance_dir("fresh").exists()
+
+
+def test_ctrl_c_during_the_stop_of_a_restart_says_what_is_left(
+        cli: Any, instance: Any, monkeypatch: Any) -> None:
+    from mail_proxy.instance import control
+
+    def interrupted(*_args: Any, **_kw: Any) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(control, "stop", interrupted)
+    r = cli("restart", "main")
+    assert r.code == 130
+    assert "interrupted: instance 'main' may still be stopping" in r.err
