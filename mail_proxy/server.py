@@ -25,7 +25,7 @@ from typing import Any
 
 from mail_proxy import __version__
 from mail_proxy.errors import MailProxyError
-from mail_proxy.store.errors import StoreUnavailable, StoreUnreachable
+from mail_proxy.store.errors import SchemaLost, StoreUnavailable, StoreUnreachable
 
 log = logging.getLogger("mail_proxy.worker")
 SETTINGS_POLL = 5.0
@@ -91,6 +91,7 @@ class Worker:
         self.keyring = keyring
         self.owner = owner_id()
         self.stop_requested = asyncio.Event()
+        self.exit_code = 0  # what run_worker returns once stopped
         self.tasks: list[asyncio.Task[Any]] = []
         self._unimplemented_warned: tuple[str, ...] = ()
         self._background: set[asyncio.Task[Any]] = set()
@@ -228,6 +229,15 @@ class Worker:
             await asyncio.sleep(SETTINGS_POLL)
             try:
                 await self.reload_settings()
+            except SchemaLost as exc:
+                from mail_proxy.instance.states import DATABASE_UNREACHABLE_EXIT
+
+                log.error("%s; the worker stops (exit %d) so that its supervisor starts it "
+                          "again, which creates them in an empty database as a first start "
+                          "does", exc, DATABASE_UNREACHABLE_EXIT)
+                self.exit_code = DATABASE_UNREACHABLE_EXIT
+                self.stop_requested.set()
+                return
             except Exception as exc:
                 if str(exc) != failing:
                     log.error("cannot reload the runtime settings, keeping the current ones: "
@@ -392,7 +402,7 @@ async def run_worker(config: Any, keyring: Any) -> int:
     await asyncio.wait([waiter, worker.tasks[0]], return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
     await worker.stop()
-    return 0
+    return worker.exit_code
 
 
 def serve(config: Any) -> int:

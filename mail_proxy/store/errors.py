@@ -17,6 +17,12 @@ class StoreUnreachable(StoreUnavailable):
     login or a database that does not exist."""
 
 
+class SchemaLost(StoreUnavailable):
+    """The database answers but mail-proxy's tables are gone (dropped, or the database
+    created anew under the same name): the worker exits so that its supervisor starts it
+    again, which applies the migrations as a first start does."""
+
+
 class StoreBusy(StoreUnavailable):
     """A lock wait timed out: the database answers, but a row this write needs is held by
     a transaction that is taking long (another write may well go through)."""

@@ -25,7 +25,13 @@ import asyncpg
 from mail_proxy.errors import SchemaTooNew
 from mail_proxy.store import queries as named
 from mail_proxy.store.base import Guard, Step, check_guard
-from mail_proxy.store.errors import StoreBusy, StoreUnavailable, StoreUnreachable, UniqueViolation
+from mail_proxy.store.errors import (
+    SchemaLost,
+    StoreBusy,
+    StoreUnavailable,
+    StoreUnreachable,
+    UniqueViolation,
+)
 from mail_proxy.store.postgres_statements import coerce, convert, unnest_insert
 
 T = TypeVar("T")
@@ -88,6 +94,10 @@ def parse_url(url: str) -> tuple[str, str | None]:
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, asyncpg.UniqueViolationError):
         return UniqueViolation(str(exc))
+    if isinstance(exc, asyncpg.UndefinedTableError):
+        # not a bug of ours: the schema was dropped under the running worker (PostgreSQL
+        # hunt: every request answered 500 until something migrated the database again)
+        return SchemaLost(f"the database has lost mail-proxy's tables: {exc}")
     if isinstance(exc, asyncpg.LockNotAvailableError):
         return StoreBusy(f"database error: {type(exc).__name__}: {exc}")
     if isinstance(exc, _UNAVAILABLE):
