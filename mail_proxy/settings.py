@@ -279,6 +279,9 @@ def normalise_setting(name: str, value: Any) -> Any:
     if kind == "url?" and "@" in urlsplit(value).netloc:
         # links built on it go into e-mails: credentials would reach every recipient
         raise _Bad("invalid_value", "must not contain a user name or password")
+    if kind == "url?" and ("?" in value or "#" in value):
+        raise _Bad("invalid_value", "must not carry a query ('?') or fragment ('#'): paths "
+                   "are appended to it")
     if kind == "address?" and not re.fullmatch(r"[^\s@<>]+@[^\s@<>]+", value):
         raise _Bad("invalid_address", f"{value!r} is not a bare e-mail address")
     if kind == "str" and not value:

@@ -208,6 +208,11 @@ def http_url(value: Any) -> str:
             raise Bad("invalid_value", "must not carry credentials (user:password@) before "
                       "its host: they go in their own field (client_auth for a tenant)")
         raise Bad("invalid_value", "must be an absolute http or https URL")
+    if "?" in value or "#" in value:
+        # a base URL: paths are appended to it, so a query or fragment would swallow them
+        # (reports hunt: "…/base#frag" posted to /base, "…/base?x=1" to "?x=1/hooks/sync")
+        raise Bad("invalid_value", "must not carry a query ('?') or fragment ('#'): paths "
+                  "are appended to it")
     return value
 
 

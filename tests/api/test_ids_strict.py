@@ -48,7 +48,7 @@ async def test_urls_hosts_and_account_ids_with_a_trailing_newline_are_refused(
         "tenant_id": "other", "id": "anl", "host": "smtp.x.test", "port": 25})
     assert answer.status_code == 201, answer.text
     answer = await client.patch("/tenant/other", headers=live.admin(),
-                                json={"client_base_url": "https://app.other.test/x?y=1"})
+                                json={"client_base_url": "https://app.other.test/x/y-1"})
     assert answer.status_code == 200, answer.text
 
 

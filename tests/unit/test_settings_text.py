@@ -45,4 +45,17 @@ def test_public_base_url_refuses_credentials(url: str) -> None:
         validate_changes({}, {"public_base_url": url})
     [problem] = caught.value.fields
     assert "user name or password" in problem.message and "Secret1" not in problem.message
-    assert validate_changes({}, {"public_base_url": "https://files.acme.test/a@b?c=d@e"})
+    assert validate_changes({}, {"public_base_url": "https://files.acme.test/a@b"})
+
+
+@pytest.mark.parametrize("url", ["https://files.acme.test/dl?x=1", "https://files.acme.test/#f"])
+def test_base_urls_refuse_a_query_or_fragment(url: str) -> None:
+    """Reports hunt: paths are appended to a base URL; "…/base#frag" sent reports to /base
+    and "…/base?x=1" to "/base?x=1/hooks/sync"."""
+    from mail_proxy.manager.fields import Bad, http_url
+
+    with pytest.raises(ValidationFailed) as caught:
+        validate_changes({}, {"public_base_url": url})
+    assert "query" in caught.value.fields[0].message
+    with pytest.raises(Bad):
+        http_url(url)  # client_base_url's check
