@@ -41,6 +41,21 @@ async def test_two_hundred_with_an_undecodable_body_is_acknowledged(
                for r in caplog.records)
 
 
+async def test_two_hundred_with_a_cut_off_body_is_acknowledged() -> None:
+    """Reports hunt: Content-Length 100, 11 bytes, then the connection closed: counted as
+    a connection error, and a receiver answering so got the same events for ever."""
+    cut = Canned(headers=[("Content-Type", "application/json"), ("Content-Length", "100")],
+                 body=b'{"ok": true', content_length=False)
+    client = ReportClient()
+    try:
+        async with RawHttpServer({"/sync": cut}) as srv:
+            result = await client.post(srv.url("/sync"), b'{"delivery_report":[]}',
+                                       {"Content-Type": "application/json"}, 5, "acme")
+    finally:
+        await client.close()
+    assert result.outcome == OK and result.status == 200, result.detail
+
+
 async def test_non_2xx_with_an_undecodable_body_is_still_a_failure() -> None:
     client = ReportClient()
     try:
