@@ -47,6 +47,7 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # good: with them the waiting statement fails as "unavailable" (503, the message given
 # back) and the stuck session is ended, which releases its locks. Any of them can be set
 # in the database URL instead (``?lock_timeout=5s``); docs/postgresql.md.
+CONNECT_TIMEOUT = 10.0
 SESSION_DEFAULTS = {"lock_timeout": "30s", "idle_in_transaction_session_timeout": "60s"}
 # Errors that say "the database is not usable right now", as opposed to a bug in a query.
 _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError,
@@ -224,7 +225,10 @@ class PostgresStore:
         self._listen_conn: Any = None
 
     def _connect_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {}
+        # asyncpg waits 60 s for a server that accepts the connection and never answers;
+        # a start or a CLI command waited that long and then said only "TimeoutError" (CLI
+        # hunt).
+        kwargs: dict[str, Any] = {"timeout": CONNECT_TIMEOUT}
         if self._password is not None:
             kwargs["password"] = self._password
         # asyncpg passes the URL's other query parameters as server settings too, but lets
@@ -250,6 +254,10 @@ class PostgresStore:
             if isinstance(exc, SchemaTooNew):
                 raise
             error = _translate(exc)
+            if isinstance(exc, TimeoutError):
+                where = urlsplit(self.dsn)
+                error = StoreUnavailable(f"no answer from {where.hostname}:{where.port or 5432} "
+                                         f"within {CONNECT_TIMEOUT:g} s")
             if isinstance(exc, _UNREACHABLE) and not isinstance(exc, ssl.SSLError):
                 raise StoreUnreachable(f"cannot open PostgreSQL database: {error}") from exc
             if isinstance(error, StoreUnavailable) or isinstance(exc, asyncpg.PostgresError):

@@ -72,6 +72,25 @@ async def test_a_database_closed_to_connections_is_unreachable(pg_url: str) -> N
         await admin.close()
 
 
+async def test_a_server_that_never_answers_is_given_up_on_with_its_address(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI hunt: asyncpg's 60 s default, then "TimeoutError: " and nothing else."""
+    import socket
+
+    from mail_proxy.store import postgres
+    from mail_proxy.store.errors import StoreUnreachable
+
+    monkeypatch.setattr(postgres, "CONNECT_TIMEOUT", 0.3)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(5)
+        port = silent.getsockname()[1]
+        store = PostgresStore(f"postgresql://postgres@127.0.0.1:{port}/x")
+        with pytest.raises(StoreUnreachable,
+                           match=f"no answer from 127.0.0.1:{port} within 0.3 s"):
+            await store.open()
+
+
 class Wakes:
     """What a listening store received: its payloads, and an event set on each."""
 
