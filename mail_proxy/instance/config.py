@@ -262,6 +262,17 @@ def _db_url(sources: dict[str, str], toml: dict[str, Any], folder: Path | None) 
     return "sqlite://" + str(folder / "mail_service.db")
 
 
+def stored_database(name: str) -> tuple[str, str | None]:
+    """(database URL, PostgreSQL password) as the instance's own files say, never from GMP_*
+    variables or PGPASSWORD: what `status` counts messages in (CLI hunt: a GMP_DB_PATH in
+    the caller's shell made it count another instance's database under this one's name)."""
+    folder = paths.existing_instance(name)
+    toml = read_toml(folder)
+    url = (check_db_url(str(toml["db_url"])) if "db_url" in toml
+           else "sqlite://" + str(folder / "mail_service.db"))
+    return url, _read_secret(folder / "db_password")
+
+
 def _read_secret(path: Path) -> str | None:
     try:
         value = path.read_text(encoding="utf-8").strip()

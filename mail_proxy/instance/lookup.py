@@ -152,7 +152,9 @@ def _account_ids(instance: str, tenant: str) -> list[str]:
 def _message_counts(instance: str) -> dict[str, int] | None:
     """Messages by status; None when there is no database yet; StorageError when it
     cannot be read (``status`` shows why instead of "none")."""
-    url, password = _db(instance)
+    from mail_proxy.instance.config import stored_database
+
+    url, password = stored_database(instance)
     path = sqlite_path(url)
     if path is not None and not os.path.exists(path):
         return None

@@ -341,6 +341,22 @@ def test_status_says_why_message_counts_are_unavailable(cli: Any) -> None:
     assert doc["messages"] is None and "file is not a database" in doc["messages_error"]
 
 
+def test_status_counts_the_messages_of_the_instance_it_names(
+        cli: Any, monkeypatch: Any, tmp_path: Any) -> None:
+    """CLI hunt: status took GMP_DB_PATH (and GMP_PORT, GMP_LOG_LEVEL) from the caller's
+    shell for its message counts, while every other line ignored them."""
+    create_instance("i1", "127.0.0.1", free_port(), None)
+    assert cli("i1", "tenants", "add", "acme", "--no-api-key").code == 0
+    other = tmp_path / "other.db"
+    other.write_bytes(b"garbage" * 500)
+    monkeypatch.setenv("GMP_DB_PATH", str(other))
+    monkeypatch.setenv("GMP_PORT", "99999")
+    monkeypatch.setenv("GMP_LOG_LEVEL", "loud")
+    doc = json.loads(cli("status", "i1", "--json").out)
+    assert "messages_error" not in doc, doc
+    assert doc["messages"] == {}
+
+
 # -- a database that went missing is never silently replaced ------------------------------
 
 def test_a_missing_database_is_an_error_not_an_empty_new_one(cli: Any) -> None:
