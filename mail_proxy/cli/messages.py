@@ -32,9 +32,13 @@ def _to(value: Any) -> str:
 
 def _row(m: dict[str, Any], times: bool) -> list[str]:
     when = local_time if times else (lambda v: "" if v is None else str(v))
+    # last_error is the last failure (data.md), kept once a retry succeeds; in the table a
+    # sent message showed "connection refused" as its LAST ERROR (delivery hunt). The CSV
+    # keeps the column as stored; `messages show` tells the whole story.
+    error = None if times and m["status"] == "sent" else m["last_error"]
     return [m["id"], m["status"], str(m["priority"]), cell(m["account_id"]),
             when(m["created_at"]), when(m["sent_at"]), str(m["attempts"]), _to(m["to"]),
-            cell(m["subject"]), m["last_error"] or ("-" if times else "")]
+            cell(m["subject"]), error or ("-" if times else "")]
 
 
 @app.command("list")

@@ -139,3 +139,16 @@ def test_table_cells_are_literal_text_not_markup(capsys) -> None:
     shown = capsys.readouterr().out
     assert "price [b]not[/b] [red]final" in shown
     assert "broken [/]" in shown and "[/] and [bold]x[/bold]" in shown
+
+
+def test_the_messages_table_shows_no_last_error_for_a_sent_message() -> None:
+    """Delivery hunt: a message sent at its second attempt read "LAST ERROR: connection
+    refused" in `messages list`; the CSV keeps the stored column."""
+    from mail_proxy.cli.messages import _row
+
+    m = {"id": "m1", "status": "sent", "priority": 2, "account_id": "main", "created_at": 1,
+         "sent_at": 2, "attempts": 2, "to": ["a@example.com"], "subject": "s",
+         "last_error": "connection refused by 127.0.0.1:2525"}
+    assert _row(m, times=True)[-1] == "-"
+    assert _row(m, times=False)[-1] == "connection refused by 127.0.0.1:2525"
+    assert _row({**m, "status": "deferred"}, times=True)[-1].startswith("connection refused")
