@@ -199,7 +199,21 @@ async def _write_once(core: Core, tenant_id: str, account_id: str, values: dict[
         else:
             await tx.execute("account_update", tenant_id=tenant_id, id=account_id,
                              now=now(), **params)
+            if any(merged.get(f"limit_per_{w}") for w in ("minute", "hour", "day")):
+                await log_past_sends(tx, tenant_id, account_id)
     return row is None
+
+
+async def log_past_sends(tx: Any, tenant_id: str, account_id: str | None = None) -> None:
+    """An account that had no limit (nor its tenant) wrote no ``send_log`` rows; a limit set
+    now must still count the sends of the last day (delivery hunt: 5 sent, then a limit of
+    2 per hour, and 2 more went out at once). Sends already logged are not logged twice."""
+    since = now() - 86400 - 1
+    if account_id is None:
+        await tx.execute("send_log_backfill_tenant", tenant_id=tenant_id, since=since)
+    else:
+        await tx.execute("send_log_backfill_account", tenant_id=tenant_id,
+                         account_id=account_id, since=since)
 
 
 def _secrets_moved(old: dict[str, Any], merged: dict[str, Any], values: dict[str, Any]

@@ -102,6 +102,16 @@ def encode(core: Core, name: str, value: Any) -> Any:
     return value
 
 
+async def _on_limits_set(tx: Any, tenant_id: str, columns: dict[str, Any]) -> None:
+    """Tenant limits count the day's sends of every account of the tenant, including those
+    made while nothing was limited (no ``send_log`` rows then)."""
+    limits = json.loads(columns["rate_limits"]) if columns.get("rate_limits") else None
+    if isinstance(limits, dict) and any(limits.values()):
+        from mail_proxy.manager.accounts import log_past_sends
+
+        await log_past_sends(tx, tenant_id)
+
+
 def public_client_auth(core: Core, stored: str | None) -> dict[str, Any]:
     if stored is None:
         return {"method": "none"}
@@ -239,6 +249,7 @@ async def put_tenant(core: Core, body: object, principal: Principal | None
                 return api_key
             await tx.execute("tenant_update", id=tenant_id, now=stamp, **columns)
             await _on_url_removed(tx, row, columns, stamp)
+            await _on_limits_set(tx, tenant_id, columns)
             return None
 
     api_key = await upsert(attempt)
@@ -297,6 +308,7 @@ async def patch_tenant(core: Core, tenant_id: str, body: object, principal: Prin
         stamp = now()
         await tx.execute("tenant_update", id=tenant_id, now=stamp, **columns)
         await _on_url_removed(tx, row, columns, stamp)
+        await _on_limits_set(tx, tenant_id, columns)
     auth.forget(core)
     core.changed(tenant_id)
     return await get_tenant(core, tenant_id)

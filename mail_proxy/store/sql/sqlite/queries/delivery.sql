@@ -196,3 +196,24 @@ INSERT INTO message_events (message_pk, tenant_id, event_type, event_ts, descrip
                             metadata, reportable)
 VALUES (:message_pk, :tenant_id, :event_type, :now, :description, :metadata,
         coalesce((SELECT coalesce(client_base_url, '') <> '' FROM tenants WHERE id = :tenant_id), 0));
+
+-- name: send_log_backfill_account
+-- Sends made while no limit applied wrote no row (ratelimit.reserve): when a limit is set,
+-- the day's sends of the account are logged as they would have been, so that they count.
+INSERT INTO send_log (tenant_id, account_id, message_pk, sent_at, state)
+SELECT m.tenant_id, m.account_id, m.pk, m.sent_at, 'sent' FROM messages m
+ WHERE m.tenant_id = :tenant_id AND m.account_id = :account_id AND m.status = 'sent'
+   AND m.sent_at > :since
+   AND NOT EXISTS (SELECT 1 FROM send_log s
+                    WHERE s.tenant_id = m.tenant_id AND s.account_id = m.account_id
+                      AND s.sent_at BETWEEN m.sent_at - 3600 AND m.sent_at
+                      AND s.message_pk = m.pk);
+
+-- name: send_log_backfill_tenant
+INSERT INTO send_log (tenant_id, account_id, message_pk, sent_at, state)
+SELECT m.tenant_id, m.account_id, m.pk, m.sent_at, 'sent' FROM messages m
+ WHERE m.tenant_id = :tenant_id AND m.status = 'sent' AND m.sent_at > :since
+   AND NOT EXISTS (SELECT 1 FROM send_log s
+                    WHERE s.tenant_id = m.tenant_id AND s.account_id = m.account_id
+                      AND s.sent_at BETWEEN m.sent_at - 3600 AND m.sent_at
+                      AND s.message_pk = m.pk);
