@@ -444,7 +444,9 @@ class SmtpChannel(asyncio.Protocol):
             if line[3:4] != b"-":
                 break
         try:
-            code = int(line[:3])
+            # three digits, then a space, a hyphen or the end of the line (RFC 5321 §4.2):
+            # "2500 ok" is not a 250 (delivery hunt)
+            code = int(line[:3]) if line[:3].isdigit() and line[3:4] in _AFTER_CODE else -1
         except ValueError:
             code = -1
         del buf[:offset]
@@ -454,6 +456,9 @@ class SmtpChannel(asyncio.Protocol):
             self.transport.abort()
             return None
         return SMTPResponse(code, b"\n".join(lines).decode("utf-8", "surrogateescape"))
+
+
+_AFTER_CODE = (b" ", b"-", b"\r", b"\n", b"")
 
 
 def _ascii(address: str) -> bytes:

@@ -212,6 +212,14 @@ async def test_malformed_final_reply_keeps_its_reason(pools: SmtpPools,
                                   "malformed SMTP reply: 'hello world\\r\\n'")
 
 
+async def test_a_four_digit_code_is_not_a_reply(pools: SmtpPools, pipelining: bool) -> None:
+    """Delivery hunt: "2500 ok" was read as 250 and the message counted as sent."""
+    async with HostileServer(pipelining=pipelining, final=b"2500 ok\r\n") as srv:
+        with pytest.raises(TransientFailure) as info:
+            await pools.send(target(srv.port), "s@acme.test", ["r@x.test"], body(0))
+    assert "malformed SMTP reply: '2500 ok\\r\\n'" in info.value.message
+
+
 async def test_endless_greeting_keeps_its_reason(pools: SmtpPools) -> None:
     greeting = b"".join(b"220-" + b"x" * 900 + b"\r\n" for _ in range(200)) + b"220 ok\r\n"
     async with HostileServer(greeting=greeting) as srv:
