@@ -17,6 +17,11 @@ def _ask(question: Any) -> Any:
     except KeyboardInterrupt:
         interrupted()
         raise
+    except EOFError:
+        # Ctrl-D leaves a prompt as Ctrl-C does, and says so too (CLI hunt: it ended with
+        # exit 130 and only blank lines)
+        interrupted()
+        raise KeyboardInterrupt from None
 
 
 def interrupted() -> None:

@@ -15,6 +15,8 @@ app = typer.Typer(rich_markup_mode=None, help="Runtime and process settings.",
                   no_args_is_help=True, add_completion=False)
 KeyArg = Annotated[str, typer.Argument(help="Setting name.", show_default=False)]
 # Process settings that `config set` may change; name and db_url are fixed at creation.
+# shown by `config show`, fixed at creation (cli.md §4): never "unknown" (CLI hunt)
+FIXED_KEYS = ("db_url", "name")
 PROCESS_KEYS = ("host", "port", "log_level", "log_format", "shutdown_timeout", "db_pool_size")
 PROCESS_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 8000, "log_level": "info",
                                     "log_format": "text", "shutdown_timeout": 30,
@@ -105,6 +107,7 @@ def set_(ctx: typer.Context, key: KeyArg,
     if key in PROCESS_KEYS:
         _set_process(_instance(ctx), key, value)
         return
+    _fixed_key(ctx, key)
     if key not in SETTING_NAMES:
         raise CliExit(EXIT_USAGE, f"unknown setting '{key}'",
                       f"mail-proxy {_instance(ctx)} config show lists them")
@@ -127,6 +130,7 @@ def reset(ctx: typer.Context, key: KeyArg) -> None:
     if key in PROCESS_KEYS:
         _reset_process(_instance(ctx), key)
         return
+    _fixed_key(ctx, key)
     if key not in SETTING_NAMES:
         raise CliExit(EXIT_USAGE, f"unknown setting '{key}'")
     _patch(_instance(ctx), {key: None})
@@ -214,3 +218,13 @@ def _reset_process(instance: str | None, key: str) -> None:
     folder = _folder(instance)
     update_config(folder, **{key: PROCESS_DEFAULTS[key]})
     out(f"{key} = {PROCESS_DEFAULTS[key]} in config.toml (applies at the next start)")
+
+
+def _fixed_key(ctx: typer.Context, key: str) -> None:
+    if key in FIXED_KEYS:
+        from mail_proxy.instance.paths import instance_dir
+
+        name = _instance(ctx)
+        where = instance_dir(name) / "config.toml" if name else "config.toml"
+        raise CliExit(EXIT_USAGE, f"{key} is fixed when an instance is created",
+                      f"edit {where} deliberately to change it (with the instance stopped)")

@@ -317,10 +317,13 @@ def _wait_recorded(folder: Path, proc: subprocess.Popen[bytes], limit: float) ->
         time.sleep(0.05)
 
 
-def _check_port(name: str, host: str, port: int) -> None:
+def _check_port(name: str, host: str, port: int, *, running: bool = False) -> None:
     if not port_free(host, port):
-        raise OperationFailed(f"port {port} on {host} is in use",
-                              hint=f"mail-proxy start {name} --port N takes another")
+        # a running instance keeps its port through `start --port` (CLI hunt: the hint
+        # sent a refused restart round in a loop)
+        hint = (f"mail-proxy {name} config set port N, then mail-proxy restart {name}"
+                if running else f"mail-proxy start {name} --port N takes another")
+        raise OperationFailed(f"port {port} on {host} is in use", hint=hint)
 
 
 def _preflight(name: str, config: ProcessConfig, created: bool) -> None:
@@ -443,7 +446,8 @@ def _check_restartable(name: str, record: dict) -> None:
     config = resolve_process_config(name)  # config.toml, the admin token
     KeyRing.load(config.folder)
     if (config.host, config.port) != (record.get("host"), record.get("port")):
-        _check_port(name, config.host, config.port)  # the running worker holds the old one
+        # the running worker holds the old one
+        _check_port(name, config.host, config.port, running=True)
 
 
 def read_token(name: str) -> str:

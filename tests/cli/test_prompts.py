@@ -123,6 +123,14 @@ def test_accounts_add_hidden_password_and_ctrl_c(instance: ProcessConfig, cli: A
     assert [a["id"] for a in run_json("main", "acme", "accounts", "list")["accounts"]] == [
         "smtp1"]
 
+    child = spawn("main", "acme", "accounts", "add")  # Ctrl-D says so as well (CLI hunt)
+    child.expect("Account id")
+    child.sendcontrol("d")
+    child.expect("interrupted: nothing was written")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130
+
 
 def test_defaults_are_shown_not_pre_typed(instance: ProcessConfig, cli: Any) -> None:
     """Typing an answer replaces the default: it used to be pre-filled as editable text, so

@@ -160,6 +160,9 @@ def test_config_show_set_reset(cli: Any, instance: ProcessConfig) -> None:
     assert r.code == 0 and "next start" in r.out
     r = cli("main", "config", "set", "nonsense", "1")
     assert (r.code, r.err.splitlines()[0]) == (2, "error: unknown setting 'nonsense'")
+    r = cli("main", "config", "set", "db_url", "sqlite:///tmp/x.db")  # listed by config show
+    assert (r.code, r.err.splitlines()[0]) == (
+        2, "error: db_url is fixed when an instance is created"), r.err
 
 
 def test_command_log_export_and_purge(cli: Any, tenant: str, tmp_path: Any) -> None:

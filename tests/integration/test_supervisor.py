@@ -342,8 +342,10 @@ def test_restart_refuses_before_stopping_what_start_would_refuse(
         taken = busy.getsockname()[1]
         assert run_cli("demo", "config", "set", "port", str(taken)).returncode == 0
         r = run_cli("restart", "demo", "--wait", "10")
-        assert (r.returncode, r.stderr.splitlines()[0]) == (
-            1, f"error: port {taken} on 127.0.0.1 is in use"), r.stderr
+        assert (r.returncode, r.stderr.splitlines()[:2]) == (
+            1, [f"error: port {taken} on 127.0.0.1 is in use",
+                "hint: mail-proxy demo config set port N, then mail-proxy restart demo"]
+        ), r.stderr
         assert (record()["state"], record()["worker_pid"]) == ("RUNNING", worker)
     r = run_cli("restart", "demo", "--wait", "10")
     assert r.returncode == 0, r.stderr
