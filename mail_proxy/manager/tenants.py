@@ -258,10 +258,18 @@ async def put_tenant(core: Core, body: object, principal: Principal | None
     return await get_tenant(core, tenant_id), api_key is not None, api_key
 
 
+_ENDPOINT = ("client_base_url", "client_sync_path", "client_auth")
+
+
 async def _on_url_removed(tx: Any, row: dict[str, Any], columns: dict[str, Any],
                           stamp: int) -> None:
     """reports.md §6: without a URL nothing can be reported; pending events become
-    unreportable in the same transaction so their terminal messages settle now."""
+    unreportable in the same transaction so their terminal messages settle now.
+
+    A changed endpoint starts afresh: the backoff built against the old URL (up to
+    ``report_backoff_max``) kept the new one uncalled for minutes (reports hunt)."""
+    if any(row[name] != columns.get(name, row[name]) for name in _ENDPOINT):
+        await tx.execute("report_endpoint_changed", tenant_id=row["id"])
     if row["client_base_url"] and not columns.get("client_base_url"):
         # tenant (already locked), then messages by pk, then events: the order of every
         # writer of these rows (docs/decisions/postgresql.md, "One lock order")

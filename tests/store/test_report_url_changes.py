@@ -55,3 +55,20 @@ async def test_a_url_set_a_moment_ago_reports_the_next_outcomes(core, smtp_serve
         assert after["pending"] == [{"tenant_id": "acme", "n": 1}]
     finally:
         await d.smtp.close()
+
+
+async def test_a_new_endpoint_is_called_without_the_old_backoff(core) -> None:
+    """Reports hunt: the backoff built against the old URL (up to report_backoff_max, 300 s)
+    kept the new one uncalled; the do-not-disturb the old endpoint asked for too."""
+    await f.tenant(core, client_base_url="https://old.acme.test")
+    async with core.store.transaction() as tx:
+        await tx.execute("report_failed", tenant_id="acme", failures=6,
+                         backoff_until=4_000_000_000)
+    row = await core.store.fetch_one("tenant_get", id="acme")
+    assert row["report_failures"] == 6
+    await tenants.patch_tenant(core, "acme", {"name": "Acme"}, ADMIN)  # not the endpoint
+    assert (await core.store.fetch_one("tenant_get", id="acme"))["report_failures"] == 6
+    await tenants.patch_tenant(core, "acme", {"client_base_url": "https://new.acme.test"},
+                               ADMIN)
+    row = await core.store.fetch_one("tenant_get", id="acme")
+    assert (row["report_failures"], row["report_backoff_until"]) == (0, None)

@@ -58,3 +58,8 @@ UPDATE tenants SET report_backoff_until = NULL, report_dnd_until = NULL WHERE id
 -- The messages of an acknowledgement, in pk order, before their events (see tenants.sql,
 -- tenant_lock_unsettled).
 SELECT pk FROM messages WHERE pk = ANY(:pks::bigint[]) ORDER BY pk FOR UPDATE;
+
+-- name: report_endpoint_changed
+-- a new URL, path or credentials: the failures and waits were the old endpoint's
+UPDATE tenants SET report_failures = 0, report_backoff_until = NULL, report_dnd_until = NULL
+ WHERE id = :tenant_id;

@@ -55,3 +55,8 @@ UPDATE tenants SET report_backoff_until = NULL, report_dnd_until = NULL WHERE id
 
 -- name: report_lock_messages
 SELECT pk FROM messages WHERE pk IN (SELECT value FROM json_each(:pks)) ORDER BY pk;
+
+-- name: report_endpoint_changed
+-- a new URL, path or credentials: the failures and waits were the old endpoint's
+UPDATE tenants SET report_failures = 0, report_backoff_until = NULL, report_dnd_until = NULL
+ WHERE id = :tenant_id;
