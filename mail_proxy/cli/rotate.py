@@ -114,7 +114,14 @@ def rotate_key(ctx: typer.Context,
             new = old.with_new_primary(generate_key())
         count = _reencrypt(obj.instance, config.folder, path, old, new)
         out(f"new primary key {new.primary_kid}; {count} values re-encrypted")
-        err(f"copy {path} to every other instance sharing this database")
+        if promote is not None:
+            # the staged flow: the other instances hold the key already (PostgreSQL hunt:
+            # told to copy the file, which would also drop their own staged keys)
+            err(f"the other instances sharing this database hold key {promote} if it was "
+                f"staged on them (rotate-key --stage-key); promote it there with rotate-key "
+                f"--promote {promote} --no-reencrypt")
+        else:
+            err(f"copy {path} to every other instance sharing this database")
         if prune:
             _prune(obj.instance, config.folder, path, new, yes)
         return 0

@@ -211,6 +211,9 @@ def test_staged_rotation_across_two_instances_of_one_database(
 
     promoted = cli("main", "rotate-key", "--promote", new_kid)
     assert promoted.code == 0, promoted.err
+    # the others hold the staged key: promote it there, not copy this file over theirs
+    assert f"rotate-key --promote {new_kid} --no-reencrypt" in promoted.err
+    assert "copy " not in promoted.err
     raw, plain = _stored_password(instance)
     assert plain == "pw-staged" and f":{new_kid}:" in raw
     # the other instance still decrypts everything before promoting locally
