@@ -274,7 +274,8 @@ class Sender:
         return TenantFetchContext(tenant_id=msg.tenant_id,
                                   base_url=row["client_base_url"] if row else None,
                                   attachment_path=(row["client_attachment_path"] if row else None)
-                                  or "/mail-proxy/attachments", client_auth=auth)
+                                  or "/mail-proxy/attachments", client_auth=auth,
+                                  created_at=row["created_at"] if row else None)
 
     async def _rate_limited(self, msg: Claimed, config: AccountConfig,
                             reservation: ratelimit.Reservation) -> None:

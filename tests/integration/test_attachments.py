@@ -164,9 +164,10 @@ def settings(**changes: Any) -> RuntimeSettings:
 
 
 def tenant(base_url: str | None = None, auth: dict[str, Any] | None = None,
-           tenant_id: str = "acme", path: str = "/bearer") -> TenantFetchContext:
+           tenant_id: str = "acme", path: str = "/bearer",
+           created_at: int | None = None) -> TenantFetchContext:
     return TenantFetchContext(tenant_id=tenant_id, base_url=base_url, attachment_path=path,
-                              client_auth=auth)
+                              client_auth=auth, created_at=created_at)
 
 
 @pytest.fixture
@@ -471,6 +472,25 @@ async def test_tenants_with_the_same_md5_do_not_share(source: Any, make_fetcher:
     assert src.calls["/bearer"] == 2
     assert (await fetcher.fetch_all(acme, items))[0].content == FILES["inv.pdf"]
     assert src.calls["/bearer"] == 2
+
+
+@pytest.mark.parametrize("threshold_kb", [100, 1])  # memory tier, then disk tier
+async def test_a_tenant_created_again_does_not_find_the_deleted_ones_documents(
+        source: Any, make_fetcher: Any, tmp_path: Path, threshold_kb: int) -> None:
+    """Attachment hunt: deleted, then created again under the same id, a tenant got the
+    old one's cached documents by naming their MD5 while the URLs answered 404."""
+    src, base = source
+    cfg = settings(cache_disk_threshold_kb=threshold_kb)
+    fetcher = make_fetcher(cfg, cache_dir=tmp_path)
+    digest = md5(FILES["big.bin"])
+    items = norm([{"filename": "big.bin", "storage_path": f"{base}/files/big.bin",
+                   "content_md5": digest}], cfg)
+    await fetcher.fetch_all(tenant(created_at=1000), items)
+    gone = norm([{"filename": "big.bin", "storage_path": f"{base}/files/missing.bin",
+                  "content_md5": digest}], cfg)
+    assert (await fetcher.fetch_all(tenant(created_at=1000), gone))[0].content  # same tenant
+    with pytest.raises(PermanentFailure):
+        await fetcher.fetch_all(tenant(created_at=2000), gone)  # a new tenant, same id
 
 
 async def test_update_settings_applies_new_caps(source: Any, make_fetcher: Any) -> None:

@@ -28,6 +28,14 @@ class TenantFetchContext:
     base_url: str | None
     attachment_path: str
     client_auth: dict[str, Any] | None  # decrypted {"method": ..., "token"/"user"/"password"}
+    created_at: int | None = None
+
+    @property
+    def cache_scope(self) -> str:
+        """The tenant as the cache keys it: a tenant deleted and created again under the
+        same id is another tenant, and must not find the deleted one's documents (attachment
+        hunt: it got them byte for byte by naming their MD5)."""
+        return self.tenant_id if self.created_at is None else f"{self.tenant_id}@{self.created_at}"
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,7 @@ class AttachmentFetcher:
                                 f"content MD5 {actual} does not match the expected {expected}")
             return content, "ok"
         if expected is not None:
-            cached = await self._cache.get(tenant.tenant_id, expected)
+            cached = await self._cache.get(tenant.cache_scope, expected)
             if cached is not None:
                 meter.add(len(cached))
                 return cached, "cache_hit"
@@ -152,7 +160,7 @@ class AttachmentFetcher:
         if expected is not None and actual != expected:
             raise permanent(name, "attachment_md5_mismatch",
                             f"content MD5 {actual} does not match the expected {expected}")
-        await self._cache.put(tenant.tenant_id, actual, content)
+        await self._cache.put(tenant.cache_scope, actual, content)
         return content, "ok"
 
     async def _fetch_source(self, tenant: TenantFetchContext, item: dict[str, Any], name: str,

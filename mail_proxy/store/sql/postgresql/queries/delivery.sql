@@ -217,7 +217,8 @@ SELECT count(*) AS n FROM messages WHERE status = 'sent' AND sent_at > :since;
 SELECT min(created_at) AS oldest FROM messages WHERE status = 'queued';
 
 -- name: tenant_fetch_context
-SELECT client_base_url, client_attachment_path, client_auth FROM tenants WHERE id = :tenant_id;
+SELECT client_base_url, client_attachment_path, client_auth, created_at FROM tenants
+ WHERE id = :tenant_id;
 
 -- name: report_pending_counts
 SELECT tenant_id, count(*) AS n FROM message_events
