@@ -135,7 +135,9 @@ def can_prompt(no_input: bool) -> bool:
 
 
 def missing(flag: str) -> CliExit:
-    return CliExit(EXIT_USAGE, f"missing value for {flag} (no terminal to ask; pass {flag})")
+    # with --no-input on a terminal, "no terminal to ask" was wrong (CLI hunt)
+    why = "--no-input" if interactive() else "no terminal to ask"
+    return CliExit(EXIT_USAGE, f"missing value for {flag} ({why}; pass {flag})")
 
 
 def limits(m: Any, h: Any, d: Any) -> str:

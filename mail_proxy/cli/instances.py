@@ -94,8 +94,11 @@ def _status_lines(doc: dict[str, Any]) -> list[str]:
              f"version:      {doc['version']}"]
     server = doc.get("server")
     if server:
+        from mail_proxy.cli.dataview import cell
+
+        active = server.get("active", "-")
         lines.append(f"server:       {server.get('state', '-')}, active: "
-                     f"{server.get('active', '-')}")
+                     f"{cell(active) if isinstance(active, bool) else active}")
     counts = doc.get("messages")
     if counts is not None:
         text = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"

@@ -210,3 +210,12 @@ def test_a_typed_no_and_enter_answers_one_question_only() -> None:
     assert child.match.groups() == ("False", "False")
     child.expect(pexpect.EOF)
     child.close()
+
+
+def test_no_input_on_a_terminal_says_so(instance: ProcessConfig) -> None:
+    """CLI hunt: with --no-input on a terminal the error said "no terminal to ask"."""
+    child = spawn("main", "tenants", "add", "--no-input")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 2
+    assert "missing value for ID (--no-input; pass ID)" in (child.before or "")
