@@ -26,8 +26,12 @@ class TenantCache:
     async def load(self, core: Core, ids: set[str]) -> tuple[dict[str, TenantInfo],
                                                              dict[tuple[str, str], bool]]:
         stamp = time.monotonic()
-        missing = {i for i in ids
-                   if i not in self._entries or stamp - self._entries[i][0] > TENANT_CACHE_SECONDS}
+        # The entries this call answers with, kept here: while it waits for the database,
+        # another request may forget() some of the shared ones (message-commands hunt: a
+        # KeyError, and a 500 for a batch naming two tenants, in one request in four).
+        chosen = {i: self._entries[i] for i in ids
+                  if i in self._entries and stamp - self._entries[i][0] <= TENANT_CACHE_SECONDS}
+        missing = set(ids) - chosen.keys()
         if missing:
             # Accounts first: two reads are two snapshots, and a tenant deleted (with its
             # accounts) between them must read as gone, not as a tenant without accounts
@@ -45,7 +49,8 @@ class TenantCache:
                     default_account_id=row["default_account_id"],
                     account_ids=frozenset(by_tenant[tenant_id]),
                     client_base_url=row["client_base_url"])
-                self._entries[tenant_id] = (stamp, info, by_tenant[tenant_id])
+                self._entries[tenant_id] = chosen[tenant_id] = (stamp, info,
+                                                                by_tenant[tenant_id])
                 if row is not None and row["suppressions"]:
                     self.with_suppressions.add(tenant_id)
                 else:
@@ -53,7 +58,7 @@ class TenantCache:
         tenants: dict[str, TenantInfo] = {}
         pec: dict[tuple[str, str], bool] = {}
         for tenant_id in ids:
-            _, info, accs = self._entries[tenant_id]
+            _, info, accs = chosen[tenant_id]
             if info is not None:
                 tenants[tenant_id] = info
                 for acc_id, is_pec in accs.items():
