@@ -148,10 +148,14 @@ def row_values(*, actor: str, endpoint: str, tenant_id: str | None, payload: obj
 
 
 def _trim_batch(payload: object) -> object:
-    """A batch of many messages is recorded with its first ones only: the row is capped at
-    64 KiB anyway, and masking a 1,000-message batch would cost more than storing it."""
+    """A batch too big for the row's 64 KiB is recorded with its first messages only (and
+    how many were left out): cut as text, it would not even be JSON, and masking a
+    1,000-message batch would cost more than storing it. A batch that fits is recorded
+    whole (message-commands hunt: 25 small messages were recorded as 20); finding out takes
+    one orjson pass, 0.1 ms for 1,000 messages of 1 KB."""
     if isinstance(payload, dict) and isinstance(payload.get("messages"), list) \
-            and len(payload["messages"]) > BATCH_RECORDED:
+            and len(payload["messages"]) > BATCH_RECORDED \
+            and len(dumps_lenient(payload)) > CAP_BYTES:
         kept = dict(payload)
         kept["messages"] = payload["messages"][:BATCH_RECORDED]
         kept["messages_omitted"] = len(payload["messages"]) - BATCH_RECORDED

@@ -125,10 +125,18 @@ async def test_query_parameters_of_any_type(core: Core) -> None:
 
 
 async def test_big_batches_are_recorded_with_their_first_messages(core: Core) -> None:
-    await log(core, payload={"messages": [{"id": f"m{i}"} for i in range(1000)]})
+    await log(core, payload={"messages": [{"id": f"m{i}", "body": "x" * 100}
+                                          for i in range(1000)]})
     payload = (await command_log.list_commands(core))["commands"][0]["payload"]
     assert [m["id"] for m in payload["messages"]] == [f"m{i}" for i in range(20)]
     assert payload["messages_omitted"] == 980
+
+
+async def test_a_batch_that_fits_the_row_is_recorded_whole(core: Core) -> None:
+    """Message-commands hunt: 25 messages in 2 KB were recorded as 20 and a count."""
+    await log(core, payload={"messages": [{"id": f"m{i}"} for i in range(1000)]})
+    payload = (await command_log.list_commands(core))["commands"][0]["payload"]
+    assert len(payload["messages"]) == 1000 and "messages_omitted" not in payload
 
 
 async def test_deep_payloads_are_recorded_down_to_a_bound(core: Core) -> None:
