@@ -76,6 +76,8 @@ def list_(ctx: typer.Context,
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(COLUMNS)
         writer.writerows(_row(m, times=False) for m in answer["messages"])
+        if answer["next_cursor"]:  # on stderr: stdout stays pure CSV (message-commands hunt)
+            err(f"more messages: add --cursor {answer['next_cursor']}")
         return
     if not answer["messages"]:
         err("no messages")

@@ -135,6 +135,9 @@ def test_messages_list_csv_delete_retry(cli: Any, tenant: str, tmp_path: Path) -
                        "SUBJECT", "LAST ERROR"]
     assert [row[0] for row in rows[1:]] == list(reversed(ids))  # newest first
     assert rows[1][1:4] == ["queued", "2", "main"] and rows[1][4].isdigit()
+    page = cli("main", "acme", "messages", "list", "--csv", "--limit", "1")
+    assert len(list(csv.reader(io.StringIO(page.out)))) == 2  # stdout stays pure CSV
+    assert "more messages: add --cursor " in page.err  # message-commands hunt: it said nothing
     first = cli("main", "acme", "messages", "list", "--limit", "1")
     assert first.out.count("\n") == 2 and "--cursor" in first.err  # header + one row
     cursor = first.err.rsplit("--cursor ", 1)[1].strip()
