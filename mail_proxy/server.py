@@ -92,6 +92,7 @@ class Worker:
         self.owner = owner_id()
         self.stop_requested = asyncio.Event()
         self.exit_code = 0  # what run_worker returns once stopped
+        self._gauged_pools: set[tuple[str, str]] = set()
         self.tasks: list[asyncio.Task[Any]] = []
         self._unimplemented_warned: tuple[str, ...] = ()
         self._background: set[asyncio.Task[Any]] = set()
@@ -204,7 +205,15 @@ class Worker:
 
     def _live_gauges(self) -> None:
         gauge = self.metrics.smtp_connections
-        for (tenant_id, account_id), counts in self.smtp.stats().items():
+        stats = self.smtp.stats()
+        # An account whose pool is gone (changed, deleted, idle-closed) keeps its series
+        # (metrics.md §8) at 0: left alone it froze at its last value, "busy 1" for a send
+        # long over (metrics hunt).
+        for key in self._gauged_pools - stats.keys():
+            for state in ("idle", "busy"):
+                gauge.labels(key[0], key[1], state).set(0)
+        self._gauged_pools = set(stats)
+        for (tenant_id, account_id), counts in stats.items():
             for state in ("idle", "busy"):
                 gauge.labels(tenant_id, account_id, state).set(counts.get(state, 0))
         for tier, size in self.fetcher.cache_bytes().items():

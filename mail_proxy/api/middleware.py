@@ -72,7 +72,9 @@ class ApiMiddleware:
                     return
             await self.app(scope, _limited(receive, limit), send_with_id)
         finally:
-            route = scope.get("mp_route", "unmatched")
+            # a real route answered before its handler ran (405, a 413 on Content-Length,
+            # 503 while draining) is counted under its template too (metrics hunt)
+            route = scope.get("mp_route") or route_template(scope.get("path", ""))
             status = status_holder["status"]
             # Refused and failed requests at info, so the id a client got back can be found
             # in the log; every request only at debug: an access log at info would write
@@ -121,3 +123,23 @@ def _limited(receive: Receive, limit: int) -> Receive:
         return message
 
     return wrapped
+
+
+_TEMPLATES: list[tuple[re.Pattern[str], str]] = []
+
+
+def route_template(path: str) -> str:
+    """The route template ("/messages/{id}") a path belongs to, whatever the method;
+    "unmatched" for no route at all."""
+    if not _TEMPLATES:
+        from starlette.routing import compile_path
+
+        from mail_proxy.api.routes import ROUTES
+
+        for template, _methods, _handler in ROUTES:
+            regex, _format, _convertors = compile_path(template)
+            _TEMPLATES.append((regex, re.sub(r"\{(\w+):\w+\}", r"{\1}", template)))
+    for regex, label in _TEMPLATES:
+        if regex.match(path):
+            return label
+    return "unmatched"

@@ -322,3 +322,35 @@ def test_a_content_encoding_is_refused_not_ignored(live: LiveServer) -> None:
                   headers={**admin(live), "Content-Type": "application/json",
                            "Content-Encoding": "identity"})
     assert r.status_code == 200, r.text
+
+
+def _counted(live: LiveServer, route: str, status: str) -> float:
+    text = live.call("GET", "/metrics", live.admin_token).text
+    line = next((x for x in text.splitlines() if x.startswith("gmp_http_requests_total{")
+                 and f'route="{route}"' in x and f'status="{status}"' in x), None)
+    return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+
+def test_a_client_hanging_up_mid_body_is_not_a_500(live: LiveServer) -> None:
+    """Metrics hunt: any tenant could raise the 500 count at will (with an "internal error"
+    traceback and a command-log row) by closing the connection while sending a body."""
+    before = _counted(live, "/commands/add-messages", "500")
+    with socket.create_connection(("127.0.0.1", live.port), timeout=5) as sock:
+        sock.sendall(b"POST /commands/add-messages HTTP/1.1\r\nHost: x\r\n"
+                     b"X-API-Token: " + live.keys["acme"].encode() + b"\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"mes")
+    for _ in range(50):
+        if _counted(live, "/commands/add-messages", "499"):
+            break
+        time.sleep(0.05)
+    assert _counted(live, "/commands/add-messages", "499") >= 1
+    assert _counted(live, "/commands/add-messages", "500") == before
+
+
+def test_a_refused_method_is_counted_under_its_route(live: LiveServer) -> None:
+    """Metrics hunt: a 405 on a real route was counted as route="unmatched"."""
+    before = _counted(live, "/commands/add-messages", "405")
+    assert live.call("GET", "/commands/add-messages", live.keys["acme"]).status_code == 405
+    assert _counted(live, "/commands/add-messages", "405") == before + 1
+    assert live.call("GET", "/no/such/route", live.keys["acme"]).status_code == 404
+    assert _counted(live, "unmatched", "404") >= 1

@@ -479,7 +479,7 @@ async def test_a_tenant_created_again_does_not_find_the_deleted_ones_documents(
         source: Any, make_fetcher: Any, tmp_path: Path, threshold_kb: int) -> None:
     """Attachment hunt: deleted, then created again under the same id, a tenant got the
     old one's cached documents by naming their MD5 while the URLs answered 404."""
-    src, base = source
+    _src, base = source
     cfg = settings(cache_disk_threshold_kb=threshold_kb)
     fetcher = make_fetcher(cfg, cache_dir=tmp_path)
     digest = md5(FILES["big.bin"])

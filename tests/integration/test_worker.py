@@ -239,9 +239,15 @@ async def test_an_account_changed_or_deleted_through_the_api_closes_its_idle_con
         r = await client.post("/commands/add-messages",
                               json={"tenant_id": "acme", "messages": [f.message(2)]})
         await wait_for(one_idle)
+        assert ('gmp_smtp_connections{account_id="main",state="idle",tenant_id="acme"} 1.0'
+                in (await client.get("/metrics")).text)
         r = await client.delete("/account/main", params={"tenant_id": "acme"})
         assert r.status_code == 200, r.text
         await wait_for(none_idle, timeout=3)
+        # the gauge follows the pool that went (metrics hunt: it froze at "idle 1")
+        text = (await client.get("/metrics")).text
+        assert ('gmp_smtp_connections{account_id="main",state="idle",tenant_id="acme"} 0.0'
+                in text), [x for x in text.splitlines() if "smtp_connections" in x]
 
 
 
