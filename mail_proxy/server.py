@@ -284,6 +284,10 @@ class Worker:
                             idle_timeout=settings.smtp_idle_timeout,
                             health_check_after=settings.smtp_health_check_after,
                             ehlo_name=message_id_domain(settings))
+        # settings.md §1 "applies it at once": a dispatcher asleep for the old
+        # send_loop_interval (or with dispatch disabled) would otherwise finish that sleep
+        # first (scheduling hunt: 28.5 s after re-enabling dispatch)
+        self.dispatcher.wake()
 
     async def _watch_parent(self) -> None:
         expected = int(os.environ["MAIL_PROXY_SUPERVISOR_PID"])

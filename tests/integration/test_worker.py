@@ -317,3 +317,28 @@ async def test_only_endpoint_attachments_need_the_tenant_client_auth(
         assert by_id["m-1"]["status"] == "sent"
         assert by_id["m-2"]["last_error_code"] == "secret_unavailable"
         assert "client_auth cannot be decrypted" in by_id["m-2"]["last_error"]
+
+
+async def test_a_settings_change_reaches_a_sleeping_dispatcher_at_once(
+        tmp_path, keyring, smtp_server) -> None:
+    """settings.md §1, scheduling hunt: dispatch re-enabled with a 30 s send_loop_interval
+    in force sent its message at the end of that sleep, 28.5 s later."""
+    async with running_worker(tmp_path, keyring) as (worker, client):
+        await f.tenant(worker.core)
+        await f.account(worker.core, smtp_server.port)
+        r = await client.patch("/instance", json={"dispatch_enabled": False,
+                                                  "send_loop_interval": 30})
+        assert r.status_code == 200, r.text
+        r = await client.post("/commands/add-messages",
+                              json={"tenant_id": "acme", "messages": [f.message(1)]})
+        assert r.status_code == 200, r.text
+        await asyncio.sleep(0.3)  # the dispatcher is asleep for 30 s now
+        assert smtp_server.messages == []
+        r = await client.patch("/instance", json={"dispatch_enabled": True,
+                                                  "send_loop_interval": 0.5})
+        assert r.status_code == 200, r.text
+
+        async def delivered() -> bool:
+            return len(smtp_server.messages) == 1
+
+        await wait_for(delivered, timeout=5)
