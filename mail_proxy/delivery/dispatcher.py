@@ -82,6 +82,8 @@ class Dispatcher:
         self._next_due: int | None = None
         # accounts whose windows are full: until when, and under which limits
         self._rate_blocked: dict[tuple[str, str], tuple[int, ratelimit.Limits]] = {}
+        # room left in an account's windows: (second read, slots or None, limits read for)
+        self._room: dict[tuple[str, str], tuple[int, int | None, ratelimit.Limits]] = {}
         self._more_ready = False
         self._in_cycle = False
         self._freed: set[tuple[str, str]] = set()  # lanes at low water during a cycle
@@ -217,7 +219,8 @@ class Dispatcher:
                     limited.append(f"{key[0]}/{key[1]}")
                     continue
                 del self._rate_blocked[key]
-            if limits.tenant or (limits.account and limits.behavior == "defer"):
+            if (limits.tenant or (limits.account and limits.behavior == "defer")) \
+                    and await self._tight(key, limits, t):
                 limited.append(f"{key[0]}/{key[1]}")
             lane = self.lanes.get(key)
             if lane is not None and not self._low_water(lane):
@@ -274,6 +277,22 @@ class Dispatcher:
                 pks[key] = config.account_pk
         return [Claimed.from_row(r, claimed_at, pks.get((r["tenant_id"], r["account_id"])))
                 for rows in found for r in rows]
+
+    async def _tight(self, key: tuple[str, str], limits: ratelimit.Limits, t: int) -> bool:
+        """Whether the account's windows leave less room than one immediate pass could
+        claim for it: only then are its priority-0 messages left to its own claim (see
+        _claim). A generous limit (100,000 a day) kept every priority-0 message of the
+        account waiting behind half a batch of lower ones (scheduling hunt: 4.3 s against
+        0.2 s without the limit). The room is read at most once a second per account."""
+        cached = self._room.get(key)
+        if cached is None or cached[0] != t or cached[2] != limits:
+            left, _ = await ratelimit.remaining(self.core.store, key[0], key[1], limits, t)
+            self._room[key] = cached = (t, left, limits)
+        left = cached[1]
+        if left is None:
+            return False
+        lane = self.lanes.get(key)
+        return left - (lane.held if lane else 0) < self.core.settings.immediate_batch_size
 
     async def _tenant_room(self, key: tuple[str, str], limits: ratelimit.Limits, t: int,
                            rooms: dict[str, int]) -> int | None:

@@ -6,6 +6,8 @@ import asyncio
 import email
 import heapq
 
+import pytest
+
 from mail_proxy.delivery.dispatcher import Dispatcher, Lane
 from mail_proxy.delivery.smtp import SmtpPools
 from mail_proxy.manager.core import now
@@ -222,3 +224,26 @@ async def test_a_drain_counts_each_send_once(core, smtp_server, caplog) -> None:
     assert "waiting up to 0 s for 1 sends in progress" in caplog.text
     assert "drain: 1 sends cut off" in caplog.text
     await dispatcher.smtp.close()
+
+
+@pytest.mark.parametrize("limit_per_day", [None, 100_000])
+async def test_an_immediate_message_overtakes_claimed_ones_under_a_generous_limit(
+        core, smtp_server, limit_per_day: int | None) -> None:
+    """Scheduling hunt: with any rate limit on its account, a priority-0 message waited
+    behind half a batch of claimed low ones (4.3 s) instead of overtaking them (0.2 s)."""
+    await f.tenant(core)
+    await f.account(core, smtp_server.port, max_connections=1, limit_per_day=limit_per_day)
+    smtp_server.script(data_delay=0.02)
+    await f.enqueue(core, *[f.message(i, priority=3) for i in range(40)])
+    dispatcher = make_dispatcher(core)
+    runner = asyncio.create_task(drive(dispatcher, timeout=20))
+    try:
+        while len(smtp_server.messages) < 2:  # noqa: ASYNC110 - a list the server fills
+            await asyncio.sleep(0.01)
+        await f.enqueue(core, f.message("urgent", priority="immediate"))
+        dispatcher.wake()
+        await runner
+    finally:
+        await dispatcher.smtp.close()
+    order = [email.message_from_bytes(m.data)["X-Mail-Proxy-ID"] for m in smtp_server.messages]
+    assert order.index("m-urgent") < 8, order.index("m-urgent")
