@@ -147,6 +147,9 @@ class DeliveryFailure(MailProxyError):
     # set when the server had accepted a recipient when the transaction failed: the rate
     # slot then counts as used (delivery.md §3 step 8), since the message may have arrived
     recipients_accepted = False
+    # the transaction's duration, from connection acquired to the failure (metrics.md
+    # gmp_send_seconds); None when no connection was acquired
+    transaction_seconds: float | None = None
 
     def __init__(self, text: str, *, code: str, smtp_code: int | None = None,
                  refused: list[dict[str, Any]] | None = None) -> None:

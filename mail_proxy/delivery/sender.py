@@ -6,7 +6,6 @@ import asyncio
 import functools
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -150,7 +149,6 @@ class Sender:
         late_throttle = False
         try:
             data = await self._compose(msg, config, payload)
-            started = time.perf_counter()
             key = (msg.tenant_id, msg.account_id)
             epoch = self.configs.throttle_epoch(key)
             try:
@@ -164,14 +162,13 @@ class Sender:
                 late_throttle = failure.throttle and self.configs.throttle_epoch(key) != epoch
                 if not late_throttle:
                     self._observed(config, failure)
+                self._timed(msg, failure.transaction_seconds)  # refused, throttled too
                 raise
             else:
                 self._observed(config, None)
+                self._timed(msg, result.seconds)
             finally:
                 transmitted()
-                if self.metrics is not None:  # refused and throttled transactions too
-                    self.metrics.child("send_seconds", msg.tenant_id, msg.account_id).observe(
-                        time.perf_counter() - started)
             sent = True
         except DeliveryFailure as failure:
             # a recipient accepted: the message may have arrived (a lost final reply), so
@@ -193,6 +190,12 @@ class Sender:
             self.metrics.child("queue_wait_seconds", str(msg.priority)).observe(
                 max(now() - msg.not_before, 0))
         self._notify(config, msg)
+
+    def _timed(self, msg: Claimed, seconds: float | None) -> None:
+        """gmp_send_seconds of a transaction; none when no connection was acquired (a
+        refused connection is not a transaction)."""
+        if self.metrics is not None and seconds is not None:
+            self.metrics.child("send_seconds", msg.tenant_id, msg.account_id).observe(seconds)
 
     async def _settle(self, msg: Claimed, reservation: ratelimit.Reservation,
                       sent: bool) -> None:

@@ -159,6 +159,9 @@ class SmtpPools:
                     *, released: Callable[[], None] | None, retry_stale: bool) -> SendResult:
         pool = self._pool_for(target)
         conn = await self._acquire(pool, target)
+        # gmp_send_seconds starts here, "from connection acquired" (metrics.md): connecting
+        # and the greeting are not the transaction (metrics hunt)
+        started = time.perf_counter()
         reusable = False
         handed = False
         over = False  # the transaction reached its final reply (or the session is gone)
@@ -209,8 +212,10 @@ class SmtpPools:
                     self._drop_handed(pool, conn)
                 raise
             reusable = True
+            outcome.seconds = time.perf_counter() - started
             return outcome
         except DeliveryFailure as failure:
+            failure.transaction_seconds = time.perf_counter() - started
             if not over and failure.code not in _BROKEN_CODES and channel.is_connected:
                 reusable = await self._rset(conn)  # end the half-done transaction
             raise

@@ -43,6 +43,29 @@ async def test_refused_transactions_are_timed_too(core, smtp_server) -> None:
     assert value(metrics, "gmp_send_seconds_count", **acct) == 2
 
 
+async def test_a_refused_connection_is_not_a_timed_transaction(core) -> None:
+    """Metrics hunt: gmp_send_seconds timed the connecting and the greeting too, and
+    observed attempts whose connection was refused, where no transaction began."""
+    import socket
+
+    metrics = Metrics(version="test", database="sqlite")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        await f.tenant(core)
+        await f.account(core, port)
+        await f.enqueue(core, f.message(1))
+        d = dispatcher(core, metrics)
+        try:
+            await d.run_once()
+            await settle(d)
+        finally:
+            await d.smtp.close()
+    acct = {"tenant_id": "acme", "account_id": "main"}
+    assert value(metrics, "gmp_deferred_total", **acct) == 1
+    assert value(metrics, "gmp_send_seconds_count", **acct) == 0
+
+
 async def test_a_lease_lost_with_no_retry_left_counts_as_an_error(core, smtp_server) -> None:
     metrics = Metrics(version="test", database="sqlite")
     core.settings.max_retries = 0
