@@ -75,7 +75,7 @@ class SendResult:
     accepted: list[str]
     refused: list[dict[str, Any]] = field(default_factory=list)
     smtp_code: int = 250
-    seconds: float | None = None  # from connection acquired to the final reply
+    seconds: float | None = field(default=None, compare=False)  # connection acquired → final reply
 
 
 class SmtpChannel(asyncio.Protocol):
