@@ -106,6 +106,9 @@ class Worker:
         from mail_proxy.store.keycheck import missing_kids, refusal_message
 
         try:
+            writable = getattr(core.store, "check_writable", None)
+            if writable is not None:
+                await writable()
             missing = await missing_kids(core.store, self.keyring)
             if missing:
                 raise KeyRingRefused(refusal_message(missing, cfg.name))

@@ -21,7 +21,7 @@ import aiosqlite
 from mail_proxy.errors import SchemaTooNew
 from mail_proxy.store import queries as named
 from mail_proxy.store.base import Guard, Step
-from mail_proxy.store.errors import StoreUnavailable
+from mail_proxy.store.errors import StoreUnavailable, StoreUnreachable
 from mail_proxy.store.sqlite_jobs import InsertAll, run_isolated, translate
 from mail_proxy.store.sqlite_statements import (
     bind_steps,
@@ -246,6 +246,28 @@ class SqliteStore:
             await self.close()
             raise
         self._read = _Conn(self._reader, self._queries)
+
+    async def check_writable(self) -> None:
+        """Write once and roll back: a worker whose connection SQLite
+        opened read-only (the WAL or the file not writable at that moment: a file system
+        remounted, a file left to another user) must not start. SQLite falls back to
+        read-only without a word; such a worker reported healthy and answered 503 for
+        ever, even once the file was writable again (disk-full hunt). Refused as
+        "unreachable", the start is retried by the supervisor until it can write."""
+        writer = self._writer
+        if writer is None:
+            return
+        try:
+            async with self._write_lock:
+                # a real write, rolled back: a read-only connection takes BEGIN IMMEDIATE
+                await writer.execute("BEGIN IMMEDIATE")
+                try:
+                    await writer.execute("UPDATE schema_migrations SET version = version")
+                finally:
+                    await writer.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreUnreachable(f"SQLite database {self.path} cannot be written: {exc}"
+                                   ) from exc
 
     async def close(self) -> None:
         if self._group_task is not None:

@@ -88,3 +88,30 @@ def test_a_file_that_cannot_be_created_leaves_no_late_thread_traceback(tmp_path:
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+async def test_a_writer_that_sqlite_opened_read_only_is_refused(tmp_path: Path) -> None:
+    """Disk-full hunt: with the WAL not writable when a worker started, SQLite opened it
+    read-only without a word; the worker reported healthy and answered 503 for ever. The
+    worker's start checks its writer and is refused as "unreachable" (exit 75, retried)."""
+    import aiosqlite
+
+    from mail_proxy.store.errors import StoreUnreachable
+
+    path = tmp_path / "mail_service.db"
+    store = SqliteStore(str(path))
+    await store.open()
+    try:
+        await store.check_writable()  # a writable one passes, and holds no lock after
+        await store.check_writable()
+        writable = store._writer
+        store._writer = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True,
+                                                isolation_level=None)
+        try:
+            with pytest.raises(StoreUnreachable, match="cannot be written"):
+                await store.check_writable()
+        finally:
+            await store._writer.close()
+            store._writer = writable
+    finally:
+        await store.close()
