@@ -154,9 +154,11 @@ def _decode_key(text: str) -> bytes:
 
 
 def _write_and_reload(folder: Path | None, path: Path, ring: Any) -> bool:
+    from mail_proxy.instance.paths import os_errors
     from mail_proxy.security.crypto import write_key_file
 
-    write_key_file(path, ring.keys())
+    with os_errors("write", path):  # a full disk: one line naming the file, not "OSError"
+        write_key_file(path, ring.keys())
     reloaded = _reload_worker(folder)
     if reloaded:
         err("the running worker was told to reload the key ring")
@@ -237,6 +239,9 @@ def _prune(instance: str | None, folder: Path | None, path: Path, ring: Any, yes
                                yes=yes, can_prompt=can_prompt(False)):
         err("no key removed")
         return
-    write_key_file(path, ring.without(drop).keys())
+    from mail_proxy.instance.paths import os_errors
+
+    with os_errors("write", path):
+        write_key_file(path, ring.without(drop).keys())
     _reload_worker(folder)
     out(f"pruned {len(drop)} key(s): {', '.join(drop)}")

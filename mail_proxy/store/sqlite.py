@@ -307,7 +307,10 @@ class SqliteStore:
                                 (version, name, int(time.time())))
             await w.execute("COMMIT")
         except BaseException:
-            await w.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk): "cannot rollback - no
+            # transaction is active" must not replace the cause (disk-full hunt)
+            with contextlib.suppress(sqlite3.Error):
+                await w.execute("ROLLBACK")
             raise
 
     @staticmethod

@@ -255,3 +255,18 @@ def test_a_plain_rotation_on_postgresql_asks_first(cli: Any, pg_url: str) -> Non
     r = cli("pgi", "rotate-key", "--yes")
     assert r.code == 0, r.err
     assert KeyRing.load(config.folder).primary_kid != before
+
+
+def test_a_key_file_that_cannot_be_written_is_one_readable_line(
+        cli: Any, instance: ProcessConfig, monkeypatch: Any) -> None:
+    """Disk-full hunt: rotate-key on a full disk printed only "unexpected OSError"."""
+    from mail_proxy.security import crypto
+
+    def full(*_args: Any, **_kw: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(crypto, "write_key_file", full)
+    r = cli("main", "rotate-key", "--stage")
+    assert r.code != 0
+    assert r.err.splitlines()[0] == (f"error: cannot write {instance.folder}/encryption.key: "
+                                     "No space left on device"), r.err
