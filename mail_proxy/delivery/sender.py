@@ -14,8 +14,8 @@ from mail_proxy.delivery.accounts import AccountConfig, AccountConfigs
 from mail_proxy.delivery.compose import AttachmentPart, build_message, envelope
 from mail_proxy.delivery.leases import LeaseGuard
 from mail_proxy.delivery.outcomes import Claimed, Recorder
+from mail_proxy.delivery.pool_state import NotResent
 from mail_proxy.delivery.retry import RetryPolicy, expired_text, throttle_delay
-from mail_proxy.delivery.smtp import NotResent
 from mail_proxy.errors import DeliveryFailure, PermanentFailure, TransientFailure
 from mail_proxy.manager.core import now
 from mail_proxy.store.errors import StoreUnavailable

@@ -12,18 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import aiosmtplib
 
 from mail_proxy.delivery import classify as c
+from mail_proxy.delivery.pool_state import AccountPool, NotResent, PooledConn, StaleConnection
 from mail_proxy.delivery.smtp_channel import SendResult, SmtpChannel
 from mail_proxy.delivery.smtp_target import SmtpTarget
-from mail_proxy.delivery.tls import context_for, warn_insecure
 from mail_proxy.errors import DeliveryFailure, PermanentFailure, TransientFailure
 
 log = logging.getLogger("mail_proxy.delivery.smtp")
@@ -35,60 +33,7 @@ _QUIT_TIMEOUT = 2.0
 _STALE_RETRIES = 5
 # Failures after which the session state is unknown: never reuse the connection.
 _BROKEN_CODES = frozenset({"timeout", "connection_failed", "throttled"})
-__all__ = ["SendResult", "SmtpPools", "SmtpTarget"]
-
-
-class _Conn:
-    __slots__ = ("client", "created", "last_used", "transactions")
-
-    def __init__(self, client: SmtpChannel, now: float) -> None:
-        self.client = client
-        self.created = now
-        self.last_used = now
-        self.transactions = 0  # begun on it
-
-
-class _StaleConnection(Exception):
-    """A reused connection was gone before the server answered this transaction's MAIL."""
-
-
-class NotResent(Exception):
-    """A transaction lost with its stale connection was not tried again, because the caller
-    said no (the account was throttled meanwhile): nothing of it reached the server, so the
-    message goes back to the queue without an attempt."""
-
-
-class _Pool:
-    def __init__(self, target: SmtpTarget) -> None:
-        self.key = target.pool_key
-        self.account = (target.tenant_id, target.account_id)
-        self.target = target
-        self.idle: list[_Conn] = []  # most recently used last (LIFO)
-        self.busy = 0  # handed out, or reserved while being opened
-        self.waiters: deque[asyncio.Future[_Conn | None]] = deque()
-        self.retired = False
-        self.warned_plain_auth = False
-        self._ctx: ssl.SSLContext | None = None
-        self._ctx_lock = asyncio.Lock()
-        if target.tls_mode != "none" and not target.tls_verify:
-            warn_insecure(target.tenant_id, target.account_id)
-
-    @property
-    def open(self) -> int:
-        return len(self.idle) + self.busy
-
-    async def tls_context(self) -> ssl.SSLContext:
-        # The lock only serialises a one-off file read in a thread, not network I/O.
-        async with self._ctx_lock:
-            if self._ctx is None:
-                try:
-                    self._ctx = await context_for(verify=self.target.tls_verify,
-                                                  ca_file=self.target.tls_ca_file)
-                except (OSError, ssl.SSLError) as exc:
-                    raise PermanentFailure(
-                        f"cannot load TLS CA file {self.target.tls_ca_file!r}: {exc}",
-                        code="tls_error") from exc
-            return self._ctx
+__all__ = ["NotResent", "SendResult", "SmtpPools", "SmtpTarget"]
 
 
 class SmtpPools:
@@ -104,8 +49,8 @@ class SmtpPools:
         self._idle_timeout = idle_timeout
         self._health_after = health_check_after
         self._clock = clock
-        self._pools: dict[tuple[Any, ...], _Pool] = {}
-        self._retired: set[_Pool] = set()  # replaced pools that still have busy connections
+        self._pools: dict[tuple[Any, ...], AccountPool] = {}
+        self._retired: set[AccountPool] = set()  # replaced pools that still have busy connections
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -145,7 +90,7 @@ class SmtpPools:
             try:
                 return await self._send(target, mail_from, rcpts, data, released=released,
                                         retry_stale=True)
-            except _StaleConnection:
+            except StaleConnection:
                 # The session may have ended with a throttle reply to the message before
                 # (421 "slow down" and a hang-up): a resend at once would go out inside the
                 # pause the server just asked for (delivery hunt).
@@ -176,7 +121,7 @@ class SmtpPools:
                 raise
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                 if retry_stale and conn.transactions > 1 and channel.stage == c.MAIL:
-                    raise _StaleConnection from exc
+                    raise StaleConnection from exc
                 classified = self._classify(exc, target, channel.stage, self._send_timeout)
                 classified.recipients_accepted = channel.recipients_accepted
                 raise classified from exc
@@ -234,7 +179,7 @@ class SmtpPools:
     async def reap_idle(self) -> None:
         """Close idle connections unused for ``idle_timeout`` or older than their lifetime."""
         now = self._clock()
-        stale: list[_Conn] = []
+        stale: list[PooledConn] = []
         for pool in list(self._pools.values()):
             keep = []
             for conn in pool.idle:
@@ -256,7 +201,7 @@ class SmtpPools:
     async def discard(self, tenant_id: str, account_id: str) -> None:
         """The account changed or was deleted: idle connections now, busy ones on release."""
         doomed = [p for p in self._pools.values() if p.account == (tenant_id, account_id)]
-        idle: list[_Conn] = []
+        idle: list[PooledConn] = []
         for pool in doomed:
             idle.extend(self._retire(pool))
         await asyncio.gather(*(self._quit(conn) for conn in idle))
@@ -264,7 +209,7 @@ class SmtpPools:
     async def close(self) -> None:
         """Shutdown: QUIT idle connections (2 s each, concurrently); busy ones on release."""
         self._closed = True
-        idle: list[_Conn] = []
+        idle: list[PooledConn] = []
         for pool in list(self._pools.values()):
             idle.extend(self._retire(pool))
         for pool in list(self._retired):
@@ -275,7 +220,7 @@ class SmtpPools:
 
     # -- pool bookkeeping (synchronous: atomic on the event loop) -----------------------
 
-    def _pool_for(self, target: SmtpTarget) -> _Pool:
+    def _pool_for(self, target: SmtpTarget) -> AccountPool:
         key = target.pool_key
         pool = self._pools.get(key)
         if pool is None:
@@ -283,13 +228,13 @@ class SmtpPools:
                           if p.account == (target.tenant_id, target.account_id)]:
                 for conn in self._retire(other):
                     self._spawn_quit(conn)
-            pool = self._pools[key] = _Pool(target)
+            pool = self._pools[key] = AccountPool(target)
         else:
             pool.target = target  # sizing and lifetime follow the latest configuration
             self._fill_waiters(pool)
         return pool
 
-    def _retire(self, pool: _Pool) -> list[_Conn]:
+    def _retire(self, pool: AccountPool) -> list[PooledConn]:
         """Take the pool out of service; returns its idle connections for closing."""
         self._pools.pop(pool.key, None)
         pool.retired = True
@@ -298,7 +243,7 @@ class SmtpPools:
             self._retired.add(pool)
         return idle
 
-    def _fill_waiters(self, pool: _Pool) -> None:
+    def _fill_waiters(self, pool: AccountPool) -> None:
         """Hand free slots to waiters, oldest first; each opens its own connection."""
         if self._closed:
             self._fail_waiters(pool)
@@ -309,7 +254,7 @@ class SmtpPools:
                 pool.busy += 1
                 fut.set_result(None)
 
-    def _drop_handed(self, pool: _Pool, conn: _Conn) -> None:
+    def _drop_handed(self, pool: AccountPool, conn: PooledConn) -> None:
         """Close a connection given back before its final reply; if another transaction
         holds it now, that one fails as "connection lost" and is released as broken."""
         conn.client.close()
@@ -317,14 +262,14 @@ class SmtpPools:
             pool.idle.remove(conn)
             self._fill_waiters(pool)
 
-    def _fail_waiters(self, pool: _Pool) -> None:
+    def _fail_waiters(self, pool: AccountPool) -> None:
         while pool.waiters:
             fut = pool.waiters.popleft()
             if not fut.done():
                 fut.set_exception(TransientFailure("SMTP pools are shut down",
                                                    code="connection_failed"))
 
-    def _take_idle(self, pool: _Pool) -> _Conn | None:
+    def _take_idle(self, pool: AccountPool) -> PooledConn | None:
         now = self._clock()
         while pool.idle:
             conn = pool.idle.pop()
@@ -335,7 +280,7 @@ class SmtpPools:
             return conn
         return None
 
-    def _release(self, pool: _Pool, conn: _Conn, *, reusable: bool) -> None:
+    def _release(self, pool: AccountPool, conn: PooledConn, *, reusable: bool) -> None:
         now = self._clock()
         keep = (reusable and not pool.retired and not self._closed
                 and conn.client.is_connected
@@ -364,7 +309,7 @@ class SmtpPools:
 
     # -- acquiring ----------------------------------------------------------------------
 
-    async def _acquire(self, pool: _Pool, target: SmtpTarget) -> _Conn:
+    async def _acquire(self, pool: AccountPool, target: SmtpTarget) -> PooledConn:
         while True:
             conn = self._take_idle(pool)
             if conn is not None:
@@ -383,7 +328,7 @@ class SmtpPools:
             if not pool.waiters and pool.open < pool.target.max_connections:
                 pool.busy += 1
                 return await self._open_reserved(pool, target)
-            fut: asyncio.Future[_Conn | None] = asyncio.get_running_loop().create_future()
+            fut: asyncio.Future[PooledConn | None] = asyncio.get_running_loop().create_future()
             pool.waiters.append(fut)
             try:
                 got = await fut
@@ -403,16 +348,16 @@ class SmtpPools:
                 return await self._open_reserved(pool, target)
             return got
 
-    async def _open_reserved(self, pool: _Pool, target: SmtpTarget) -> _Conn:
+    async def _open_reserved(self, pool: AccountPool, target: SmtpTarget) -> PooledConn:
         try:
             client = SmtpChannel.take_over(await self._connect(pool, target))
         except BaseException:
             pool.busy -= 1
             self._fill_waiters(pool)
             raise
-        return _Conn(client, self._clock())
+        return PooledConn(client, self._clock())
 
-    async def _healthy(self, conn: _Conn) -> bool:
+    async def _healthy(self, conn: PooledConn) -> bool:
         try:
             async with asyncio.timeout(_HEALTH_TIMEOUT):
                 reply = await conn.client.command(b"NOOP")
@@ -422,7 +367,7 @@ class SmtpPools:
 
     # -- the SMTP session ---------------------------------------------------------------
 
-    async def _connect(self, pool: _Pool, target: SmtpTarget) -> aiosmtplib.SMTP:
+    async def _connect(self, pool: AccountPool, target: SmtpTarget) -> aiosmtplib.SMTP:
         """Connect, EHLO, STARTTLS, EHLO, AUTH, all within ``connect_timeout``."""
         host, port = target.host, target.port
         ctx = await pool.tls_context() if target.tls_mode in ("tls", "starttls") else None
@@ -455,7 +400,7 @@ class SmtpPools:
         client.timeout = self._send_timeout  # MAIL/RCPT/DATA: smtp_send_timeout (§8.1)
         return client
 
-    async def _login(self, pool: _Pool, client: aiosmtplib.SMTP, target: SmtpTarget) -> None:
+    async def _login(self, pool: AccountPool, client: aiosmtplib.SMTP, target: SmtpTarget) -> None:
         offered = [m for m in _AUTH_PREFERENCE if m in client.server_auth_methods]
         if not client.supports_extension("auth") or not offered:
             raise c.auth_unsupported(target.host, target.port, tls_mode=target.tls_mode,
@@ -484,7 +429,7 @@ class SmtpPools:
 
     # -- closing ------------------------------------------------------------------------
 
-    async def _rset(self, conn: _Conn) -> bool:
+    async def _rset(self, conn: PooledConn) -> bool:
         try:
             async with asyncio.timeout(_RSET_TIMEOUT):
                 reply = await conn.client.command(b"RSET")
@@ -492,12 +437,12 @@ class SmtpPools:
             return False
         return reply.code == 250
 
-    def _spawn_quit(self, conn: _Conn) -> None:
+    def _spawn_quit(self, conn: PooledConn) -> None:
         task = asyncio.get_running_loop().create_task(self._quit(conn))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _quit(self, conn: _Conn) -> None:
+    async def _quit(self, conn: PooledConn) -> None:
         try:
             if conn.client.is_connected:
                 async with asyncio.timeout(_QUIT_TIMEOUT):
