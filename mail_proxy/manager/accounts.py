@@ -224,7 +224,7 @@ def _secrets_moved(old: dict[str, Any], merged: dict[str, Any], values: dict[str
     Otherwise a stolen tenant key could make the worker log in to a server of its own
     choosing with a password the admin set and the key holder was never told: secrets are
     never returned (api.md §1.2), and replaying one to a new destination returns it all
-    the same. The IMAP login falls back to the SMTP password (enterprise.md), so an IMAP
+    the same. The IMAP login falls back to the SMTP password (api.md §6.1), so an IMAP
     destination guards that one too when the account has no IMAP password of its own."""
     def moved(fields: tuple[str, ...]) -> list[str]:
         return [f for f in fields if merged.get(f) != old.get(f)]
