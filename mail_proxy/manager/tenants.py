@@ -248,7 +248,7 @@ async def put_tenant(core: Core, body: object, principal: Principal | None
                                  api_key_hash=hash_api_key(api_key), **columns)
                 return api_key
             await tx.execute("tenant_update", id=tenant_id, now=stamp, **columns)
-            await _on_url_removed(tx, row, columns, stamp)
+            await _on_endpoint_written(tx, row, columns, stamp)
             await _on_limits_set(tx, tenant_id, columns)
             return None
 
@@ -261,12 +261,11 @@ async def put_tenant(core: Core, body: object, principal: Principal | None
 _ENDPOINT = ("client_base_url", "client_sync_path", "client_auth")
 
 
-async def _on_url_removed(tx: Any, row: dict[str, Any], columns: dict[str, Any],
-                          stamp: int) -> None:
-    """reports.md §6: without a URL nothing can be reported; pending events become
-    unreportable in the same transaction so their terminal messages settle now.
-
-    A changed endpoint starts afresh: the backoff built against the old URL (up to
+async def _on_endpoint_written(tx: Any, row: dict[str, Any], columns: dict[str, Any],
+                               stamp: int) -> None:
+    """After a tenant write. reports.md §6: without a URL nothing can be reported; pending
+    events become unreportable in the same transaction so their terminal messages settle
+    now. A changed endpoint starts afresh: the backoff built against the old URL (up to
     ``report_backoff_max``) kept the new one uncalled for minutes (reports hunt)."""
     if any(row[name] != columns.get(name, row[name]) for name in _ENDPOINT):
         await tx.execute("report_endpoint_changed", tenant_id=row["id"])
@@ -315,7 +314,7 @@ async def patch_tenant(core: Core, tenant_id: str, body: object, principal: Prin
             columns[name] = encode(core, name, DEFAULTS[name] if value is None else value)
         stamp = now()
         await tx.execute("tenant_update", id=tenant_id, now=stamp, **columns)
-        await _on_url_removed(tx, row, columns, stamp)
+        await _on_endpoint_written(tx, row, columns, stamp)
         await _on_limits_set(tx, tenant_id, columns)
     auth.forget(core)
     core.changed(tenant_id)
