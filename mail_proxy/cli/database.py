@@ -77,8 +77,11 @@ def _sqlite_version(path: str) -> int | None:
     try:
         row = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
-    except sqlite3.Error:
-        return 0
+    except sqlite3.Error as exc:
+        # only a database without the table is at version 0; an I/O error or a damaged
+        # file is left to the store's open, which says what it is (disk-full hunt: a
+        # deleted WAL read as "needs migration 0 -> 1, but its worker is running")
+        return 0 if "no such table" in str(exc) else None
     finally:
         conn.close()
 

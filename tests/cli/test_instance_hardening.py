@@ -554,3 +554,19 @@ def test_ctrl_c_during_the_stop_of_a_restart_says_what_is_left(
     r = cli("restart", "main")
     assert r.code == 130
     assert "interrupted: instance 'main' may still be stopping" in r.err
+
+
+def test_an_unreadable_schema_is_not_version_0(tmp_path: Any) -> None:
+    """Disk-full hunt: any SQLite error read as schema version 0, and the CLI said the
+    database "needs migration 0 -> 1, but its worker (an older mail-proxy) is running"."""
+    import sqlite3
+
+    from mail_proxy.cli.database import _sqlite_version
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database" * 100)
+    assert _sqlite_version(str(garbage)) is None
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    assert _sqlite_version(str(empty)) == 0
+    assert _sqlite_version(str(tmp_path / "missing.db")) is None
