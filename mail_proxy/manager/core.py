@@ -83,31 +83,34 @@ class Core:
         await store.open()
         core = cls(store=store, keyring=keyring, instance_name=name)
         try:
-            await core._init_instance_secret()
-            await core.reload_settings()
+            row = await store.fetch_one("instance_get")  # one read for both
+            await core._init_instance_secret(row)
+            await core.reload_settings(row=row)
         except BaseException:
             await store.close()
             raise
         return core
 
-    async def _init_instance_secret(self) -> None:
+    async def _init_instance_secret(self, row: dict[str, Any] | None) -> None:
         """data.md §2.7: the first worker or CLI command that opens the database generates
         ``instance_secret``. It also marks the database with this key ring's key, so an
         instance created later on the same PostgreSQL database without that ring is
         refused at its first start (PostgreSQL hunt: it stayed null, and a second instance
         with a key of its own was accepted; each then wrote secrets the other could not
         read)."""
-        row = await self.store.fetch_one("instance_get")
         if row is None or row["instance_secret"] is not None:
             return  # read first: a read-only command must not queue for the write lock
         secret = base64.b64encode(os.urandom(32)).decode("ascii")
         async with self.store.transaction() as tx:
             await tx.execute("instance_secret_init", secret=self.keyring.encrypt(secret))
 
-    async def reload_settings(self, *, force: bool = False) -> bool:
+    async def reload_settings(self, *, force: bool = False,
+                              row: dict[str, Any] | None = None) -> bool:
         """Re-read the runtime settings when their version changed (always with ``force``,
-        as SIGHUP does: a restored or hand-edited row keeps its version); True if read."""
-        row = await self.store.fetch_one("instance_get")
+        as SIGHUP does: a restored or hand-edited row keeps its version); True if read.
+        ``row``: the instance row just read by the caller."""
+        if row is None:
+            row = await self.store.fetch_one("instance_get")
         if row is None:
             return False
         version = int(row["settings_version"])

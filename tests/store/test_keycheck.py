@@ -40,6 +40,6 @@ async def test_the_first_opening_generates_the_instance_secret(core, keyring: Ke
     other = KeyRing([generate_key()], source="env")
     assert await missing_kids(core.store, other) == {keyring.primary_kid}
     # and a later opening keeps it
-    await core._init_instance_secret()
+    await core._init_instance_secret(await core.store.fetch_one("instance_get"))
     assert (await core.store.fetch_one("instance_get"))["instance_secret"] == \
         row["instance_secret"]
